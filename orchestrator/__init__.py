@@ -1,0 +1,58 @@
+"""Durable workflows on Apache Kafka.
+
+The public surface is what this module exports; everything under ``orchestrator._engine`` may change
+without notice.
+"""
+
+from orchestrator.app import App
+from orchestrator.client import Client, RunDescription, RunHandle, StepView
+from orchestrator.context import StepInfo, WorkflowContext, step_info
+from orchestrator.converter import DataConverter, JsonConverter, PayloadCodec, PayloadConverter
+from orchestrator.errors import (
+    NonDeterminismError,
+    OrchestratorError,
+    PayloadError,
+    PayloadTooLargeError,
+    ProcessorFencedError,
+    RunFailedError,
+    RunTimeoutError,
+    SchemaError,
+    StepFailedError,
+    TerminalError,
+    UnknownStepError,
+    UnknownWorkflowError,
+)
+from orchestrator.retry import RetryPolicy
+from orchestrator.settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Client",
+    "DataConverter",
+    "JsonConverter",
+    "NonDeterminismError",
+    "OrchestratorError",
+    "PayloadCodec",
+    "PayloadConverter",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "ProcessorFencedError",
+    "RetryPolicy",
+    "RunDescription",
+    "RunFailedError",
+    "RunHandle",
+    "RunTimeoutError",
+    "SchemaError",
+    "Settings",
+    "StepFailedError",
+    "StepInfo",
+    "StepView",
+    "TerminalError",
+    "UnknownStepError",
+    "UnknownWorkflowError",
+    "WorkflowContext",
+    "__version__",
+    "step_info",
+]

@@ -1,0 +1,1 @@
+"""Engine internals. Nothing here is public API: import from `orchestrator` instead."""

@@ -1,0 +1,172 @@
+"""Event records: frozen dataclasses mirroring ``schemas/event-v1.avsc``.
+
+The envelope (`Event`) says which run and where in its history; the body says what happened. Inbox requests
+(`StartRun`, worker results) and history facts share the envelope so that an accepted request is copied to the
+history without re-encoding its payload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any, TypeAlias
+
+from orchestrator._engine import wire
+
+_NS = "orchestrator.v1."
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    input: bytes
+    requested_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    input: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StepScheduled:
+    position: int
+    step: str
+    queue: str
+    attempt: int
+    args: bytes
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepCompleted:
+    position: int
+    attempt: int
+    result: bytes
+    started_ms: int
+    finished_ms: int
+    worker: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailed:
+    position: int
+    attempt: int
+    error_type: str
+    message: str
+    retryable: bool
+    started_ms: int
+    finished_ms: int
+    worker: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled:
+    position: int
+    attempt: int
+    due_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompleted:
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RunFailed:
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunParked:
+    kind: str
+    reason: str
+
+
+Body: TypeAlias = (
+    StartRun
+    | RunStarted
+    | StepScheduled
+    | StepCompleted
+    | StepFailed
+    | RetryScheduled
+    | RunCompleted
+    | RunFailed
+    | RunParked
+)
+BODY_TYPES: dict[str, type[Any]] = {
+    _NS + cls.__name__: cls
+    for cls in (
+        StartRun,
+        RunStarted,
+        StepScheduled,
+        StepCompleted,
+        StepFailed,
+        RetryScheduled,
+        RunCompleted,
+        RunFailed,
+        RunParked,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    run_id: str
+    workflow: str
+    timestamp_ms: int
+    body: Body
+    seq: int = -1
+    workflow_version: str = ""
+
+    @property
+    def kind(self) -> str:
+        return type(self.body).__name__
+
+
+@cache
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in _field_names(type(obj))}
+
+
+def encode_event(event: Event) -> bytes:
+    record = {
+        "event_id": event.event_id,
+        "run_id": event.run_id,
+        "workflow": event.workflow,
+        "workflow_version": event.workflow_version,
+        "seq": event.seq,
+        "timestamp_ms": event.timestamp_ms,
+        "body": (_NS + type(event.body).__name__, _to_dict(event.body)),
+    }
+    return wire.encode(wire.EVENT, record)
+
+
+def decode_event(data: bytes) -> Event:
+    """Decode an Event; raises SchemaError for anything that is not one."""
+    _, rec = wire.decode(data, expected=wire.EVENT)
+    body_name, body = rec["body"]
+    cls = BODY_TYPES.get(body_name)
+    if cls is None:  # a branch added by a newer writer whose schema we still resolved
+        from orchestrator.errors import SchemaError
+
+        raise SchemaError(f"unknown event type {body_name!r}; upgrade this reader")
+    return Event(
+        event_id=rec["event_id"],
+        run_id=rec["run_id"],
+        workflow=rec["workflow"],
+        timestamp_ms=rec["timestamp_ms"],
+        body=cls(**body),
+        seq=rec["seq"],
+        workflow_version=rec["workflow_version"],
+    )
+
+
+def to_record(obj: Any) -> dict[str, Any]:
+    """Plain dict of a frozen record dataclass, for Avro writing and JSON output."""
+    return _to_dict(obj)

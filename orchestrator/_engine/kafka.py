@@ -1,0 +1,99 @@
+"""Kafka client configurations the engine components share, in one place so they cannot drift apart.
+
+Every consumer of engine topics reads ``read_committed``: records of aborted transactions must never be
+acted on. Producers partition with murmur2 like the Java client, so keyed records land where
+`partitioning.partition_for` says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from orchestrator import topology
+from orchestrator.app import App
+
+
+def base(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "client.dns.lookup": "use_all_dns_ips"}
+
+
+def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
+    conf = base(bootstrap) | {
+        "group.id": group,
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+        "fetch.wait.max.ms": 10,
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    conf.update(extra)
+    return conf
+
+
+def reader_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    """A group-less consumer for reading partitions by assignment (restore, watchers, the CLI)."""
+    conf = base(bootstrap) | {
+        "group.id": "orchestrator-reader",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 10,
+    }
+    conf.update(extra)
+    return conf
+
+
+def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    conf = base(bootstrap) | {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 1,
+        "partitioner": "murmur2_random",
+        "compression.type": "lz4",
+    }
+    conf.update(extra)
+    return conf
+
+
+def transactional_producer_config(bootstrap: str, transactional_id: str, **extra: Any) -> dict[str, Any]:
+    return producer_config(
+        bootstrap,
+        **{
+            "transactional.id": transactional_id,
+            # A dead instance's open transaction blocks read_committed readers until it times out.
+            "transaction.timeout.ms": 10_000,
+        }
+        | extra,
+    )
+
+
+def ensure_topics(app: App, timeout: float = 30.0) -> None:
+    """Create the app's missing topics (never alters existing ones; `orchestrator topics plan` shows drift)."""
+    from orchestrator import _topic_admin
+
+    specs = topology.engine_topics(app.name, app.settings, sorted(app.queues))
+    admin = AdminClient(base(app.settings.bootstrap_servers))
+    _topic_admin.apply(admin, specs, timeout=timeout)
+
+
+def is_fatal(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and (
+        err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                                      KafkaError.INVALID_PRODUCER_EPOCH)
+    )
+
+
+def requires_abort(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.txn_requires_abort()
+
+
+def retriable(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.retriable()

@@ -1,0 +1,367 @@
+"""The processor: consume the inbox, fold each event into its run, emit what follows, exactly once.
+
+One transactional producer per instance (EOS v2): each batch's history events, step commands, outcomes,
+dead letters, changelog records and the consumed inbox offsets commit in one Kafka transaction, fenced by
+the consumer group generation. The RocksDB stores take the batch only after that commit (see `store`).
+Timers (retry backoffs, later sleeps and timeouts) live in the same stores and fire inside the same kind of
+transaction, so each fires exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from orchestrator import topology
+from orchestrator._engine import kafka
+from orchestrator._engine.decider import Decider, Effects, timers_of
+from orchestrator._engine.events import Event, decode_event, encode_event
+from orchestrator._engine.instance_cache import InstanceCache
+from orchestrator._engine.partitioning import partition_for
+from orchestrator._engine.records import DeadLetter, encode_command, encode_dead_letter, encode_outcome
+from orchestrator._engine.restore import restore
+from orchestrator._engine.state import RunState, decode_state, encode_state
+from orchestrator._engine.store import PartitionStore, run_key, timer_key
+from orchestrator.app import App
+from orchestrator.errors import ProcessorFencedError, SchemaError
+
+log = logging.getLogger("orchestrator.processor")
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """Knobs of one processor instance.
+
+    Attributes:
+        instance_id: stable name of this instance; its transactional id derives from it, so a restarted
+            instance fences its predecessor. Two live instances must have different ids.
+        state_dir: where this instance keeps its partition stores.
+        max_batch: most inbox records per transaction (the throughput lever).
+        max_wait_ms: longest idle wait before checking timers again (bounds timer lateness).
+        cache_size: live workflow instances kept in memory.
+        timer_batch: most timers fired per transaction.
+    """
+
+    instance_id: str = field(default_factory=socket.gethostname)
+    state_dir: Path | None = None
+    max_batch: int = 500
+    max_wait_ms: int = 100
+    cache_size: int = 2000
+    timer_batch: int = 500
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+    producer_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProcessorStats:
+    events: int = 0
+    timers: int = 0
+    transactions: int = 0
+    dead_letters: int = 0
+    ignored: int = 0
+    aborts: int = 0
+    restored_records: int = 0
+
+
+class Processor:
+    def __init__(self, app: App, config: ProcessorConfig | None = None) -> None:
+        self.app = app
+        self.config = config or ProcessorConfig()
+        s = app.settings
+        self.partitions = s.partitions
+        self.bootstrap = s.bootstrap_servers
+        self.inbox = topology.inbox_topic(app.name)
+        self.history = topology.history_topic(app.name)
+        self.changelog = topology.changelog_topic(app.name)
+        self.outcomes = topology.outcomes_topic(app.name)
+        self.dlq = topology.dlq_topic(app.name)
+        self.state_dir = (self.config.state_dir or s.state_dir) / app.name / self.config.instance_id
+        self.cache = InstanceCache(self.config.cache_size)
+        self.decider = Decider(app, self.cache)
+        self.stores: dict[int, PartitionStore] = {}
+        self.stats = ProcessorStats()
+        self._running = False
+        self._positions: dict[int, int] = {}
+        self._changelog_offsets: dict[int, int] = {}
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def run(self, install_signal_handlers: bool = True) -> None:
+        """Process until `stop()` (or SIGTERM/SIGINT); raises ProcessorFencedError if another took over."""
+        if install_signal_handlers:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        kafka.ensure_topics(self.app)
+        tx_id = f"{self.app.name}.processor.{self.config.instance_id}"
+        self._producer = Producer(
+            kafka.transactional_producer_config(self.bootstrap, tx_id, **self.config.producer_overrides)
+        )
+        self._producer.init_transactions(60)
+        self._consumer = Consumer(
+            kafka.consumer_config(
+                self.bootstrap, f"{self.app.name}.processors", **self.config.consumer_overrides
+            )
+        )
+        self._consumer.subscribe(
+            [self.inbox], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        self._running = True
+        log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
+        try:
+            while self._running:
+                self._iteration()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def _shutdown(self) -> None:
+        try:
+            if self._consumer is not None:
+                self._consumer.close()
+        except KafkaException:
+            log.warning("consumer close failed", exc_info=True)
+        for p in list(self.stores):
+            self._close_store(p)
+        self.cache.clear()
+        log.info("processor %s stopped: %s", self.config.instance_id, self.stats)
+
+    # -- rebalance ----------------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            store = PartitionStore(self.state_dir / f"p{tp.partition}", tp.partition)
+            self.stats.restored_records += restore(store, self.bootstrap, self.changelog)
+            self.stores[tp.partition] = store
+        log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Called from consume(): no transaction is open, every finished batch is committed.
+        for tp in partitions:
+            self._close_store(tp.partition)
+        self.cache.clear()
+        log.info("revoked partitions %s", sorted(tp.partition for tp in partitions))
+
+    def _close_store(self, partition: int) -> None:
+        store = self.stores.pop(partition, None)
+        if store is not None:
+            store.close()
+        self._positions.pop(partition, None)
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def _iteration(self) -> None:
+        assert self._consumer is not None and self._producer is not None
+        wait = self.config.max_wait_ms / 1000
+        first = self._consumer.poll(wait)
+        msgs: list[Message] = []
+        if first is not None:
+            msgs.append(first)
+            if self.config.max_batch > 1:
+                msgs.extend(self._consumer.consume(self.config.max_batch - 1, 0))
+        now = _now_ms()
+        due = self._due_timers(now)
+        if not msgs and not due:
+            return
+        self._transaction(msgs, due, now)
+
+    def _due_timers(self, now_ms: int) -> list[tuple[int, bytes, str, str]]:
+        due: list[tuple[int, bytes, str, str]] = []
+        for p, store in self.stores.items():
+            for key, _, run_id, tag in store.due_timers(now_ms, self.config.timer_batch):
+                due.append((p, key, run_id, tag))
+        return due
+
+    def _transaction(self, msgs: list[Message], due: list[tuple[int, bytes, str, str]], now_ms: int) -> None:
+        assert self._consumer is not None and self._producer is not None
+        producer = self._producer
+        positions: dict[int, int] = {}
+        producer.begin_transaction()
+        try:
+            for msg in msgs:
+                if msg.error() is not None:
+                    log.warning("consumer error: %s", msg.error())
+                    continue
+                p = msg.partition()
+                if p not in self.stores:  # revoked in this very poll
+                    continue
+                positions[p] = msg.offset() + 1
+                self._handle_message(msg, now_ms)
+            for p, key, run_id, tag in due:
+                if p in self.stores:
+                    self._fire_timer(p, key, run_id, tag, now_ms)
+            self._produce_changelog()
+            if positions:
+                offsets = [TopicPartition(self.inbox, p, off) for p, off in positions.items()]
+                producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+            producer.flush(30)
+            producer.commit_transaction(30)
+        except KafkaException as exc:
+            self._on_transaction_error(exc)
+            return
+        for p, store in self.stores.items():
+            store.commit(positions.get(p), self._changelog_offsets.pop(p, None))
+        self.stats.transactions += 1
+
+    def _on_transaction_error(self, exc: KafkaException) -> None:
+        assert self._consumer is not None and self._producer is not None
+        if kafka.is_fatal(exc):
+            raise ProcessorFencedError(
+                f"processor {self.config.instance_id} was fenced or hit a fatal producer error ({exc}); "
+                "another instance owns its partitions now. Stopping."
+            ) from exc
+        log.warning("transaction aborted, will reprocess the batch: %s", exc)
+        self.stats.aborts += 1
+        try:
+            self._producer.abort_transaction(30)
+        except KafkaException as abort_exc:
+            if kafka.is_fatal(abort_exc):
+                raise ProcessorFencedError(str(abort_exc)) from abort_exc
+            raise
+        for store in self.stores.values():
+            store.discard()
+        self._changelog_offsets.clear()
+        self.cache.clear()
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Seek back to the committed positions so the aborted batch is consumed again."""
+        assert self._consumer is not None
+        tps = [TopicPartition(self.inbox, p) for p in self.stores]
+        for tp in self._consumer.committed(tps, timeout=30):
+            offset = tp.offset if tp.offset >= 0 else 0
+            self._consumer.seek(TopicPartition(self.inbox, tp.partition, offset))
+
+    # -- per record ---------------------------------------------------------------------------------------
+    def _handle_message(self, msg: Message, now_ms: int) -> None:
+        p = msg.partition()
+        try:
+            event = decode_event(msg.value())
+        except SchemaError as exc:
+            self._dead_letter(msg, "SchemaError", str(exc), now_ms)
+            return
+        if partition_for(event.run_id, self.partitions) != p:
+            self._dead_letter(
+                msg, "WrongPartition",
+                f"run {event.run_id!r} belongs on partition {partition_for(event.run_id, self.partitions)}, "
+                f"not {p}: produce inbox records with the run id as key and Kafka's murmur2 partitioner",
+                now_ms,
+            )
+            return
+        self.stats.events += 1
+        store = self.stores[p]
+        try:
+            state = self._load(store, event.run_id)
+            old_timers = timers_of(state) if state is not None else set()
+            new_state, fx = self.decider.handle(state, event, now_ms)
+        except Exception as exc:  # noqa: BLE001 - an engine bug must not take the partition down
+            log.exception("internal error on %s", event.kind)
+            self.cache.evict(event.run_id)
+            self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
+            return
+        if fx.ignored:
+            self.stats.ignored += 1
+            log.debug("ignored %s for %s: %s", event.kind, event.run_id, fx.ignored)
+        if new_state is not None and fx.history:  # every state change is recorded as history
+            self._save(store, new_state, old_timers)
+        self._emit(p, fx)
+
+    def _fire_timer(self, p: int, key: bytes, run_id: str, tag: str, now_ms: int) -> None:
+        store = self.stores[p]
+        state = self._load(store, run_id)
+        if state is None:
+            store.delete(key)
+            return
+        old_timers = timers_of(state)
+        try:
+            fx = self.decider.fire_timer(state, tag, now_ms)
+        except Exception:  # noqa: BLE001
+            log.exception("internal error firing timer %s of %s; dropping the timer", tag, run_id)
+            self.cache.evict(run_id)
+            store.delete(key)
+            return
+        self.stats.timers += 1
+        self._save(store, state, old_timers)
+        store.delete(key)  # stale or fired: either way it is done (a re-armed timer has a new key)
+        new_timers = timers_of(state)
+        for due, t in new_timers:
+            store.put(timer_key(due, run_id, t), b"")
+        self._emit(p, fx)
+
+    @staticmethod
+    def _load(store: PartitionStore, run_id: str) -> RunState | None:
+        raw = store.get(run_key(run_id))
+        return decode_state(raw) if raw is not None else None
+
+    @staticmethod
+    def _save(store: PartitionStore, state: RunState, old_timers: set[tuple[int, str]]) -> None:
+        store.put(run_key(state.run_id), encode_state(state))
+        new_timers = timers_of(state)
+        for due, tag in old_timers - new_timers:
+            store.delete(timer_key(due, state.run_id, tag))
+        for due, tag in new_timers - old_timers:
+            store.put(timer_key(due, state.run_id, tag), b"")
+
+    # -- output -------------------------------------------------------------------------------------------
+    def _emit(self, p: int, fx: Effects) -> None:
+        producer = self._producer
+        assert producer is not None
+        for event in fx.history:
+            producer.produce(self.history, encode_event(event), event.run_id.encode(), partition=p)
+        for queue, cmd in fx.commands:
+            producer.produce(
+                topology.tasks_topic(self.app.name, queue), encode_command(cmd), cmd.run_id.encode()
+            )
+        for outcome in fx.outcomes:
+            producer.produce(self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p)
+
+    def _produce_changelog(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        for p, store in self.stores.items():
+            dirty = store.dirty()
+            if not dirty:
+                continue
+            last = len(dirty) - 1
+            for i, (key, value) in enumerate(dirty.items()):
+                if i == last:
+                    producer.produce(self.changelog, value, key, partition=p,
+                                     on_delivery=self._changelog_delivered)
+                else:
+                    producer.produce(self.changelog, value, key, partition=p)
+
+    def _changelog_delivered(self, err: Any, msg: Message) -> None:
+        if err is None:
+            self._changelog_offsets[msg.partition()] = msg.offset() + 1
+
+    def _dead_letter(self, msg: Message, error_type: str, reason: str, now_ms: int) -> None:
+        assert self._producer is not None
+        self.stats.dead_letters += 1
+        log.warning("dead-lettered %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), error_type,
+                    reason)
+        letter = DeadLetter(
+            source_topic=msg.topic() or "",
+            source_partition=msg.partition() or 0,
+            source_offset=msg.offset() or 0,
+            key=msg.key(),
+            value=msg.value(),
+            error_type=error_type,
+            reason=reason,
+            timestamp_ms=now_ms,
+            component=f"processor:{self.config.instance_id}",
+        )
+        self._producer.produce(self.dlq, encode_dead_letter(letter), msg.key())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+__all__ = ["Event", "Processor", "ProcessorConfig", "ProcessorStats"]

@@ -1,0 +1,69 @@
+"""The records that are not run events: step commands, run outcomes, dead letters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator._engine import wire
+from orchestrator._engine.events import to_record
+
+
+@dataclass(frozen=True, slots=True)
+class StepCommand:
+    run_id: str
+    workflow: str
+    position: int
+    step: str
+    attempt: int
+    args: bytes
+    idempotency_key: str
+    scheduled_ms: int
+    timeout_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    run_id: str
+    workflow: str
+    status: str
+    timestamp_ms: int
+    result: bytes | None = None
+    error_type: str = ""
+    error_message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: bytes | None
+    value: bytes | None
+    error_type: str
+    reason: str
+    timestamp_ms: int
+    component: str = ""
+
+
+def encode_command(cmd: StepCommand) -> bytes:
+    return wire.encode(wire.STEP_COMMAND, to_record(cmd))
+
+
+def decode_command(data: bytes) -> StepCommand:
+    return StepCommand(**wire.decode(data, expected=wire.STEP_COMMAND)[1])
+
+
+def encode_outcome(outcome: RunOutcome) -> bytes:
+    return wire.encode(wire.RUN_OUTCOME, to_record(outcome))
+
+
+def decode_outcome(data: bytes) -> RunOutcome:
+    return RunOutcome(**wire.decode(data, expected=wire.RUN_OUTCOME)[1])
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    return wire.encode(wire.DEAD_LETTER, to_record(letter))
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    return DeadLetter(**wire.decode(data, expected=wire.DEAD_LETTER)[1])

@@ -1,0 +1,201 @@
+"""Running workflow code deterministically, outside the process's own event loop.
+
+Each workflow instance gets a private asyncio loop with no I/O and no clock: the engine resolves futures
+(step results) in recorded order and runs ready callbacks until every task is blocked again. So
+``asyncio.gather`` and ordinary ``await`` work inside workflows, and re-executing the same code against
+the same history makes the same decisions. The idea follows Temporal's Python SDK (a custom event loop
+driven step by step); the code is ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.app import App, WorkflowDefinition
+from orchestrator.context import WorkflowContext
+from orchestrator.durations import Duration, to_millis
+from orchestrator.errors import StepFailedError
+from orchestrator.retry import RetryPolicy
+
+
+class _NoIO:
+    """Selector stand-in: a workflow loop never waits for file descriptors."""
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        return []
+
+
+class DeterministicLoop(asyncio.BaseEventLoop):
+    """An event loop that only runs what is ready, when the engine says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._selector = _NoIO()  # type: ignore[assignment]
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        return None
+
+    def _write_to_self(self) -> None:
+        return None
+
+    def run_until_blocked(self) -> None:
+        previous = asyncio._get_running_loop()
+        asyncio._set_running_loop(self)
+        try:
+            while self._ready:  # type: ignore[attr-defined]
+                self._run_once()  # type: ignore[attr-defined]
+        finally:
+            asyncio._set_running_loop(previous)
+
+    def has_timers(self) -> bool:
+        return bool(self._scheduled)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedStep:
+    """A step the workflow asked for, at its position in the workflow's command sequence."""
+
+    position: int
+    step: str
+    args: bytes
+    queue: str
+    timeout_ms: int
+    retry: str  # JSON of a per-call RetryPolicy, or ""
+
+
+class WorkflowInstance:
+    """One execution of a workflow function, advanced by resolving the futures of its steps."""
+
+    def __init__(self, app: App, definition: WorkflowDefinition, run_id: str, input_data: bytes, start_ms: int):
+        self.app = app
+        self.definition = definition
+        self.run_id = run_id
+        self.now_ms = start_ms
+        self.loop = DeterministicLoop()
+        self.issued: list[IssuedStep] = []
+        self.futures: dict[int, asyncio.Future[Any]] = {}
+        self.applied = 0  # resolutions applied so far
+        self.uses_asyncio_timers = False
+        self._rng = random.Random(f"orchestrator:{run_id}")
+        self.ctx = _Context(self)
+        if definition.input_hint is None and _arity(definition.fn) == 1:
+            coro = definition.fn(self.ctx)
+        else:
+            coro = definition.fn(self.ctx, app.data.decode(input_data, definition.input_hint))
+        self.task: asyncio.Task[Any] = self.loop.create_task(coro)
+        self._drain()
+
+    # -- driving ------------------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        self.loop.run_until_blocked()
+        if not self.task.done() and self.loop.has_timers():
+            self.uses_asyncio_timers = True
+
+    def resolve(self, position: int, timestamp_ms: int, result: bytes | None, failure: StepFailedError | None) -> None:
+        """Deliver one step's outcome and run the workflow until it blocks again."""
+        self.now_ms = timestamp_ms
+        self.applied += 1
+        fut = self.futures.pop(position, None)
+        if fut is None or fut.done():
+            return
+        if failure is not None:
+            fut.set_exception(failure)
+        else:
+            try:
+                step_def = self.app.steps.get(self.issued[position].step)
+                hint = step_def.return_hint if step_def else None
+                fut.set_result(self.app.data.decode(result or b"null", hint))
+            except Exception as exc:  # noqa: BLE001 - a bad payload is the workflow's failure, not ours
+                fut.set_exception(exc)
+        self._drain()
+
+    @property
+    def done(self) -> bool:
+        return self.task.done()
+
+    def outcome(self) -> tuple[Any, BaseException | None]:
+        """(result, None) or (None, exception) of a finished workflow."""
+        if self.task.cancelled():
+            return None, asyncio.CancelledError("workflow task was cancelled")
+        exc = self.task.exception()
+        return (None, exc) if exc is not None else (self.task.result(), None)
+
+    def close(self) -> None:
+        """Stop the coroutine (its ``finally`` blocks run; anything it issues is ignored) and free the loop."""
+        if not self.task.done():
+            self.task.cancel()
+            try:
+                self.loop.run_until_blocked()
+            except BaseException:  # noqa: BLE001, S110 - nothing useful to do with a dying workflow
+                pass
+        for fut in self.futures.values():
+            fut.cancel()
+        if not self.task.done():
+            self.task._log_destroy_pending = False  # type: ignore[attr-defined]
+        self.loop.close()
+
+    # -- called from the context ---------------------------------------------------------------------------
+    def issue_step(self, fn: Callable[..., Any], args: tuple[Any, ...], retry: RetryPolicy | None,
+                   queue: str | None, timeout: Duration | None) -> asyncio.Future[Any]:
+        name = self.app.step_name(fn)
+        definition = self.app.steps[name]
+        position = len(self.issued)
+        payload = self.app.data.encode(list(args), what=f"arguments of step {name!r}")
+        self.issued.append(
+            IssuedStep(
+                position=position,
+                step=name,
+                args=payload,
+                queue=queue or definition.queue,
+                timeout_ms=to_millis(timeout) if timeout is not None else definition.timeout_ms,
+                retry=json.dumps(asdict(retry), default=str) if retry is not None else "",
+            )
+        )
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.futures[position] = fut
+        return fut
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    import inspect
+
+    return len(inspect.signature(fn).parameters)
+
+
+class _Context(WorkflowContext):
+    def __init__(self, instance: WorkflowInstance) -> None:
+        self._instance = instance
+
+    @property
+    def run_id(self) -> str:
+        return self._instance.run_id
+
+    @property
+    def workflow(self) -> str:
+        return self._instance.definition.name
+
+    def step(  # type: ignore[override]
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+        timeout: Duration | None = None,
+    ) -> Awaitable[Any]:
+        return self._instance.issue_step(fn, args, retry, queue, timeout)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._instance.now_ms / 1000, tz=UTC)
+
+    def random(self) -> random.Random:
+        return self._instance._rng
+
+    def uuid4(self) -> uuid.UUID:
+        return uuid.UUID(int=self._instance._rng.getrandbits(128), version=4)

@@ -1,0 +1,175 @@
+"""The folded state of one run, as the processor keeps it in its store and changelog.
+
+Mutable on purpose: the processor changes a run's state in place many times per second, and it is written
+out (encoded) once per batch. Everything the workflow function observed is in here, so that it can be
+re-executed deterministically after eviction or a restart: the steps it issued (with their recorded results)
+and the order in which results reached it (`resolutions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator._engine import wire
+
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+PARKED = "parked"
+TERMINAL = frozenset({COMPLETED, FAILED})
+
+STEP_SCHEDULED = "scheduled"
+STEP_BACKOFF = "backoff"
+STEP_COMPLETED = "completed"
+STEP_FAILED = "failed"
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    attempt: int
+    started_ms: int
+    finished_ms: int
+    error_type: str = ""
+    message: str = ""
+    worker: str = ""
+
+
+@dataclass(slots=True)
+class StepRecord:
+    position: int
+    step: str
+    queue: str
+    status: str
+    attempt: int
+    args: bytes
+    scheduled_ms: int
+    result: bytes | None = None
+    error_type: str = ""
+    error_message: str = ""
+    due_ms: int = 0
+    retry: str = ""
+    timeout_ms: int = 0
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Resolution:
+    position: int
+    timestamp_ms: int
+
+
+@dataclass(slots=True)
+class RunState:
+    run_id: str
+    workflow: str
+    status: str
+    input: bytes
+    created_ms: int
+    updated_ms: int
+    workflow_version: str = ""
+    next_seq: int = 0
+    result: bytes | None = None
+    error_type: str = ""
+    error_message: str = ""
+    steps: list[StepRecord] = field(default_factory=list)
+    resolutions: list[Resolution] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def step_at(self, position: int) -> StepRecord | None:
+        if 0 <= position < len(self.steps):
+            return self.steps[position]
+        return None
+
+    def take_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+
+def encode_state(state: RunState) -> bytes:
+    record: dict[str, Any] = {
+        "run_id": state.run_id,
+        "workflow": state.workflow,
+        "workflow_version": state.workflow_version,
+        "status": state.status,
+        "input": state.input,
+        "created_ms": state.created_ms,
+        "updated_ms": state.updated_ms,
+        "next_seq": state.next_seq,
+        "result": state.result,
+        "error_type": state.error_type,
+        "error_message": state.error_message,
+        "steps": [
+            {
+                "position": s.position,
+                "step": s.step,
+                "queue": s.queue,
+                "status": s.status,
+                "attempt": s.attempt,
+                "args": s.args,
+                "result": s.result,
+                "error_type": s.error_type,
+                "error_message": s.error_message,
+                "scheduled_ms": s.scheduled_ms,
+                "due_ms": s.due_ms,
+                "retry": s.retry,
+                "timeout_ms": s.timeout_ms,
+                "attempts": [
+                    {
+                        "attempt": a.attempt,
+                        "started_ms": a.started_ms,
+                        "finished_ms": a.finished_ms,
+                        "error_type": a.error_type,
+                        "message": a.message,
+                        "worker": a.worker,
+                    }
+                    for a in s.attempts
+                ],
+            }
+            for s in state.steps
+        ],
+        "resolutions": [{"position": r.position, "timestamp_ms": r.timestamp_ms} for r in state.resolutions],
+    }
+    return wire.encode(wire.RUN_STATE, record)
+
+
+def decode_state(data: bytes) -> RunState:
+    _, rec = wire.decode(data, expected=wire.RUN_STATE)
+    steps = [
+        StepRecord(
+            position=s["position"],
+            step=s["step"],
+            queue=s["queue"],
+            status=s["status"],
+            attempt=s["attempt"],
+            args=s["args"],
+            scheduled_ms=s["scheduled_ms"],
+            result=s["result"],
+            error_type=s["error_type"],
+            error_message=s["error_message"],
+            due_ms=s["due_ms"],
+            retry=s["retry"],
+            timeout_ms=s["timeout_ms"],
+            attempts=[AttemptRecord(**a) for a in s["attempts"]],
+        )
+        for s in rec["steps"]
+    ]
+    return RunState(
+        run_id=rec["run_id"],
+        workflow=rec["workflow"],
+        status=rec["status"],
+        input=rec["input"],
+        created_ms=rec["created_ms"],
+        updated_ms=rec["updated_ms"],
+        workflow_version=rec["workflow_version"],
+        next_seq=rec["next_seq"],
+        result=rec["result"],
+        error_type=rec["error_type"],
+        error_message=rec["error_message"],
+        steps=steps,
+        resolutions=[Resolution(**r) for r in rec["resolutions"]],
+    )

@@ -1,0 +1,145 @@
+"""One partition's state: a RocksDB store whose writes reach disk only when Kafka has committed them.
+
+Writes made while a batch is processed sit in an overlay (read-your-writes). When the Kafka transaction
+that carries their changelog records commits, the overlay goes to RocksDB in one atomic write batch
+together with the consumed inbox offset and the changelog offset it corresponds to (KIP-892/KIP-1035
+style). A crash before the commit leaves RocksDB exactly as Kafka last committed it, or behind it, never
+ahead: restore then replays the changelog from the offset the store itself records.
+
+Key layout (frozen; bytes sort in this order):
+  ``r/<run_id>``                              run state (Avro RunState)
+  ``t/<due_ms: 8 bytes big-endian><run_id>\\x00<tag>``   timer index, empty value
+  ``m/<name>``                                local metadata, never changelogged
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch
+
+RUN_PREFIX = b"r/"
+TIMER_PREFIX = b"t/"
+META_PREFIX = b"m/"
+META_INBOX_OFFSET = b"m/inbox_offset"
+META_CHANGELOG_OFFSET = b"m/changelog_offset"
+
+_DUE = struct.Struct(">Q")
+_TOMBSTONE = None
+
+
+def run_key(run_id: str) -> bytes:
+    return RUN_PREFIX + run_id.encode()
+
+
+def timer_key(due_ms: int, run_id: str, tag: str) -> bytes:
+    return TIMER_PREFIX + _DUE.pack(max(due_ms, 0)) + run_id.encode() + b"\x00" + tag.encode()
+
+
+def parse_timer_key(key: bytes) -> tuple[int, str, str]:
+    due = _DUE.unpack_from(key, len(TIMER_PREFIX))[0]
+    run_id, _, tag = key[len(TIMER_PREFIX) + 8 :].partition(b"\x00")
+    return due, run_id.decode(), tag.decode()
+
+
+class PartitionStore:
+    def __init__(self, path: Path, partition: int) -> None:
+        self.path = path
+        self.partition = partition
+        path.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(path), options=Options(raw_mode=True))
+        self._overlay: dict[bytes, bytes | None] = {}
+
+    # -- reads and buffered writes ------------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        if key in self._overlay:
+            return self._overlay[key]
+        value = self._db.get(key)
+        return value if isinstance(value, bytes) else None
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._overlay[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self._overlay[key] = _TOMBSTONE
+
+    def dirty(self) -> dict[bytes, bytes | None]:
+        """Writes of the open batch (key -> value, None for a delete), for the changelog."""
+        return self._overlay
+
+    def discard(self) -> None:
+        """The transaction aborted: forget its writes."""
+        self._overlay = {}
+
+    def commit(self, inbox_offset: int | None, changelog_offset: int | None) -> None:
+        """Make the batch durable locally, with the offsets it corresponds to, in one atomic write."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in self._overlay.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        if inbox_offset is not None:
+            batch.put(META_INBOX_OFFSET, _DUE.pack(inbox_offset))
+        if changelog_offset is not None:
+            batch.put(META_CHANGELOG_OFFSET, _DUE.pack(changelog_offset))
+        self._db.write(batch)
+        self._overlay = {}
+
+    # -- restore ------------------------------------------------------------------------------------------
+    def restore_batch(self, records: list[tuple[bytes, bytes | None]], next_changelog_offset: int) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for key, value in records:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        batch.put(META_CHANGELOG_OFFSET, _DUE.pack(next_changelog_offset))
+        self._db.write(batch)
+
+    def meta_offset(self, key: bytes) -> int | None:
+        raw = self._db.get(key)
+        return _DUE.unpack(raw)[0] if isinstance(raw, bytes) else None
+
+    # -- scans (on committed data: callers scan between batches, when the overlay is empty) ----------------
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        it = self._db.iter()
+        try:
+            it.seek(start or prefix)
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                yield key, it.value()
+                it.next()
+        finally:
+            del it
+
+    def due_timers(self, now_ms: int, limit: int) -> list[tuple[bytes, int, str, str]]:
+        out: list[tuple[bytes, int, str, str]] = []
+        end = TIMER_PREFIX + _DUE.pack(now_ms + 1)
+        for key, _ in self.scan(TIMER_PREFIX):
+            if key >= end or len(out) >= limit:
+                break
+            due, run_id, tag = parse_timer_key(key)
+            out.append((key, due, run_id, tag))
+        return out
+
+    def next_timer_due(self) -> int | None:
+        for key, _ in self.scan(TIMER_PREFIX):
+            return parse_timer_key(key)[0]
+        return None
+
+    def count(self, prefix: bytes) -> int:
+        return sum(1 for _ in self.scan(prefix))
+
+    def close(self) -> None:
+        self._overlay = {}
+        self._db.close()
+
+    @staticmethod
+    def destroy(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)

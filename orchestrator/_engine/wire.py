@@ -1,0 +1,91 @@
+"""Avro records in the Confluent wire format (magic byte 0, 4-byte schema id, Avro body).
+
+Schema ids are frozen in ``schemas/registry.json`` so standard tools decode our topics without our code.
+Records are written with the current version of their schema and read with the schema they were written
+with, resolved to the current one: old history stays readable after the schemas evolve.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import fastavro
+
+from orchestrator._resources import resource_dir
+from orchestrator.errors import SchemaError
+
+EVENT = "orchestrator.v1.Event"
+STEP_COMMAND = "orchestrator.v1.StepCommand"
+RUN_STATE = "orchestrator.v1.RunState"
+RUN_OUTCOME = "orchestrator.v1.RunOutcome"
+DEAD_LETTER = "orchestrator.v1.DeadLetter"
+
+_HEADER = struct.Struct(">bI")
+
+
+@dataclass(frozen=True)
+class SchemaRegistry:
+    by_id: dict[int, Any]
+    names: dict[int, str]
+    current: dict[str, int]
+
+    def schema(self, schema_id: int) -> Any:
+        try:
+            return self.by_id[schema_id]
+        except KeyError:
+            raise SchemaError(
+                f"unknown schema id {schema_id}: this record was written by a newer version of the engine "
+                "(or is not ours); upgrade this reader"
+            ) from None
+
+
+@cache
+def registry() -> SchemaRegistry:
+    folder = resource_dir("schemas")
+    doc = json.loads((folder / "registry.json").read_text())
+    by_id: dict[int, Any] = {}
+    names: dict[int, str] = {}
+    for sid, entry in doc["schemas"].items():
+        raw = json.loads((folder / entry["file"]).read_text())
+        by_id[int(sid)] = fastavro.parse_schema(raw, named_schemas={})
+        names[int(sid)] = entry["name"]
+    return SchemaRegistry(by_id, names, dict(doc["current"]))
+
+
+def encode(name: str, record: dict[str, Any]) -> bytes:
+    reg = registry()
+    sid = reg.current[name]
+    buf = io.BytesIO()
+    buf.write(_HEADER.pack(0, sid))
+    fastavro.schemaless_writer(buf, reg.by_id[sid], record)
+    return buf.getvalue()
+
+
+def decode(data: bytes, expected: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(schema name, record) of ``data``; SchemaError with the reason when it is not one of ours."""
+    if data is None or len(data) < 5:
+        raise SchemaError("record too short to carry the wire-format header (magic byte + schema id)")
+    magic, sid = _HEADER.unpack_from(data)
+    if magic != 0:
+        raise SchemaError(f"bad magic byte {magic}: not a Confluent wire-format Avro record")
+    reg = registry()
+    writer = reg.schema(sid)
+    name = reg.names[sid]
+    if expected is not None and name != expected:
+        raise SchemaError(f"expected a {expected} record, got {name} (schema id {sid})")
+    reader_id = reg.current[name]
+    reader = reg.by_id[reader_id] if reader_id != sid else None
+    try:
+        record = fastavro.schemaless_reader(
+            io.BytesIO(data[5:]), writer, reader, return_record_name=True
+        )
+    except Exception as exc:  # noqa: BLE001 - fastavro raises many types for bad bytes
+        raise SchemaError(f"{name} record does not match its schema (id {sid}): {exc}") from exc
+    if not isinstance(record, dict):
+        raise SchemaError(f"{name} record did not decode to a record")
+    return name, record

@@ -1,0 +1,255 @@
+"""Step workers: consume step commands, run the user's step functions, report results to the inbox.
+
+At-least-once by design: a result is produced (idempotent producer) and only then is the command's offset
+committed. A worker that dies in between runs the step again, which is why steps get an idempotency key and
+the processor drops duplicate or stale results. All consumer calls happen on one dedicated thread
+(librdkafka consumers are not meant to be shared across threads); step coroutines run on the asyncio loop
+and plain functions on a thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from orchestrator import topology
+from orchestrator._engine import kafka
+from orchestrator._engine.events import Event, StepCompleted, StepFailed, encode_event
+from orchestrator._engine.offsets import OffsetTracker
+from orchestrator._engine.partitioning import partition_for
+from orchestrator._engine.records import DeadLetter, StepCommand, decode_command, encode_dead_letter
+from orchestrator.app import App, StepDefinition
+from orchestrator.context import StepInfo, _current_step
+from orchestrator.errors import PayloadTooLargeError, SchemaError, TerminalError, UnknownStepError
+
+log = logging.getLogger("orchestrator.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Knobs of one worker process.
+
+    Attributes:
+        queues: task queues to serve; None serves every queue the app's steps use.
+        concurrency: steps running at once (async and sync together).
+        sync_threads: threads for plain (non-async) step functions.
+        commit_interval_ms: how often finished offsets are committed.
+    """
+
+    queues: tuple[str, ...] | None = None
+    concurrency: int = 64
+    sync_threads: int = 16
+    commit_interval_ms: int = 200
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WorkerStats:
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    dead_letters: int = 0
+
+
+class Worker:
+    def __init__(self, app: App, config: WorkerConfig | None = None) -> None:
+        self.app = app
+        self.config = config or WorkerConfig()
+        self.queues = self.config.queues or tuple(sorted(app.queues))
+        self.topics = [topology.tasks_topic(app.name, q) for q in self.queues]
+        self.inbox = topology.inbox_topic(app.name)
+        self.stats = WorkerStats()
+        self._tracker = OffsetTracker()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until `stop()`; in-flight steps finish (their results are reported) before returning."""
+        s = self.app.settings
+        await asyncio.to_thread(kafka.ensure_topics, self.app)
+        loop = asyncio.get_running_loop()
+        consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="orchestrator-consumer")
+        sync_pool = ThreadPoolExecutor(self.config.sync_threads, thread_name_prefix="orchestrator-step")
+        producer = Producer(kafka.producer_config(s.bootstrap_servers))
+        consumer = Consumer(
+            kafka.consumer_config(
+                s.bootstrap_servers, f"{self.app.name}.workers", **self.config.consumer_overrides
+            )
+        )
+        poller = threading.Thread(target=self._poll_producer, args=(producer,), daemon=True)
+        poller.start()
+        slots = asyncio.Semaphore(self.config.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        await loop.run_in_executor(
+            consumer_thread,
+            lambda: consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_revoke),
+        )
+        log.info("worker %s serving %s", self.config.worker_id, ", ".join(self.topics))
+        last_commit = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                free = self.config.concurrency - len(tasks)
+                msgs: list[Message] = []
+                if free > 0:
+                    msgs = await loop.run_in_executor(consumer_thread, _poll_batch, consumer, free, 0.05)
+                else:
+                    await asyncio.sleep(0.005)
+                for msg in msgs:
+                    if msg.error() is not None:
+                        log.warning("consumer error: %s", msg.error())
+                        continue
+                    await slots.acquire()
+                    self._tracker.started(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+                    task = asyncio.create_task(self._execute(msg, producer, loop, sync_pool))
+                    tasks.add(task)
+                    task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+                if time.monotonic() - last_commit >= self.config.commit_interval_ms / 1000:
+                    await loop.run_in_executor(consumer_thread, self._commit, consumer)
+                    last_commit = time.monotonic()
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(producer.flush, 30)
+            await loop.run_in_executor(consumer_thread, self._commit, consumer)
+            await loop.run_in_executor(consumer_thread, consumer.close)
+            self._stop.set()
+            poller.join(5)
+            consumer_thread.shutdown()
+            sync_pool.shutdown(wait=False, cancel_futures=True)
+            log.info("worker %s stopped: %s", self.config.worker_id, self.stats)
+
+    # -- consumer-thread helpers --------------------------------------------------------------------------
+    def _commit(self, consumer: Consumer) -> None:
+        offsets = self._tracker.committable()
+        if not offsets:
+            return
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+            )
+            self._tracker.mark_committed(offsets)
+        except KafkaException as exc:
+            log.warning("offset commit failed (will retry): %s", exc)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(consumer)
+        for tp in partitions:
+            self._tracker.forget(tp.topic, tp.partition)
+
+    def _poll_producer(self, producer: Producer) -> None:
+        while not self._stop.is_set():
+            producer.poll(0.05)
+        producer.poll(0)
+
+    # -- one command --------------------------------------------------------------------------------------
+    async def _execute(
+        self, msg: Message, producer: Producer, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
+    ) -> None:
+        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+
+        def delivered(err: Any, _msg: Message) -> None:
+            if err is None:
+                loop.call_soon_threadsafe(self._tracker.finished, topic, partition, offset)
+            else:
+                log.error("result of %s[%d]@%d not delivered: %s; the step will run again", topic, partition,
+                          offset, err)
+
+        try:
+            cmd = decode_command(msg.value())
+        except SchemaError as exc:
+            self.stats.dead_letters += 1
+            letter = DeadLetter(topic, partition, offset, msg.key(), msg.value(), "SchemaError", str(exc),
+                                _now_ms(), f"worker:{self.config.worker_id}")
+            producer.produce(topology.dlq_topic(self.app.name), encode_dead_letter(letter), msg.key(),
+                             on_delivery=delivered)
+            return
+        self.stats.started += 1
+        body = await self._run_step(cmd, loop, pool)
+        event = Event(
+            event_id=f"{cmd.idempotency_key}/{cmd.attempt}/{uuid.uuid4().hex[:8]}",
+            run_id=cmd.run_id,
+            workflow=cmd.workflow,
+            timestamp_ms=_now_ms(),
+            body=body,
+        )
+        producer.produce(
+            self.inbox,
+            encode_event(event),
+            cmd.run_id.encode(),
+            partition=partition_for(cmd.run_id, self.app.settings.partitions),
+            on_delivery=delivered,
+        )
+
+    async def _run_step(
+        self, cmd: StepCommand, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
+    ) -> StepCompleted | StepFailed:
+        started = _now_ms()
+        worker = self.config.worker_id
+        definition: StepDefinition | None = self.app.steps.get(cmd.step)
+        try:
+            if definition is None:
+                raise UnknownStepError(
+                    f"this worker has no step {cmd.step!r} (queue served: {', '.join(self.queues)}); "
+                    "deploy the code that registers it"
+                )
+            args = self.app.data.decode(cmd.args, tuple[*_arg_hints(definition, cmd.args, self.app)])
+            info = StepInfo(cmd.run_id, cmd.workflow, cmd.step, cmd.position, cmd.attempt, cmd.idempotency_key)
+            token = _current_step.set(info)
+            try:
+                timeout = cmd.timeout_ms / 1000 if cmd.timeout_ms else None
+                if definition.is_async:
+                    result = await asyncio.wait_for(definition.fn(*args), timeout)
+                else:
+                    ctx = contextvars.copy_context()
+                    result = await asyncio.wait_for(
+                        loop.run_in_executor(pool, ctx.run, definition.fn, *args), timeout
+                    )
+            finally:
+                _current_step.reset(token)
+            data = self.app.data.encode(result, what=f"result of step {cmd.step!r}")
+            self.stats.completed += 1
+            return StepCompleted(cmd.position, cmd.attempt, data, started, _now_ms(), worker)
+        except Exception as exc:  # noqa: BLE001 - every step failure is reported, none crashes the worker
+            self.stats.failed += 1
+            retryable = not isinstance(exc, TerminalError | PayloadTooLargeError)
+            error_type = getattr(exc, "error_type", None) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                error_type = "StepTimeout"
+            message = str(exc) or repr(exc)
+            log.info("step %s of %s attempt %d failed: %s: %s", cmd.step, cmd.run_id, cmd.attempt, error_type,
+                     message)
+            return StepFailed(cmd.position, cmd.attempt, error_type, message[:4000], retryable, started,
+                              _now_ms(), worker)
+
+
+def _poll_batch(consumer: Consumer, limit: int, timeout: float) -> list[Message]:
+    """Wait for the first record only, then take what is already fetched: low latency and batching."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(limit - 1, 0)] if limit > 1 else [first]
+
+
+def _arg_hints(definition: StepDefinition, raw: bytes, app: App) -> list[Any]:
+    count = len(app.data.decode(raw)) if raw else 0
+    hints = list(definition.param_hints[:count])
+    hints += [Any] * (count - len(hints))
+    return [h if h is not None else Any for h in hints]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

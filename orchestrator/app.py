@@ -1,0 +1,165 @@
+"""`App`: the registry of a user's workflows and steps, shared by client, processor and worker.
+
+The same module (``MODULE:app``) is imported by every process, so all of them agree on names, retry
+policies and task queues without any registry service.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+
+from orchestrator.converter import DataConverter, PayloadCodec, PayloadConverter
+from orchestrator.durations import Duration, to_millis
+from orchestrator.errors import UnknownStepError, UnknownWorkflowError
+from orchestrator.retry import DEFAULT_RETRY, RetryPolicy
+from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestrator.client import Client
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    name: str
+    fn: Callable[..., Any]
+    retry: RetryPolicy
+    queue: str
+    timeout_ms: int
+    is_async: bool
+    return_hint: Any
+    param_hints: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    name: str
+    fn: Callable[..., Any]
+    version: str
+    input_hint: Any
+    return_hint: Any
+
+
+def _hints(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], Any]:
+    try:
+        hints = get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolved forward refs: fall back to plain JSON values
+        hints = {}
+    params = [p.name for p in inspect.signature(fn).parameters.values()]
+    return tuple(hints.get(p) for p in params), hints.get("return")
+
+
+class App:
+    """A named application: its workflows, steps and the settings of the Kafka cluster it runs on."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: Settings | None = None,
+        converter: PayloadConverter | None = None,
+        codec: PayloadCodec | None = None,
+    ) -> None:
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise ValueError(f"app name {name!r}: use letters, digits, '-' and '_' (it prefixes topic names)")
+        self.name = name
+        self.settings = settings or Settings()
+        self.data = DataConverter(converter, codec, self.settings.max_payload_bytes)
+        self.workflows: dict[str, WorkflowDefinition] = {}
+        self.steps: dict[str, StepDefinition] = {}
+
+    # -- registration -------------------------------------------------------------------------------------
+    def step(
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str = DEFAULT_QUEUE,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Register a step (async or plain function). Usable as ``@app.step`` or ``@app.step(...)``."""
+
+        def register(func: F) -> F:
+            step_name = name or func.__qualname__
+            if step_name in self.steps and self.steps[step_name].fn is not func:
+                raise ValueError(f"step {step_name!r} is registered twice")
+            params, ret = _hints(func)
+            self.steps[step_name] = StepDefinition(
+                name=step_name,
+                fn=func,
+                retry=retry or DEFAULT_RETRY,
+                queue=queue,
+                timeout_ms=to_millis(timeout) if timeout is not None else 0,
+                is_async=inspect.iscoroutinefunction(func),
+                return_hint=ret,
+                param_hints=params,
+            )
+            func.__orchestrator_step__ = step_name  # type: ignore[attr-defined]
+            return func
+
+        return register(fn) if fn is not None else register
+
+    def workflow(self, fn: F | None = None, *, name: str | None = None, version: str = "") -> Any:
+        """Register a workflow: ``async def wf(ctx: WorkflowContext, input: T) -> R``."""
+
+        def register(func: F) -> F:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(f"workflow {func.__qualname__} must be an async function")
+            wf_name = name or func.__qualname__
+            if wf_name in self.workflows and self.workflows[wf_name].fn is not func:
+                raise ValueError(f"workflow {wf_name!r} is registered twice")
+            params, ret = _hints(func)
+            if len(params) not in (1, 2):
+                raise TypeError(f"workflow {wf_name!r} must take (ctx) or (ctx, input)")
+            self.workflows[wf_name] = WorkflowDefinition(
+                name=wf_name,
+                fn=func,
+                version=version,
+                input_hint=params[1] if len(params) == 2 else None,
+                return_hint=ret,
+            )
+            func.__orchestrator_workflow__ = wf_name  # type: ignore[attr-defined]
+            return func
+
+        return register(fn) if fn is not None else register
+
+    # -- look-ups -----------------------------------------------------------------------------------------
+    def step_name(self, fn: Callable[..., Any] | str) -> str:
+        if isinstance(fn, str):
+            name = fn
+        else:
+            name = getattr(fn, "__orchestrator_step__", None) or ""
+        if name not in self.steps:
+            raise UnknownStepError(
+                f"{getattr(fn, '__qualname__', fn)!r} is not a registered step of app {self.name!r}; "
+                "decorate it with @app.step"
+            )
+        return name
+
+    def workflow_name(self, fn: Callable[..., Any] | str) -> str:
+        if isinstance(fn, str):
+            name = fn
+        else:
+            name = getattr(fn, "__orchestrator_workflow__", None) or ""
+        if name not in self.workflows:
+            known = ", ".join(sorted(self.workflows)) or "none"
+            raise UnknownWorkflowError(
+                f"{getattr(fn, '__qualname__', fn)!r} is not a workflow of app {self.name!r} (known: {known})"
+            )
+        return name
+
+    @property
+    def queues(self) -> set[str]:
+        return {s.queue for s in self.steps.values()} | {DEFAULT_QUEUE}
+
+    def client(self) -> Client:
+        from orchestrator.client import Client
+
+        return Client(self)

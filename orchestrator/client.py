@@ -1,0 +1,329 @@
+"""The client: start runs (idempotently by run id), await their results, look at their state.
+
+Results arrive on the outcomes topic, which a background thread tails from the moment the client is
+first used; a handle whose run may have ended earlier asks the changelog first. The client never talks to a
+processor directly: Kafka is the only thing between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from orchestrator import topology
+from orchestrator._engine import kafka
+from orchestrator._engine.events import Event, StartRun, encode_event
+from orchestrator._engine.partitioning import partition_for
+from orchestrator._engine.reader import read_partitions
+from orchestrator._engine.records import RunOutcome, decode_outcome
+from orchestrator._engine.state import COMPLETED, PARKED, TERMINAL, RunState, decode_state
+from orchestrator._engine.store import RUN_PREFIX, run_key
+from orchestrator.app import App
+from orchestrator.errors import OrchestratorError, RunFailedError, RunTimeoutError, SchemaError
+
+log = logging.getLogger("orchestrator.client")
+
+
+@dataclass(frozen=True)
+class StepView:
+    position: int
+    step: str
+    status: str
+    attempts: int
+    started: datetime | None
+    finished: datetime | None
+    error: str
+    attempt_errors: tuple[str, ...]
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started and self.finished:
+            return int((self.finished - self.started).total_seconds() * 1000)
+        return None
+
+
+@dataclass(frozen=True)
+class RunDescription:
+    """A run as its processor last committed it."""
+
+    run_id: str
+    workflow: str
+    status: str
+    created: datetime
+    updated: datetime
+    steps: tuple[StepView, ...]
+    error_type: str
+    error_message: str
+    result_bytes: bytes | None
+
+    @classmethod
+    def from_state(cls, s: RunState) -> RunDescription:
+        steps = tuple(
+            StepView(
+                position=r.position,
+                step=r.step,
+                status=r.status,
+                attempts=r.attempt,
+                started=_dt(r.attempts[0].started_ms) if r.attempts else None,
+                finished=_dt(r.attempts[-1].finished_ms) if r.attempts else None,
+                error=f"{r.error_type}: {r.error_message}" if r.error_type else "",
+                attempt_errors=tuple(f"#{a.attempt} {a.error_type}: {a.message}" for a in r.attempts if a.error_type),
+            )
+            for r in s.steps
+        )
+        return cls(s.run_id, s.workflow, s.status, _dt(s.created_ms), _dt(s.updated_ms), steps, s.error_type,
+                   s.error_message, s.result)
+
+
+class RunHandle:
+    def __init__(self, client: Client, run_id: str, workflow: str | None) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.workflow = workflow
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The run's return value; RunFailedError if it failed or was parked, RunTimeoutError on timeout."""
+        outcome = await self.client._await_outcome(self.run_id, timeout)
+        return self.client._outcome_value(outcome)
+
+    async def describe(self) -> RunDescription | None:
+        return await self.client.describe(self.run_id)
+
+
+class Client:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._bootstrap = app.settings.bootstrap_servers
+        self._inbox = topology.inbox_topic(app.name)
+        self._outcomes_topic = topology.outcomes_topic(app.name)
+        self._producer: Producer | None = None
+        self._watcher: _OutcomeWatcher | None = None
+        self._lock = threading.Lock()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- starting -----------------------------------------------------------------------------------------
+    async def start(
+        self, workflow: Callable[..., Any] | str, input: Any = None, *, run_id: str | None = None
+    ) -> RunHandle:
+        """Start a run. The same ``run_id`` twice gives one run: the second start returns the first's handle."""
+        name = workflow if isinstance(workflow, str) else self.app.workflow_name(workflow)
+        run_id = run_id or uuid.uuid4().hex
+        data = self.app.data.encode(input, what=f"input of workflow {name!r}")
+        watcher = await asyncio.to_thread(self._ensure_watcher)
+        watcher.expect(run_id, asyncio.get_running_loop(), starting=True)
+        event = Event(
+            event_id=uuid.uuid4().hex,
+            run_id=run_id,
+            workflow=name,
+            timestamp_ms=int(time.time() * 1000),
+            body=StartRun(input=data, requested_by="client"),
+        )
+        await self._produce(event)
+        return RunHandle(self, run_id, name)
+
+    def get_handle(self, run_id: str, workflow: str | None = None) -> RunHandle:
+        return RunHandle(self, run_id, workflow)
+
+    async def _produce(self, event: Event) -> None:
+        producer = self._ensure_producer()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def delivered(err: Any, _msg: Any) -> None:
+            def settle() -> None:
+                if done.done():
+                    return
+                if err is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(OrchestratorError(f"could not write to {self._inbox}: {err}"))
+
+            loop.call_soon_threadsafe(settle)
+
+        producer.produce(
+            self._inbox,
+            encode_event(event),
+            event.run_id.encode(),
+            partition=partition_for(event.run_id, self.app.settings.partitions),
+            on_delivery=delivered,
+        )
+        producer.poll(0)
+        await done
+
+    def _ensure_producer(self) -> Producer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(kafka.producer_config(self._bootstrap))
+                threading.Thread(target=self._poll_loop, daemon=True, name="orchestrator-client-poll").start()
+            return self._producer
+
+    def _poll_loop(self) -> None:
+        while self._producer is not None:
+            self._producer.poll(0.05)
+
+    def _ensure_watcher(self) -> _OutcomeWatcher:
+        with self._lock:
+            if self._watcher is None:
+                kafka.ensure_topics(self.app)
+                self._watcher = _OutcomeWatcher(self._bootstrap, self._outcomes_topic, self.app.settings.partitions)
+            return self._watcher
+
+    # -- results ------------------------------------------------------------------------------------------
+    async def _await_outcome(self, run_id: str, timeout: float | None) -> RunOutcome:
+        watcher = await asyncio.to_thread(self._ensure_watcher)
+        fut = watcher.expect(run_id, asyncio.get_running_loop())
+        if not fut.done() and not watcher.started_here(run_id):
+            desc = await asyncio.to_thread(self._read_state, run_id)
+            if desc is not None and (desc.status in TERMINAL or desc.status == PARKED):
+                watcher.forget(run_id)
+                return RunOutcome(desc.run_id, desc.workflow, desc.status, desc.updated_ms, desc.result,
+                                  desc.error_type, desc.error_message)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            raise RunTimeoutError(f"run {run_id!r} did not end within {timeout}s") from None
+        finally:
+            if fut.done():
+                watcher.forget(run_id)
+
+    def _outcome_value(self, outcome: RunOutcome) -> Any:
+        if outcome.status != COMPLETED:
+            raise RunFailedError(outcome.run_id, outcome.status, outcome.error_type, outcome.error_message)
+        definition = self.app.workflows.get(outcome.workflow)
+        hint = definition.return_hint if definition else None
+        return self.app.data.decode(outcome.result or b"null", hint)
+
+    # -- looking --------------------------------------------------------------------------------------------
+    async def describe(self, run_id: str) -> RunDescription | None:
+        state = await asyncio.to_thread(self._read_state, run_id)
+        return RunDescription.from_state(state) if state else None
+
+    async def list_runs(self, workflow: str | None = None, status: str | None = None) -> list[RunDescription]:
+        return await asyncio.to_thread(self._list_runs, workflow, status)
+
+    def _read_state(self, run_id: str) -> RunState | None:
+        key = run_key(run_id)
+        p = partition_for(run_id, self.app.settings.partitions)
+        last: bytes | None = None
+        found = False
+        for msg in read_partitions(self._bootstrap, topology.changelog_topic(self.app.name), [p]):
+            if msg.key() == key:
+                last, found = msg.value(), True
+        return decode_state(last) if found and last is not None else None
+
+    def _list_runs(self, workflow: str | None, status: str | None) -> list[RunDescription]:
+        latest: dict[bytes, bytes | None] = {}
+        topic = topology.changelog_topic(self.app.name)
+        for msg in read_partitions(self._bootstrap, topic, list(range(self.app.settings.partitions))):
+            key = msg.key()
+            if key is not None and key.startswith(RUN_PREFIX):
+                latest[key] = msg.value()
+        runs = []
+        for value in latest.values():
+            if value is None:
+                continue
+            try:
+                s = decode_state(value)
+            except SchemaError:
+                continue
+            if (workflow is None or s.workflow == workflow) and (status is None or s.status == status):
+                runs.append(RunDescription.from_state(s))
+        runs.sort(key=lambda r: r.created)
+        return runs
+
+    async def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await asyncio.to_thread(watcher.close)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await asyncio.to_thread(producer.flush, 10)
+
+
+class _OutcomeWatcher:
+    """Tails the outcomes topic from where it stood when created, settling the futures of awaited runs."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self._consumer = Consumer(kafka.reader_config(bootstrap, **{"enable.partition.eof": False}))
+        tps = []
+        for p in range(partitions):
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            tps.append(TopicPartition(topic, p, high))
+        self._consumer.assign(tps)
+        self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[RunOutcome]]] = {}
+        self._started: set[str] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="orchestrator-outcomes")
+        self._thread.start()
+
+    def expect(
+        self, run_id: str, loop: asyncio.AbstractEventLoop, *, starting: bool = False
+    ) -> asyncio.Future[RunOutcome]:
+        with self._lock:
+            entry = self._futures.get(run_id)
+            if entry is None:
+                entry = (loop, loop.create_future())
+                self._futures[run_id] = entry
+            if starting:
+                self._started.add(run_id)
+            return entry[1]
+
+    def started_here(self, run_id: str) -> bool:
+        """True when this watcher was tailing before the run was started through this client."""
+        return run_id in self._started
+
+    def forget(self, run_id: str) -> None:
+        with self._lock:
+            self._futures.pop(run_id, None)
+            self._started.discard(run_id)
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            for msg in self._consumer.consume(1000, timeout=0.1):
+                if msg.error() is not None:
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("outcome watcher: %s", msg.error())
+                    continue
+                key = msg.key()
+                if key is None:
+                    continue
+                with self._lock:
+                    entry = self._futures.get(key.decode(errors="replace"))
+                if entry is None:
+                    continue
+                try:
+                    outcome = decode_outcome(msg.value())
+                except SchemaError:
+                    log.warning("undecodable outcome record at offset %s", msg.offset())
+                    continue
+                loop, fut = entry
+                loop.call_soon_threadsafe(_settle, fut, outcome)
+        self._consumer.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(10)
+
+
+def _settle(fut: asyncio.Future[RunOutcome], outcome: RunOutcome) -> None:
+    if not fut.done():
+        fut.set_result(outcome)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

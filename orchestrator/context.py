@@ -1,0 +1,111 @@
+"""What workflow code sees: the `WorkflowContext` interface, and `StepInfo` for step code.
+
+The interface lives here; the engine implements it (``orchestrator/_engine/runtime.py``). Workflow code must
+take everything it observes from the context (results, time, randomness, ids), because it is re-executed
+against its recorded history after eviction or a restart and must decide the same way each time.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar, overload
+
+from orchestrator.durations import Duration
+from orchestrator.retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+class WorkflowContext(ABC):
+    """The workflow's only window on the world."""
+
+    @property
+    @abstractmethod
+    def run_id(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def workflow(self) -> str: ...
+
+    @overload
+    @abstractmethod
+    def step(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+        timeout: Duration | None = None,
+    ) -> Awaitable[T]: ...
+
+    @overload
+    @abstractmethod
+    def step(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+        timeout: Duration | None = None,
+    ) -> Awaitable[T]: ...
+
+    @abstractmethod
+    def step(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+        timeout: Duration | None = None,
+    ) -> Awaitable[Any]:
+        """Schedule a registered step on a worker; await it for its (recorded) result.
+
+        Calling it issues the command at once, so several steps started before awaiting run in parallel
+        (``await asyncio.gather(ctx.step(a), ctx.step(b))``). Keyword options override the step's defaults
+        for this call.
+        """
+
+    @abstractmethod
+    def now(self) -> datetime:
+        """The time of the event the workflow is reacting to (UTC), identical on re-execution."""
+
+    @abstractmethod
+    def random(self) -> random.Random:
+        """A random generator seeded by the run id: the same sequence on every re-execution."""
+
+    @abstractmethod
+    def uuid4(self) -> uuid.UUID:
+        """A random-looking UUID that is the same on every re-execution."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """What a running step knows about its invocation.
+
+    ``idempotency_key`` is stable across retries and redeliveries of the same step of the same run: pass it
+    to outside systems (payment APIs, mailers) so that an at-least-once re-execution is not a second charge.
+    """
+
+    run_id: str
+    workflow: str
+    step: str
+    position: int
+    attempt: int
+    idempotency_key: str
+
+
+_current_step: ContextVar[StepInfo | None] = ContextVar("orchestrator_step", default=None)
+
+
+def step_info() -> StepInfo:
+    """The invocation of the step that is running now; RuntimeError outside a step."""
+    info = _current_step.get()
+    if info is None:
+        raise RuntimeError("step_info() is only available while a step runs on a worker")
+    return info
