@@ -132,10 +132,7 @@ class App:
 
     # -- look-ups -----------------------------------------------------------------------------------------
     def step_name(self, fn: Callable[..., Any] | str) -> str:
-        if isinstance(fn, str):
-            name = fn
-        else:
-            name = getattr(fn, "__orchestrator_step__", None) or ""
+        name = fn if isinstance(fn, str) else getattr(fn, "__orchestrator_step__", None) or ""
         if name not in self.steps:
             raise UnknownStepError(
                 f"{getattr(fn, '__qualname__', fn)!r} is not a registered step of app {self.name!r}; "
@@ -144,10 +141,7 @@ class App:
         return name
 
     def workflow_name(self, fn: Callable[..., Any] | str) -> str:
-        if isinstance(fn, str):
-            name = fn
-        else:
-            name = getattr(fn, "__orchestrator_workflow__", None) or ""
+        name = fn if isinstance(fn, str) else getattr(fn, "__orchestrator_workflow__", None) or ""
         if name not in self.workflows:
             known = ", ".join(sorted(self.workflows)) or "none"
             raise UnknownWorkflowError(

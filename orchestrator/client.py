@@ -76,12 +76,23 @@ class RunDescription:
                 started=_dt(r.attempts[0].started_ms) if r.attempts else None,
                 finished=_dt(r.attempts[-1].finished_ms) if r.attempts else None,
                 error=f"{r.error_type}: {r.error_message}" if r.error_type else "",
-                attempt_errors=tuple(f"#{a.attempt} {a.error_type}: {a.message}" for a in r.attempts if a.error_type),
+                attempt_errors=tuple(
+                    f"#{a.attempt} {a.error_type}: {a.message}" for a in r.attempts if a.error_type
+                ),
             )
             for r in s.steps
         )
-        return cls(s.run_id, s.workflow, s.status, _dt(s.created_ms), _dt(s.updated_ms), steps, s.error_type,
-                   s.error_message, s.result)
+        return cls(
+            s.run_id,
+            s.workflow,
+            s.status,
+            _dt(s.created_ms),
+            _dt(s.updated_ms),
+            steps,
+            s.error_type,
+            s.error_message,
+            s.result,
+        )
 
 
 class RunHandle:
@@ -119,7 +130,7 @@ class Client:
     async def start(
         self, workflow: Callable[..., Any] | str, input: Any = None, *, run_id: str | None = None
     ) -> RunHandle:
-        """Start a run. The same ``run_id`` twice gives one run: the second start returns the first's handle."""
+        """Start a run. The same ``run_id`` twice gives one run; the second start returns its handle."""
         name = workflow if isinstance(workflow, str) else self.app.workflow_name(workflow)
         run_id = run_id or uuid.uuid4().hex
         data = self.app.data.encode(input, what=f"input of workflow {name!r}")
@@ -179,7 +190,9 @@ class Client:
         with self._lock:
             if self._watcher is None:
                 kafka.ensure_topics(self.app)
-                self._watcher = _OutcomeWatcher(self._bootstrap, self._outcomes_topic, self.app.settings.partitions)
+                self._watcher = _OutcomeWatcher(
+                    self._bootstrap, self._outcomes_topic, self.app.settings.partitions
+                )
             return self._watcher
 
     # -- results ------------------------------------------------------------------------------------------
@@ -190,8 +203,15 @@ class Client:
             desc = await asyncio.to_thread(self._read_state, run_id)
             if desc is not None and (desc.status in TERMINAL or desc.status == PARKED):
                 watcher.forget(run_id)
-                return RunOutcome(desc.run_id, desc.workflow, desc.status, desc.updated_ms, desc.result,
-                                  desc.error_type, desc.error_message)
+                return RunOutcome(
+                    desc.run_id,
+                    desc.workflow,
+                    desc.status,
+                    desc.updated_ms,
+                    desc.result,
+                    desc.error_type,
+                    desc.error_message,
+                )
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
@@ -295,9 +315,10 @@ class _OutcomeWatcher:
     def _run(self) -> None:
         while not self._closed.is_set():
             for msg in self._consumer.consume(1000, timeout=0.1):
-                if msg.error() is not None:
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("outcome watcher: %s", msg.error())
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("outcome watcher: %s", err)
                     continue
                 key = msg.key()
                 if key is None:

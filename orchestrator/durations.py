@@ -31,6 +31,6 @@ def to_millis(value: Duration) -> int:
         pos = match.end()
     if pos != len(text) or not text:
         raise ValueError(
-            f"not a duration: {value!r} (use e.g. '250ms', '1s', '5m', '1h30m', '3d', seconds, or a timedelta)"
+            f"not a duration: {value!r} (use e.g. '250ms', '1s', '5m', '1h30m', '3d', seconds, a timedelta)"
         )
     return int(total)

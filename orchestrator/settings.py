@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     partitions: int = Field(
         default=4,
         ge=1,
-        description="Partitions of the run-keyed topics. Fixed for the life of an app: runs are placed by hash.",
+        description="Partitions of the run-keyed topics; fixed for an app's life (runs are placed by hash).",
     )
     replication_factor: int = Field(default=1, ge=1, description="Replication of every engine topic.")
     min_insync_replicas: int = Field(default=1, ge=1)

@@ -28,7 +28,7 @@ from orchestrator._engine.events import (
 )
 from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.records import RunOutcome, StepCommand
-from orchestrator._engine.runtime import IssuedStep, WorkflowInstance
+from orchestrator._engine.runtime import WorkflowInstance
 from orchestrator.app import App
 from orchestrator.errors import NonDeterminismError, StepFailedError
 from orchestrator.retry import RetryPolicy
@@ -59,13 +59,17 @@ def idempotency_key(run_id: str, position: int, step: str) -> str:
 
 
 class Decider:
-    def __init__(self, app: App, cache: InstanceCache | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, app: App, cache: InstanceCache | None = None, rng: random.Random | None = None
+    ) -> None:
         self.app = app
         self.cache = cache if cache is not None else InstanceCache()
         self._rng = rng or random.Random()
 
     # -- entry points -------------------------------------------------------------------------------------
-    def handle(self, state: st.RunState | None, event: Event, now_ms: int) -> tuple[st.RunState | None, Effects]:
+    def handle(
+        self, state: st.RunState | None, event: Event, now_ms: int
+    ) -> tuple[st.RunState | None, Effects]:
         body = event.body
         if isinstance(body, StartRun):
             return self._on_start(state, event, body, now_ms)
@@ -105,7 +109,9 @@ class Decider:
         if definition is None:
             known = ", ".join(sorted(self.app.workflows)) or "none"
             self._park(
-                state, fx, PARK_UNKNOWN_WORKFLOW,
+                state,
+                fx,
+                PARK_UNKNOWN_WORKFLOW,
                 f"no workflow named {event.workflow!r} in app {self.app.name!r} (known: {known}); "
                 "deploy code that registers it, then resume the run",
                 now_ms,
@@ -126,7 +132,9 @@ class Decider:
         if step is None:
             return Effects(ignored=f"result for position {body.position}, which the run never scheduled")
         if step.status != st.STEP_SCHEDULED or step.attempt != body.attempt:
-            return Effects(ignored=f"stale or duplicate result (step is {step.status}, attempt {step.attempt})")
+            return Effects(
+                ignored=f"stale or duplicate result (step is {step.status}, attempt {step.attempt})"
+            )
         if state.status not in (st.RUNNING, st.PARKED):
             return Effects(ignored=f"run is {state.status}")
         fx = Effects()
@@ -172,14 +180,23 @@ class Decider:
     def _instance(self, state: st.RunState, fx: Effects, now_ms: int) -> WorkflowInstance | None:
         """The live instance of ``state``'s run, re-executed from its record when not cached."""
         inst = self.cache.get(state.run_id)
-        if inst is not None and inst.applied == len(state.resolutions) and len(inst.issued) == len(state.steps):
+        if (
+            inst is not None
+            and inst.applied == len(state.resolutions)
+            and len(inst.issued) == len(state.steps)
+        ):
             return inst
         if inst is not None:
             self.cache.evict(state.run_id)
         definition = self.app.workflows.get(state.workflow)
         if definition is None:
-            self._park(state, fx, PARK_UNKNOWN_WORKFLOW, f"workflow {state.workflow!r} is no longer registered",
-                       now_ms)
+            self._park(
+                state,
+                fx,
+                PARK_UNKNOWN_WORKFLOW,
+                f"workflow {state.workflow!r} is no longer registered",
+                now_ms,
+            )
             return None
         try:
             inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms)
@@ -201,7 +218,9 @@ class Decider:
             self._park(state, fx, PARK_NON_DETERMINISM, str(exc), now_ms)
             return None
         except Exception as exc:  # noqa: BLE001 - user code raising differently on replay is also divergence
-            self._park(state, fx, PARK_NON_DETERMINISM, f"re-execution raised {type(exc).__name__}: {exc}", now_ms)
+            self._park(
+                state, fx, PARK_NON_DETERMINISM, f"re-execution raised {type(exc).__name__}: {exc}", now_ms
+            )
             return None
         self.cache.put(state.run_id, inst)
         return inst
@@ -219,7 +238,7 @@ class Decider:
 
     def _advance(self, state: st.RunState, inst: WorkflowInstance, fx: Effects, now_ms: int) -> None:
         """Record the steps the workflow issued since last time, and its end if it ended."""
-        for issued in inst.issued[len(state.steps):]:
+        for issued in inst.issued[len(state.steps) :]:
             step = st.StepRecord(
                 position=issued.position,
                 step=issued.step,
@@ -234,9 +253,13 @@ class Decider:
             state.steps.append(step)
             self._schedule(state, step, fx, now_ms)
         if inst.uses_asyncio_timers:
-            self._park(state, fx, PARK_WORKFLOW_ERROR,
-                       "workflow awaited an asyncio timer (asyncio.sleep/wait_for); use ctx.sleep for durable "
-                       "time", now_ms)
+            self._park(
+                state,
+                fx,
+                PARK_WORKFLOW_ERROR,
+                "workflow awaited an asyncio timer (asyncio.sleep/wait_for); use ctx.sleep for durable time",
+                now_ms,
+            )
             return
         if not inst.done:
             self.cache.put(state.run_id, inst)
@@ -259,8 +282,12 @@ class Decider:
     # -- helpers ------------------------------------------------------------------------------------------
     def _schedule(self, state: st.RunState, step: st.StepRecord, fx: Effects, now_ms: int) -> None:
         key = idempotency_key(state.run_id, step.position, step.step)
-        self._record(state, fx, StepScheduled(step.position, step.step, step.queue, step.attempt, step.args, key),
-                     now_ms)
+        self._record(
+            state,
+            fx,
+            StepScheduled(step.position, step.step, step.queue, step.attempt, step.args, key),
+            now_ms,
+        )
         fx.commands.append(
             (
                 step.queue,

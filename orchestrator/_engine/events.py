@@ -126,12 +126,13 @@ class Event:
 
 
 @cache
-def _field_names(cls: type[Any]) -> tuple[str, ...]:
+def _field_names(cls: Any) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in _field_names(type(obj))}
+    cls: Any = type(obj)
+    return {name: getattr(obj, name) for name in _field_names(cls)}
 
 
 def encode_event(event: Event) -> bytes:
@@ -147,7 +148,7 @@ def encode_event(event: Event) -> bytes:
     return wire.encode(wire.EVENT, record)
 
 
-def decode_event(data: bytes) -> Event:
+def decode_event(data: bytes | None) -> Event:
     """Decode an Event; raises SchemaError for anything that is not one."""
     _, rec = wire.decode(data, expected=wire.EVENT)
     body_name, body = rec["body"]

@@ -73,7 +73,7 @@ def transactional_producer_config(bootstrap: str, transactional_id: str, **extra
 
 
 def ensure_topics(app: App, timeout: float = 30.0) -> None:
-    """Create the app's missing topics (never alters existing ones; `orchestrator topics plan` shows drift)."""
+    """Create the app's missing topics; never alters existing ones (`topics plan` shows drift)."""
     from orchestrator import _topic_admin
 
     specs = topology.engine_topics(app.name, app.settings, sorted(app.queues))
@@ -84,8 +84,8 @@ def ensure_topics(app: App, timeout: float = 30.0) -> None:
 def is_fatal(exc: KafkaException) -> bool:
     err = exc.args[0] if exc.args else None
     return isinstance(err, KafkaError) and (
-        err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                      KafkaError.INVALID_PRODUCER_EPOCH)
+        err.fatal()
+        or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
     )
 
 

@@ -189,10 +189,10 @@ class Processor:
                 if msg.error() is not None:
                     log.warning("consumer error: %s", msg.error())
                     continue
-                p = msg.partition()
+                p = msg.partition() or 0
                 if p not in self.stores:  # revoked in this very poll
                     continue
-                positions[p] = msg.offset() + 1
+                positions[p] = (msg.offset() or 0) + 1
                 self._handle_message(msg, now_ms)
             for p, key, run_id, tag in due:
                 if p in self.stores:
@@ -241,7 +241,7 @@ class Processor:
 
     # -- per record ---------------------------------------------------------------------------------------
     def _handle_message(self, msg: Message, now_ms: int) -> None:
-        p = msg.partition()
+        p = msg.partition() or 0
         try:
             event = decode_event(msg.value())
         except SchemaError as exc:
@@ -249,7 +249,8 @@ class Processor:
             return
         if partition_for(event.run_id, self.partitions) != p:
             self._dead_letter(
-                msg, "WrongPartition",
+                msg,
+                "WrongPartition",
                 f"run {event.run_id!r} belongs on partition {partition_for(event.run_id, self.partitions)}, "
                 f"not {p}: produce inbox records with the run id as key and Kafka's murmur2 partitioner",
                 now_ms,
@@ -261,7 +262,7 @@ class Processor:
             state = self._load(store, event.run_id)
             old_timers = timers_of(state) if state is not None else set()
             new_state, fx = self.decider.handle(state, event, now_ms)
-        except Exception as exc:  # noqa: BLE001 - an engine bug must not take the partition down
+        except Exception as exc:
             log.exception("internal error on %s", event.kind)
             self.cache.evict(event.run_id)
             self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
@@ -282,7 +283,7 @@ class Processor:
         old_timers = timers_of(state)
         try:
             fx = self.decider.fire_timer(state, tag, now_ms)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("internal error firing timer %s of %s; dropping the timer", tag, run_id)
             self.cache.evict(run_id)
             store.delete(key)
@@ -332,20 +333,22 @@ class Processor:
             last = len(dirty) - 1
             for i, (key, value) in enumerate(dirty.items()):
                 if i == last:
-                    producer.produce(self.changelog, value, key, partition=p,
-                                     on_delivery=self._changelog_delivered)
+                    producer.produce(
+                        self.changelog, value, key, partition=p, on_delivery=self._changelog_delivered
+                    )
                 else:
                     producer.produce(self.changelog, value, key, partition=p)
 
     def _changelog_delivered(self, err: Any, msg: Message) -> None:
         if err is None:
-            self._changelog_offsets[msg.partition()] = msg.offset() + 1
+            self._changelog_offsets[msg.partition() or 0] = (msg.offset() or 0) + 1
 
     def _dead_letter(self, msg: Message, error_type: str, reason: str, now_ms: int) -> None:
         assert self._producer is not None
         self.stats.dead_letters += 1
-        log.warning("dead-lettered %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), error_type,
-                    reason)
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), error_type, reason
+        )
         letter = DeadLetter(
             source_topic=msg.topic() or "",
             source_partition=msg.partition() or 0,

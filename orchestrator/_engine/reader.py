@@ -14,7 +14,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from orchestrator._engine import kafka
 
 
-def read_partitions(bootstrap: str, topic: str, partitions: list[int], timeout: float = 30.0) -> Iterator[Message]:
+def read_partitions(
+    bootstrap: str, topic: str, partitions: list[int], timeout: float = 30.0
+) -> Iterator[Message]:
     """Every committed record of ``partitions`` of ``topic`` from the beginning to the current end."""
     consumer = Consumer(kafka.reader_config(bootstrap, **{"fetch.max.bytes": 52_428_800}))
     try:

@@ -49,7 +49,7 @@ def encode_command(cmd: StepCommand) -> bytes:
     return wire.encode(wire.STEP_COMMAND, to_record(cmd))
 
 
-def decode_command(data: bytes) -> StepCommand:
+def decode_command(data: bytes | None) -> StepCommand:
     return StepCommand(**wire.decode(data, expected=wire.STEP_COMMAND)[1])
 
 
@@ -57,7 +57,7 @@ def encode_outcome(outcome: RunOutcome) -> bytes:
     return wire.encode(wire.RUN_OUTCOME, to_record(outcome))
 
 
-def decode_outcome(data: bytes) -> RunOutcome:
+def decode_outcome(data: bytes | None) -> RunOutcome:
     return RunOutcome(**wire.decode(data, expected=wire.RUN_OUTCOME)[1])
 
 
@@ -65,5 +65,5 @@ def encode_dead_letter(letter: DeadLetter) -> bytes:
     return wire.encode(wire.DEAD_LETTER, to_record(letter))
 
 
-def decode_dead_letter(data: bytes) -> DeadLetter:
+def decode_dead_letter(data: bytes | None) -> DeadLetter:
     return DeadLetter(**wire.decode(data, expected=wire.DEAD_LETTER)[1])

@@ -24,7 +24,9 @@ def restore(store: PartitionStore, bootstrap: str, changelog: str, batch_size: i
     applied = 0
     t0 = time.monotonic()
     try:
-        consumer.assign([TopicPartition(changelog, store.partition, OFFSET_BEGINNING if start is None else start)])
+        consumer.assign(
+            [TopicPartition(changelog, store.partition, OFFSET_BEGINNING if start is None else start)]
+        )
         pending: list[tuple[bytes, bytes | None]] = []
         next_offset = start
         while True:
@@ -41,7 +43,7 @@ def restore(store: PartitionStore, bootstrap: str, changelog: str, batch_size: i
                 if key is None:
                     continue
                 pending.append((key, msg.value()))
-                next_offset = msg.offset() + 1
+                next_offset = (msg.offset() or 0) + 1
             if pending and (done or len(pending) >= batch_size):
                 store.restore_batch(pending, next_offset or 0)
                 applied += len(pending)
@@ -52,6 +54,9 @@ def restore(store: PartitionStore, bootstrap: str, changelog: str, batch_size: i
         consumer.close()
     if applied:
         log.info(
-            "restored partition %d: %d changelog records in %.2fs", store.partition, applied, time.monotonic() - t0
+            "restored partition %d: %d changelog records in %.2fs",
+            store.partition,
+            applied,
+            time.monotonic() - t0,
         )
     return applied

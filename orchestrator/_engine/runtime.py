@@ -10,6 +10,7 @@ driven step by step); the code is ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -73,7 +74,9 @@ class IssuedStep:
 class WorkflowInstance:
     """One execution of a workflow function, advanced by resolving the futures of its steps."""
 
-    def __init__(self, app: App, definition: WorkflowDefinition, run_id: str, input_data: bytes, start_ms: int):
+    def __init__(
+        self, app: App, definition: WorkflowDefinition, run_id: str, input_data: bytes, start_ms: int
+    ):
         self.app = app
         self.definition = definition
         self.run_id = run_id
@@ -98,7 +101,9 @@ class WorkflowInstance:
         if not self.task.done() and self.loop.has_timers():
             self.uses_asyncio_timers = True
 
-    def resolve(self, position: int, timestamp_ms: int, result: bytes | None, failure: StepFailedError | None) -> None:
+    def resolve(
+        self, position: int, timestamp_ms: int, result: bytes | None, failure: StepFailedError | None
+    ) -> None:
         """Deliver one step's outcome and run the workflow until it blocks again."""
         self.now_ms = timestamp_ms
         self.applied += 1
@@ -128,13 +133,11 @@ class WorkflowInstance:
         return (None, exc) if exc is not None else (self.task.result(), None)
 
     def close(self) -> None:
-        """Stop the coroutine (its ``finally`` blocks run; anything it issues is ignored) and free the loop."""
+        """Stop the coroutine (its ``finally`` blocks run, what it issues is ignored) and free the loop."""
         if not self.task.done():
             self.task.cancel()
-            try:
+            with contextlib.suppress(BaseException):  # nothing useful to do with a dying workflow
                 self.loop.run_until_blocked()
-            except BaseException:  # noqa: BLE001, S110 - nothing useful to do with a dying workflow
-                pass
         for fut in self.futures.values():
             fut.cancel()
         if not self.task.done():
@@ -142,8 +145,14 @@ class WorkflowInstance:
         self.loop.close()
 
     # -- called from the context ---------------------------------------------------------------------------
-    def issue_step(self, fn: Callable[..., Any], args: tuple[Any, ...], retry: RetryPolicy | None,
-                   queue: str | None, timeout: Duration | None) -> asyncio.Future[Any]:
+    def issue_step(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        retry: RetryPolicy | None,
+        queue: str | None,
+        timeout: Duration | None,
+    ) -> asyncio.Future[Any]:
         name = self.app.step_name(fn)
         definition = self.app.steps[name]
         position = len(self.issued)

@@ -137,7 +137,7 @@ def encode_state(state: RunState) -> bytes:
     return wire.encode(wire.RUN_STATE, record)
 
 
-def decode_state(data: bytes) -> RunState:
+def decode_state(data: bytes | None) -> RunState:
     _, rec = wire.decode(data, expected=wire.RUN_STATE)
     steps = [
         StepRecord(

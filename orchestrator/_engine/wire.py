@@ -66,7 +66,7 @@ def encode(name: str, record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def decode(data: bytes, expected: str | None = None) -> tuple[str, dict[str, Any]]:
+def decode(data: bytes | None, expected: str | None = None) -> tuple[str, dict[str, Any]]:
     """(schema name, record) of ``data``; SchemaError with the reason when it is not one of ours."""
     if data is None or len(data) < 5:
         raise SchemaError("record too short to carry the wire-format header (magic byte + schema id)")
@@ -81,10 +81,8 @@ def decode(data: bytes, expected: str | None = None) -> tuple[str, dict[str, Any
     reader_id = reg.current[name]
     reader = reg.by_id[reader_id] if reader_id != sid else None
     try:
-        record = fastavro.schemaless_reader(
-            io.BytesIO(data[5:]), writer, reader, return_record_name=True
-        )
-    except Exception as exc:  # noqa: BLE001 - fastavro raises many types for bad bytes
+        record = fastavro.schemaless_reader(io.BytesIO(data[5:]), writer, reader, return_record_name=True)
+    except Exception as exc:
         raise SchemaError(f"{name} record does not match its schema (id {sid}): {exc}") from exc
     if not isinstance(record, dict):
         raise SchemaError(f"{name} record did not decode to a record")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 import socket
@@ -116,7 +117,7 @@ class Worker:
                     self._tracker.started(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
                     task = asyncio.create_task(self._execute(msg, producer, loop, sync_pool))
                     tasks.add(task)
-                    task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+                    task.add_done_callback(functools.partial(_task_done, tasks, slots))
                 if time.monotonic() - last_commit >= self.config.commit_interval_ms / 1000:
                     await loop.run_in_executor(consumer_thread, self._commit, consumer)
                     last_commit = time.monotonic()
@@ -165,17 +166,35 @@ class Worker:
             if err is None:
                 loop.call_soon_threadsafe(self._tracker.finished, topic, partition, offset)
             else:
-                log.error("result of %s[%d]@%d not delivered: %s; the step will run again", topic, partition,
-                          offset, err)
+                log.error(
+                    "result of %s[%d]@%d not delivered: %s; the step will run again",
+                    topic,
+                    partition,
+                    offset,
+                    err,
+                )
 
         try:
             cmd = decode_command(msg.value())
         except SchemaError as exc:
             self.stats.dead_letters += 1
-            letter = DeadLetter(topic, partition, offset, msg.key(), msg.value(), "SchemaError", str(exc),
-                                _now_ms(), f"worker:{self.config.worker_id}")
-            producer.produce(topology.dlq_topic(self.app.name), encode_dead_letter(letter), msg.key(),
-                             on_delivery=delivered)
+            letter = DeadLetter(
+                topic,
+                partition,
+                offset,
+                msg.key(),
+                msg.value(),
+                "SchemaError",
+                str(exc),
+                _now_ms(),
+                f"worker:{self.config.worker_id}",
+            )
+            producer.produce(
+                topology.dlq_topic(self.app.name),
+                encode_dead_letter(letter),
+                msg.key(),
+                on_delivery=delivered,
+            )
             return
         self.stats.started += 1
         body = await self._run_step(cmd, loop, pool)
@@ -206,8 +225,10 @@ class Worker:
                     f"this worker has no step {cmd.step!r} (queue served: {', '.join(self.queues)}); "
                     "deploy the code that registers it"
                 )
-            args = self.app.data.decode(cmd.args, tuple[*_arg_hints(definition, cmd.args, self.app)])
-            info = StepInfo(cmd.run_id, cmd.workflow, cmd.step, cmd.position, cmd.attempt, cmd.idempotency_key)
+            args = self.app.data.decode(cmd.args, _args_type(definition, cmd.args, self.app))
+            info = StepInfo(
+                cmd.run_id, cmd.workflow, cmd.step, cmd.position, cmd.attempt, cmd.idempotency_key
+            )
             token = _current_step.set(info)
             try:
                 timeout = cmd.timeout_ms / 1000 if cmd.timeout_ms else None
@@ -230,10 +251,22 @@ class Worker:
             if isinstance(exc, TimeoutError):
                 error_type = "StepTimeout"
             message = str(exc) or repr(exc)
-            log.info("step %s of %s attempt %d failed: %s: %s", cmd.step, cmd.run_id, cmd.attempt, error_type,
-                     message)
-            return StepFailed(cmd.position, cmd.attempt, error_type, message[:4000], retryable, started,
-                              _now_ms(), worker)
+            log.info(
+                "step %s of %s attempt %d failed: %s: %s",
+                cmd.step,
+                cmd.run_id,
+                cmd.attempt,
+                error_type,
+                message,
+            )
+            return StepFailed(
+                cmd.position, cmd.attempt, error_type, message[:4000], retryable, started, _now_ms(), worker
+            )
+
+
+def _task_done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
+    tasks.discard(task)
+    slots.release()
 
 
 def _poll_batch(consumer: Consumer, limit: int, timeout: float) -> list[Message]:
@@ -244,11 +277,12 @@ def _poll_batch(consumer: Consumer, limit: int, timeout: float) -> list[Message]
     return [first, *consumer.consume(limit - 1, 0)] if limit > 1 else [first]
 
 
-def _arg_hints(definition: StepDefinition, raw: bytes, app: App) -> list[Any]:
+def _args_type(definition: StepDefinition, raw: bytes, app: App) -> Any:
+    """``tuple[A, B, ...]`` of the step's parameter annotations, for as many arguments as were sent."""
     count = len(app.data.decode(raw)) if raw else 0
     hints = list(definition.param_hints[:count])
     hints += [Any] * (count - len(hints))
-    return [h if h is not None else Any for h in hints]
+    return tuple.__class_getitem__(tuple(h if h is not None else Any for h in hints))
 
 
 def _now_ms() -> int:

@@ -1,0 +1,23 @@
+"""A real local Apache Kafka broker for development, tests and demos (single node, KRaft, loopback).
+
+Not for production: it exists so that every developer, test session and CI run exercises the engine
+against the genuine broker (transactions, fencing, compaction) rather than a mock, starting from nothing
+but Java and Maven.
+"""
+
+from __future__ import annotations
+
+from orchestrator._devkafka.broker import BrokerInfo, default_data_dir, start, status, stop
+from orchestrator._devkafka.errors import DevKafkaError
+from orchestrator._devkafka.jars import KAFKA_VERSION, ensure_jars
+
+__all__ = [
+    "KAFKA_VERSION",
+    "BrokerInfo",
+    "DevKafkaError",
+    "default_data_dir",
+    "ensure_jars",
+    "start",
+    "status",
+    "stop",
+]

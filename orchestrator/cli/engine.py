@@ -1,0 +1,222 @@
+"""CLI: run processors and workers, start runs, look at runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from orchestrator._engine.loading import load_app
+from orchestrator.app import App
+from orchestrator.client import RunDescription
+
+console = Console()
+
+AppOption = Annotated[
+    str | None, typer.Option("--app", "-a", help="MODULE:ATTRIBUTE of your App (or env ORCHESTRATOR_APP).")
+]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,
+    )
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def _app(spec: str | None) -> App:
+    try:
+        return load_app(spec)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def processor(
+    app_spec: Annotated[str, typer.Argument(metavar="MODULE:APP", help="Your App, e.g. examples.orders:app")],
+    instance_id: Annotated[
+        str | None, typer.Option(help="Stable instance name (default: host name).")
+    ] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Where the RocksDB stores live.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most inbox records per transaction.")] = 500,
+    verbose: bool = False,
+) -> None:
+    """Run a processor: folds events into run state and drives workflows, exactly once."""
+    from orchestrator._engine.processor import Processor, ProcessorConfig
+    from orchestrator.errors import ProcessorFencedError
+
+    _logging(verbose)
+    app = _app(app_spec)
+    cfg: dict[str, Any] = {"max_batch": max_batch}
+    if instance_id:
+        cfg["instance_id"] = instance_id
+    if state_dir:
+        cfg["state_dir"] = state_dir
+    proc = Processor(app, ProcessorConfig(**cfg))
+    threading.Thread(target=_report, args=(proc,), daemon=True).start()
+    try:
+        proc.run()
+    except ProcessorFencedError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _report(proc: Any) -> None:
+    log = logging.getLogger("orchestrator.processor")
+    last = 0
+    while True:
+        time.sleep(5)
+        s = proc.stats
+        if s.events != last:
+            log.info(
+                "events=%d timers=%d transactions=%d dead_letters=%d ignored=%d cached_runs=%d",
+                s.events,
+                s.timers,
+                s.transactions,
+                s.dead_letters,
+                s.ignored,
+                len(proc.cache),
+            )
+            last = s.events
+
+
+def worker(
+    app_spec: Annotated[str, typer.Argument(metavar="MODULE:APP")],
+    queue: Annotated[list[str] | None, typer.Option(help="Task queue(s) to serve (default: all).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Steps running at once.")] = 64,
+    verbose: bool = False,
+) -> None:
+    """Run a worker: executes steps from the task queues and reports results."""
+    import signal
+
+    from orchestrator._engine.worker import Worker, WorkerConfig
+
+    _logging(verbose)
+    app = _app(app_spec)
+    w = Worker(app, WorkerConfig(queues=tuple(queue) if queue else None, concurrency=concurrency))
+    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    signal.signal(signal.SIGINT, lambda *_: w.stop())
+    asyncio.run(w.run())
+
+
+def start(
+    workflow: Annotated[str, typer.Argument(help="Workflow name.")],
+    input_json: Annotated[str, typer.Option("--input", "-i", help="Input as JSON.")] = "null",
+    run_id: Annotated[str | None, typer.Option(help="Run id (same id twice = one run).")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the result.")] = False,
+    timeout: float = 60.0,
+    app_spec: AppOption = None,
+) -> None:
+    """Start a run of WORKFLOW."""
+    from orchestrator.errors import OrchestratorError
+
+    app = _app(app_spec)
+    try:
+        value = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"--input is not JSON: {exc}") from exc
+
+    async def go() -> None:
+        async with app.client() as client:
+            handle = await client.start(workflow, value, run_id=run_id)
+            console.print(f"started run [bold]{handle.run_id}[/bold] of {workflow}")
+            if wait:
+                result = await handle.result(timeout=timeout)
+                console.print_json(data=result)
+
+    try:
+        asyncio.run(go())
+    except OrchestratorError as exc:
+        raise _fail(str(exc)) from exc
+
+
+runs_app = typer.Typer(help="Look at runs.", no_args_is_help=True)
+
+
+@runs_app.command("list")
+def runs_list(
+    workflow: Annotated[str | None, typer.Option(help="Only this workflow.")] = None,
+    status: Annotated[str | None, typer.Option(help="running | completed | failed | parked")] = None,
+    limit: int = 50,
+    app_spec: AppOption = None,
+) -> None:
+    """List runs (newest last), read from the processors' changelog."""
+    app = _app(app_spec)
+
+    async def go() -> list[RunDescription]:
+        async with app.client() as client:
+            return await client.list_runs(workflow=workflow, status=status)
+
+    runs: list[RunDescription] = asyncio.run(go())
+    table = Table("run id", "workflow", "status", "steps", "created", "updated", "error")
+    for r in runs[-limit:]:
+        table.add_row(
+            r.run_id,
+            r.workflow,
+            _status(r.status),
+            str(len(r.steps)),
+            f"{r.created:%H:%M:%S.%f}"[:-3],
+            f"{r.updated:%H:%M:%S.%f}"[:-3],
+            r.error_type,
+        )
+    console.print(table)
+    console.print(f"{len(runs)} run(s)")
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, app_spec: AppOption = None) -> None:
+    """One run: state, result or error, and every step with its attempts."""
+    app = _app(app_spec)
+
+    async def go() -> RunDescription | None:
+        async with app.client() as client:
+            return await client.describe(run_id)
+
+    desc: RunDescription | None = asyncio.run(go())
+    if desc is None:
+        raise _fail(f"no run {run_id!r} in app {app.name!r}")
+    console.print(f"[bold]{desc.run_id}[/bold]  workflow={desc.workflow}  status={_status(desc.status)}")
+    console.print(f"created {desc.created.isoformat()}  updated {desc.updated.isoformat()}")
+    if desc.error_type:
+        console.print(f"[red]{desc.error_type}[/red]: {desc.error_message}")
+    if desc.result_bytes is not None:
+        console.print(f"result: {desc.result_bytes.decode(errors='replace')}")
+    table = Table("#", "step", "status", "attempts", "duration ms", "errors")
+    for s in desc.steps:
+        table.add_row(
+            str(s.position),
+            s.step,
+            _status(s.status),
+            str(s.attempts),
+            "" if s.duration_ms is None else str(s.duration_ms),
+            "\n".join(s.attempt_errors),
+        )
+    console.print(table)
+
+
+def _status(status: str) -> str:
+    color = {"completed": "green", "failed": "red", "parked": "yellow", "running": "cyan"}.get(
+        status, "white"
+    )
+    return f"[{color}]{status}[/{color}]"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(processor)
+    app.command()(worker)
+    app.command()(start)
+    app.add_typer(runs_app, name="runs")

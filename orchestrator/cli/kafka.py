@@ -1,0 +1,100 @@
+"""``orchestrator kafka``: run a real local Kafka broker for development, tests and demos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator import _devkafka
+from orchestrator._devkafka import BrokerInfo, DevKafkaError
+
+_console = Console()
+_err = Console(stderr=True)
+
+DirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir", help="Broker data dir (default: $ORCHESTRATOR_KAFKA_DIR or var/kafka).", show_default=False
+    ),
+]
+PortOption = Annotated[int, typer.Option("--port", help="Client listener port on 127.0.0.1.")]
+ControllerPortOption = Annotated[
+    int, typer.Option("--controller-port", help="KRaft controller port on 127.0.0.1 (fixed once formatted).")
+]
+
+
+def _fail(exc: DevKafkaError) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    return typer.Exit(code=1)
+
+
+def _info_table(info: BrokerInfo, title: str) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("bootstrap", info.bootstrap)
+    table.add_row("pid", str(info.pid))
+    table.add_row("log", escape(str(info.log_path)))
+    table.add_row("data dir", escape(str(info.data_dir)))
+    table.add_row("kafka", info.kafka_version)
+    return table
+
+
+def start(
+    data_dir: DirOption = None, port: PortOption = 19092, controller_port: ControllerPortOption = 19093
+) -> None:
+    """Start the broker for a data dir, or reuse the one already running there."""
+    try:
+        info = _devkafka.start(data_dir, port, controller_port)
+    except DevKafkaError as exc:
+        raise _fail(exc) from exc
+    how = "started" if info.started_new else "[yellow]reused[/] (already running)"
+    table = _info_table(info, f"Kafka broker {how}")
+    table.add_row("ready in", f"{info.seconds:.2f} s")
+    _console.print(table)
+
+
+def stop(data_dir: DirOption = None) -> None:
+    """Stop the data dir's broker (SIGTERM, then SIGKILL after 30 s); its data is kept."""
+    try:
+        stopped = _devkafka.stop(data_dir)
+    except DevKafkaError as exc:
+        raise _fail(exc) from exc
+    where = data_dir or _devkafka.default_data_dir()
+    _console.print(f"Kafka broker of {where} " + ("[green]stopped[/]" if stopped else "was not running"))
+
+
+def status(data_dir: DirOption = None) -> None:
+    """Show the data dir's broker; exit code 1 if it is not running or not answering."""
+    info = _devkafka.status(data_dir)
+    if info is None:
+        _console.print(f"No Kafka broker running for {data_dir or _devkafka.default_data_dir()}")
+        raise typer.Exit(code=1)
+    state = "[green]running[/]" if info.ready else "[yellow]running, not answering yet[/]"
+    _console.print(_info_table(info, f"Kafka broker {state}"))
+    if not info.ready:
+        raise typer.Exit(code=1)
+
+
+def jars() -> None:
+    """Download the broker jars from Maven Central if this machine lacks them; print their folder."""
+    try:
+        lib = _devkafka.ensure_jars()
+    except DevKafkaError as exc:
+        raise _fail(exc) from exc
+    _console.print(f"Kafka {_devkafka.KAFKA_VERSION} jars: {lib}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``kafka`` command group to the ``orchestrator`` CLI."""
+    group = typer.Typer(help="Run a real local Kafka broker (single node, KRaft) for dev and tests.")
+    group.command("start")(start)
+    group.command("stop")(stop)
+    group.command("status")(status)
+    group.command("jars")(jars)
+    app.add_typer(group, name="kafka", no_args_is_help=True)

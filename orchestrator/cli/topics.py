@@ -1,0 +1,131 @@
+"""``orchestrator topics plan|apply``: the engine's topics as code (``topics/engine.toml``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator import _topic_admin
+from orchestrator._topic_admin import TopicAdminError, TopicChange
+from orchestrator.settings import load_settings
+from orchestrator.topology import TopicSpec, engine_topics
+
+_console = Console()
+_err = Console(stderr=True)
+
+AppOption = Annotated[str, typer.Option("--app", help="Application name: the {app} in topic names.")]
+QueueOption = Annotated[
+    list[str] | None,
+    typer.Option("--queue", help="Task queue needing a tasks topic; repeat for several. [default: default]"),
+]
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option("--bootstrap", help="Kafka bootstrap servers (default: ORCHESTRATOR_BOOTSTRAP_SERVERS)."),
+]
+FixConfigOption = Annotated[
+    bool, typer.Option("--fix-config", help="Set declared config values that differ on existing topics.")
+]
+IncreaseOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-partition-increase",
+        help="Add partitions to topics that have fewer than declared (moves keys: existing runs misplace).",
+    ),
+]
+
+
+def _specs(app_name: str, queues: list[str] | None, bootstrap: str | None) -> tuple[str, list[TopicSpec]]:
+    overrides: dict[str, object] = {"bootstrap_servers": bootstrap} if bootstrap else {}
+    settings = load_settings(**overrides)
+    try:
+        specs = engine_topics(app_name, settings, queues or ["default"])
+    except ValueError as exc:
+        _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=2) from exc
+    return settings.bootstrap_servers, specs
+
+
+def _status(change: TopicChange, applying: bool) -> str:
+    if change.applied:
+        return "[green]done[/]"
+    if not change.allowed:
+        return "[yellow]left as is[/]"
+    return "[cyan]will apply[/]" if not applying else "[red]not done[/]"
+
+
+def _table(changes: list[TopicChange], title: str, applying: bool) -> Table:
+    table = Table(title=title, title_justify="left")
+    # Columns that would be empty for every row are left out: the table must fit a terminal.
+    with_key = any(change.key for change in changes)
+    with_note = any(change.hint for change in changes)
+    columns = ["topic", "change", *(["key"] if with_key else []), "current", "declared", "status"]
+    for column in [*columns, *(["note"] if with_note else [])]:
+        table.add_column(column, overflow="fold")
+    for change in changes:
+        row = [change.topic, change.kind.value, *([change.key or ""] if with_key else [])]
+        row += [change.current, change.desired]
+        # Values come from the cluster: escape them so a "[" is never read as Rich markup.
+        cells = [escape(cell) for cell in row] + [_status(change, applying)]
+        table.add_row(*cells, *([escape(change.hint)] if with_note else []))
+    return table
+
+
+def _run(app_name: str, queues: list[str] | None, bootstrap: str | None, apply: bool, **flags: bool) -> None:
+    servers, specs = _specs(app_name, queues, bootstrap)
+    admin = _topic_admin.admin_client(servers)
+    try:
+        if apply:
+            changes = _topic_admin.apply(admin, specs, **flags)
+        else:
+            changes = _topic_admin.plan(admin, specs, **flags)
+    except TopicAdminError as exc:
+        _err.print(f"[bold red]error[/] ({servers}): {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=1) from exc
+    if not changes:
+        count = len(specs)
+        _console.print(
+            f"[green]All {count} topics of app {app_name!r} match their declaration[/] ({servers})"
+        )
+        return
+    verb = "Applied to" if apply else "Plan for"
+    _console.print(_table(changes, f"{verb} app {app_name!r} on {servers}", apply))
+    left = [change for change in changes if not change.allowed]
+    if apply and left:
+        _err.print(f"[yellow]{len(left)} drift item(s) left as is; see the note column.[/]")
+        raise typer.Exit(code=1)
+
+
+def plan(
+    app_name: AppOption,
+    queue: QueueOption = None,
+    bootstrap: BootstrapOption = None,
+    fix_config: FixConfigOption = False,
+    allow_partition_increase: IncreaseOption = False,
+) -> None:
+    """Show which engine topics are missing or differ from their declaration; change nothing."""
+    flags = {"fix_config": fix_config, "allow_partition_increase": allow_partition_increase}
+    _run(app_name, queue, bootstrap, False, **flags)
+
+
+def apply(
+    app_name: AppOption,
+    queue: QueueOption = None,
+    bootstrap: BootstrapOption = None,
+    fix_config: FixConfigOption = False,
+    allow_partition_increase: IncreaseOption = False,
+) -> None:
+    """Create missing engine topics; fix drift only where a flag allows it. Exit 1 if drift remains."""
+    flags = {"fix_config": fix_config, "allow_partition_increase": allow_partition_increase}
+    _run(app_name, queue, bootstrap, True, **flags)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``topics`` command group to the ``orchestrator`` CLI."""
+    group = typer.Typer(help="Create and check the engine's Kafka topics (declared in topics/engine.toml).")
+    group.command("plan")(plan)
+    group.command("apply")(apply)
+    app.add_typer(group, name="topics", no_args_is_help=True)
