@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
     AdminClient,
     AlterConfigOpType,
@@ -227,7 +227,15 @@ def _create(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:
     ]
     futures = admin.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
     for name, future in futures.items():
-        _result(future, f"create topic {name}")
+        try:
+            future.result()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            # Processors, workers and clients start together and each ensures the topics: losing that race
+            # is fine, the topic is there.
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise TopicAdminError(f"create topic {name}: {err or exc}") from exc
 
 
 def _add_partitions(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:

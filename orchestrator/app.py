@@ -87,7 +87,7 @@ class App:
         """Register a step (async or plain function). Usable as ``@app.step`` or ``@app.step(...)``."""
 
         def register(func: F) -> F:
-            step_name = name or func.__qualname__
+            step_name = name or func.__name__
             if step_name in self.steps and self.steps[step_name].fn is not func:
                 raise ValueError(f"step {step_name!r} is registered twice")
             params, ret = _hints(func)
@@ -112,7 +112,7 @@ class App:
         def register(func: F) -> F:
             if not inspect.iscoroutinefunction(func):
                 raise TypeError(f"workflow {func.__qualname__} must be an async function")
-            wf_name = name or func.__qualname__
+            wf_name = name or func.__name__
             if wf_name in self.workflows and self.workflows[wf_name].fn is not func:
                 raise ValueError(f"workflow {wf_name!r} is registered twice")
             params, ret = _hints(func)

@@ -281,7 +281,7 @@ class _OutcomeWatcher:
         self._consumer = Consumer(kafka.reader_config(bootstrap, **{"enable.partition.eof": False}))
         tps = []
         for p in range(partitions):
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            _, high = kafka.watermarks(self._consumer, TopicPartition(topic, p))
             tps.append(TopicPartition(topic, p, high))
         self._consumer.assign(tps)
         self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[RunOutcome]]] = {}

@@ -23,7 +23,7 @@ def read_partitions(
         pending = set()
         tps = []
         for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            low, high = kafka.watermarks(consumer, TopicPartition(topic, p), timeout)
             if high > low:
                 pending.add(p)
                 tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))

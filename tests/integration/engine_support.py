@@ -1,0 +1,123 @@
+"""Running the engine for tests: processors and workers in threads, or as real processes to SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from orchestrator import App, Settings
+from orchestrator._engine.events import Event, decode_event
+from orchestrator._engine.processor import Processor, ProcessorConfig
+from orchestrator._engine.reader import read_partitions
+from orchestrator._engine.worker import Worker, WorkerConfig
+from orchestrator.topology import history_topic
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def settings(bootstrap: str, partitions: int = 4) -> Settings:
+    return Settings(bootstrap_servers=bootstrap, partitions=partitions)
+
+
+class _Thread(threading.Thread):
+    """A thread that remembers its exception, so the test fails loudly instead of hanging."""
+
+    def __init__(self, target: Any, name: str) -> None:
+        super().__init__(target=self._wrap, args=(target,), name=name, daemon=True)
+        self.error: BaseException | None = None
+
+    def _wrap(self, target: Any) -> None:
+        try:
+            target()
+        except BaseException as exc:
+            self.error = exc
+
+
+@contextmanager
+def engine(
+    app: App,
+    state_dir: Path,
+    *,
+    processors: int = 1,
+    workers: int = 1,
+    worker_concurrency: int = 32,
+    processor_config: dict[str, Any] | None = None,
+) -> Iterator[list[Processor]]:
+    """Processors and workers for ``app`` in background threads, stopped (and checked) on exit."""
+    procs = [
+        Processor(
+            app,
+            ProcessorConfig(instance_id=f"p{i}", state_dir=state_dir, **(processor_config or {})),
+        )
+        for i in range(processors)
+    ]
+    wks = [Worker(app, WorkerConfig(concurrency=worker_concurrency)) for _ in range(workers)]
+    threads = [
+        _Thread(lambda p=p: p.run(install_signal_handlers=False), f"proc-{i}") for i, p in enumerate(procs)
+    ]
+    threads += [_Thread(lambda w=w: asyncio.run(w.run()), f"worker-{i}") for i, w in enumerate(wks)]
+    for t in threads:
+        t.start()
+    try:
+        yield procs
+    finally:
+        for w in wks:
+            w.stop()
+        for p in procs:
+            p.stop()
+        for t in threads:
+            t.join(60)
+        errors = [t.error for t in threads if t.error is not None]
+        if errors:
+            raise errors[0]
+
+
+def history(app: App) -> dict[str, list[Event]]:
+    """Every run's history events, in order, read from the history topic."""
+    out: dict[str, list[Event]] = {}
+    topic = history_topic(app.name)
+    for msg in read_partitions(app.settings.bootstrap_servers, topic, list(range(app.settings.partitions))):
+        ev = decode_event(msg.value())
+        out.setdefault(ev.run_id, []).append(ev)
+    return out
+
+
+class EngineProcess:
+    """``orchestrator processor|worker MODULE:app`` as a real child process."""
+
+    def __init__(self, role: str, app_spec: str, env: dict[str, str], *extra: str, log: Path) -> None:
+        self.role = role
+        self.args = [sys.executable, "-m", "orchestrator", role, app_spec, *extra]
+        self.env = {**os.environ, **env}
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        fh = self.log.open("ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+        fh.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
