@@ -107,7 +107,12 @@ class Processor:
         self._producer.init_transactions(60)
         self._consumer = Consumer(
             kafka.consumer_config(
-                self.bootstrap, f"{self.app.name}.processors", **self.config.consumer_overrides
+                self.bootstrap,
+                f"{self.app.name}.processors",
+                # Static membership: a restarted instance takes its partitions back at once instead of
+                # waiting for its dead predecessor's session to time out.
+                **{"group.instance.id": f"processor-{self.config.instance_id}"},
+                **self.config.consumer_overrides,
             )
         )
         self._consumer.subscribe(

@@ -44,6 +44,8 @@ class WorkerConfig:
     Attributes:
         queues: task queues to serve; None serves every queue the app's steps use.
         concurrency: steps running at once (async and sync together).
+        instance_id: stable name for static group membership (a restarted worker gets its partitions back
+            without a rebalance wait); None for dynamic membership.
         sync_threads: threads for plain (non-async) step functions.
         commit_interval_ms: how often finished offsets are committed.
     """
@@ -53,6 +55,7 @@ class WorkerConfig:
     sync_threads: int = 16
     commit_interval_ms: int = 200
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    instance_id: str | None = None
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,9 +89,10 @@ class Worker:
         consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="orchestrator-consumer")
         sync_pool = ThreadPoolExecutor(self.config.sync_threads, thread_name_prefix="orchestrator-step")
         producer = Producer(kafka.producer_config(s.bootstrap_servers))
+        static = {"group.instance.id": f"worker-{self.config.instance_id}"} if self.config.instance_id else {}
         consumer = Consumer(
             kafka.consumer_config(
-                s.bootstrap_servers, f"{self.app.name}.workers", **self.config.consumer_overrides
+                s.bootstrap_servers, f"{self.app.name}.workers", **static, **self.config.consumer_overrides
             )
         )
         poller = threading.Thread(target=self._poll_producer, args=(producer,), daemon=True)

@@ -98,6 +98,9 @@ def worker(
     app_spec: Annotated[str, typer.Argument(metavar="MODULE:APP")],
     queue: Annotated[list[str] | None, typer.Option(help="Task queue(s) to serve (default: all).")] = None,
     concurrency: Annotated[int, typer.Option(help="Steps running at once.")] = 64,
+    instance_id: Annotated[
+        str | None, typer.Option(help="Stable name for static group membership (e.g. the pod name).")
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Run a worker: executes steps from the task queues and reports results."""
@@ -107,7 +110,12 @@ def worker(
 
     _logging(verbose)
     app = _app(app_spec)
-    w = Worker(app, WorkerConfig(queues=tuple(queue) if queue else None, concurrency=concurrency))
+    w = Worker(
+        app,
+        WorkerConfig(
+            queues=tuple(queue) if queue else None, concurrency=concurrency, instance_id=instance_id
+        ),
+    )
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
     asyncio.run(w.run())

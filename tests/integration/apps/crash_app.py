@@ -1,0 +1,83 @@
+"""A five-step workflow whose steps log every execution to a side file, for the crash tests.
+
+The app name and the side file come from the environment, so that each test (and each child process it
+starts) works on its own topics and its own log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+
+from orchestrator import App, WorkflowContext, step_info
+
+app = App(os.environ.get("CRASH_APP_NAME", "crash"))
+SIDE_FILE = os.environ.get("CRASH_SIDE_FILE", "/tmp/crash-side-file.log")
+GATE_FILE = os.environ.get("CRASH_GATE_FILE", "")
+
+
+def _log_execution() -> None:
+    info = step_info()
+    line = f"{info.run_id} {info.position} {info.attempt} {os.getpid()} {time.time():.3f}\n"
+    fd = os.open(SIDE_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())  # one write(2) of a short line to an O_APPEND file: never interleaved
+    finally:
+        os.close(fd)
+
+
+async def _work(x: int, add: int) -> int:
+    _log_execution()
+    await asyncio.sleep(random.uniform(0.005, 0.05))
+    return x + add
+
+
+@app.step
+async def s1(x: int) -> int:
+    return await _work(x, 1)
+
+
+@app.step
+async def s2(x: int) -> int:
+    return await _work(x, 10)
+
+
+@app.step
+def s3(x: int) -> int:
+    _log_execution()
+    time.sleep(random.uniform(0.005, 0.03))
+    return x + 100
+
+
+@app.step
+async def s4(x: int) -> int:
+    return await _work(x, 1000)
+
+
+@app.step
+async def s5(x: int) -> int:
+    return await _work(x, 10000)
+
+
+@app.workflow
+async def five(ctx: WorkflowContext, x: int) -> int:
+    for step in (s1, s2, s3, s4, s5):
+        x = await ctx.step(step, x)
+    return x
+
+
+@app.step
+async def gate(x: int) -> int:
+    """Blocks until the gate file exists: keeps runs in flight while a test changes things around them."""
+    while GATE_FILE and not os.path.exists(GATE_FILE):
+        await asyncio.sleep(0.05)
+    return x
+
+
+@app.workflow
+async def gated(ctx: WorkflowContext, x: int) -> int:
+    x = await ctx.step(s1, x)
+    x = await ctx.step(gate, x)
+    return await ctx.step(s2, x)
