@@ -14,6 +14,8 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 def to_millis(value: Duration) -> int:
     """Milliseconds in ``value``; raises ValueError with the accepted forms when it cannot be read."""
     if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise ValueError(f"duration must not be negative: {value!r}")
         return int(value.total_seconds() * 1000)
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")

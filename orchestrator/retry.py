@@ -41,8 +41,13 @@ class RetryPolicy:
 
     def delay_ms(self, failed_attempt: int, rng: random.Random | None = None) -> int:
         """Wait after attempt number ``failed_attempt`` (1-based) failed."""
-        base = to_millis(self.initial_interval) * self.backoff ** (failed_attempt - 1)
-        base = min(base, to_millis(self.max_interval))
+        cap = to_millis(self.max_interval)
+        base = float(to_millis(self.initial_interval))
+        for _ in range(failed_attempt - 1):  # multiply until the cap: no float overflow on late attempts
+            if base >= cap:
+                break
+            base *= self.backoff
+        base = min(base, cap)
         if self.jitter:
             r = (rng or random).uniform(-self.jitter, self.jitter)
             base *= 1 + r

@@ -29,7 +29,7 @@ from orchestrator._engine.events import (
 from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.records import RunOutcome, StepCommand
 from orchestrator._engine.runtime import WorkflowInstance
-from orchestrator.app import App
+from orchestrator.app import App, WorkflowDefinition
 from orchestrator.errors import NonDeterminismError, StepFailedError
 from orchestrator.retry import RetryPolicy
 
@@ -45,7 +45,8 @@ class Effects:
     history: list[Event] = field(default_factory=list)
     commands: list[tuple[str, StepCommand]] = field(default_factory=list)  # (queue, command)
     outcomes: list[RunOutcome] = field(default_factory=list)
-    ignored: str = ""  # why the input changed nothing (duplicate, stale attempt, ...)
+    ignored: str = ""  # why the input changed nothing (duplicate, stale attempt: normal under at-least-once)
+    dead_letter: str = ""  # why the input makes no sense here (unknown run, ...): kept for an operator
 
     def extend(self, other: Effects) -> None:
         self.history.extend(other.history)
@@ -74,10 +75,10 @@ class Decider:
         if isinstance(body, StartRun):
             return self._on_start(state, event, body, now_ms)
         if state is None:
-            return None, Effects(ignored=f"{event.kind} for unknown run {event.run_id!r}")
+            return None, Effects(dead_letter=f"{event.kind} for unknown run {event.run_id!r}")
         if isinstance(body, StepCompleted | StepFailed):
             return state, self._on_step_result(state, event, body, now_ms)
-        return state, Effects(ignored=f"{event.kind} is not an inbox request")
+        return state, Effects(dead_letter=f"{event.kind} is not a request the inbox accepts")
 
     def fire_timer(self, state: st.RunState, tag: str, now_ms: int) -> Effects:
         kind, _, arg = tag.partition(":")
@@ -130,7 +131,7 @@ class Decider:
     ) -> Effects:
         step = state.step_at(body.position)
         if step is None:
-            return Effects(ignored=f"result for position {body.position}, which the run never scheduled")
+            return Effects(dead_letter=f"result for position {body.position}, which the run never scheduled")
         if step.status != st.STEP_SCHEDULED or step.attempt != body.attempt:
             return Effects(
                 ignored=f"stale or duplicate result (step is {step.status}, attempt {step.attempt})"
@@ -138,9 +139,6 @@ class Decider:
         if state.status not in (st.RUNNING, st.PARKED):
             return Effects(ignored=f"run is {state.status}")
         fx = Effects()
-        inst = self._instance(state, fx, now_ms) if state.status == st.RUNNING else None
-        if state.status != st.RUNNING:  # parked while we rebuilt it
-            inst = None
         attempt = st.AttemptRecord(body.attempt, body.started_ms, body.finished_ms, worker=body.worker)
         step.attempts.append(attempt)
         self._record(state, fx, body, now_ms)
@@ -159,6 +157,8 @@ class Decider:
             step.status = st.STEP_FAILED
             step.error_type, step.error_message = body.error_type, body.message
             failure = StepFailedError(step.step, body.error_type, body.message, body.attempt)
+        # The result is recorded first, so a run parked while being rebuilt still keeps it for a resume.
+        inst = self._instance(state, fx, now_ms) if state.status == st.RUNNING else None
         state.resolutions.append(st.Resolution(step.position, now_ms))
         if inst is not None:
             inst.resolve(step.position, now_ms, step.result, failure)
@@ -199,42 +199,39 @@ class Decider:
             )
             return None
         try:
-            inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms)
-            self._check_replay(state, inst, len(state.steps) if not state.resolutions else None)
+            inst = self._replay(state, definition)
+        except NonDeterminismError as exc:
+            self._park(state, fx, PARK_NON_DETERMINISM, str(exc), now_ms)
+            return None
+        except Exception as exc:  # noqa: BLE001 - user code raising differently on replay is also divergence
+            reason = f"re-execution raised {type(exc).__name__}: {exc}"
+            self._park(state, fx, PARK_NON_DETERMINISM, reason, now_ms)
+            return None
+        self.cache.put(state.run_id, inst)
+        return inst
+
+    def _replay(self, state: st.RunState, definition: WorkflowDefinition) -> WorkflowInstance:
+        """Re-execute the workflow against its record; NonDeterminismError at the first divergence."""
+        inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms)
+        try:
+            _check_replay(state, inst)
             for res in state.resolutions:
                 step = state.steps[res.position]
                 failure = None
                 if step.status == st.STEP_FAILED:
                     failure = StepFailedError(step.step, step.error_type, step.error_message, step.attempt)
                 inst.resolve(res.position, res.timestamp_ms, step.result, failure)
-                self._check_replay(state, inst, None)
+                _check_replay(state, inst)
             if len(inst.issued) < len(state.steps):
                 missing = state.steps[len(inst.issued)]
                 raise NonDeterminismError(
                     f"history has step {missing.step!r} at position {missing.position}, "
                     "but the current code did not issue it"
                 )
-        except NonDeterminismError as exc:
-            self._park(state, fx, PARK_NON_DETERMINISM, str(exc), now_ms)
-            return None
-        except Exception as exc:  # noqa: BLE001 - user code raising differently on replay is also divergence
-            self._park(
-                state, fx, PARK_NON_DETERMINISM, f"re-execution raised {type(exc).__name__}: {exc}", now_ms
-            )
-            return None
-        self.cache.put(state.run_id, inst)
+        except BaseException:
+            inst.close()
+            raise
         return inst
-
-    @staticmethod
-    def _check_replay(state: st.RunState, inst: WorkflowInstance, _: int | None) -> None:
-        for issued in inst.issued[: len(state.steps)]:
-            recorded = state.steps[issued.position]
-            if recorded.step != issued.step:
-                raise NonDeterminismError(
-                    f"at position {issued.position} the history has step {recorded.step!r} but the current "
-                    f"code issued {issued.step!r} (workflow code changed under a running run; deploy the "
-                    "previous code, or guard the change behind a version check)"
-                )
 
     def _advance(self, state: st.RunState, inst: WorkflowInstance, fx: Effects, now_ms: int) -> None:
         """Record the steps the workflow issued since last time, and its end if it ended."""
@@ -252,6 +249,15 @@ class Decider:
             )
             state.steps.append(step)
             self._schedule(state, step, fx, now_ms)
+        if not inst.done and not inst.uses_asyncio_timers:
+            self.cache.put(state.run_id, inst)
+            return
+        try:
+            self._end(state, inst, fx, now_ms)
+        finally:
+            inst.close()  # ended runs free their loop whether or not they were ever cached
+
+    def _end(self, state: st.RunState, inst: WorkflowInstance, fx: Effects, now_ms: int) -> None:
         if inst.uses_asyncio_timers:
             self._park(
                 state,
@@ -260,9 +266,6 @@ class Decider:
                 "workflow awaited an asyncio timer (asyncio.sleep/wait_for); use ctx.sleep for durable time",
                 now_ms,
             )
-            return
-        if not inst.done:
-            self.cache.put(state.run_id, inst)
             return
         result, exc = inst.outcome()
         if exc is None:
@@ -341,6 +344,17 @@ class Decider:
                 workflow_version=state.workflow_version,
             )
         )
+
+
+def _check_replay(state: st.RunState, inst: WorkflowInstance) -> None:
+    for issued in inst.issued[: len(state.steps)]:
+        recorded = state.steps[issued.position]
+        if recorded.step != issued.step:
+            raise NonDeterminismError(
+                f"at position {issued.position} the history has step {recorded.step!r} but the current "
+                f"code issued {issued.step!r} (workflow code changed under a running run; deploy the "
+                "previous code, or guard the change behind a version check)"
+            )
 
 
 def _policy_fields(raw: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from orchestrator._engine.runtime import WorkflowInstance
 
 class InstanceCache:
     def __init__(self, capacity: int = 2000) -> None:
+        if capacity < 1:
+            raise ValueError("InstanceCache capacity must be at least 1 (the run being advanced lives there)")
         self.capacity = capacity
         self._items: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self.hits = 0

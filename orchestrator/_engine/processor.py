@@ -272,6 +272,8 @@ class Processor:
             self.cache.evict(event.run_id)
             self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
             return
+        if fx.dead_letter:
+            self._dead_letter(msg, "Rejected", fx.dead_letter, now_ms)
         if fx.ignored:
             self.stats.ignored += 1
             log.debug("ignored %s for %s: %s", event.kind, event.run_id, fx.ignored)

@@ -81,6 +81,9 @@ class WorkflowInstance:
         self.definition = definition
         self.run_id = run_id
         self.now_ms = start_ms
+        # Decode first: a bad input must fail before anything needs closing.
+        takes_input = not (definition.input_hint is None and _arity(definition.fn) == 1)
+        value = app.data.decode(input_data, definition.input_hint) if takes_input else None
         self.loop = DeterministicLoop()
         self.issued: list[IssuedStep] = []
         self.futures: dict[int, asyncio.Future[Any]] = {}
@@ -88,10 +91,7 @@ class WorkflowInstance:
         self.uses_asyncio_timers = False
         self._rng = random.Random(f"orchestrator:{run_id}")
         self.ctx = _Context(self)
-        if definition.input_hint is None and _arity(definition.fn) == 1:
-            coro = definition.fn(self.ctx)
-        else:
-            coro = definition.fn(self.ctx, app.data.decode(input_data, definition.input_hint))
+        coro = definition.fn(self.ctx, value) if takes_input else definition.fn(self.ctx)
         self.task: asyncio.Task[Any] = self.loop.create_task(coro)
         self._drain()
 
@@ -164,12 +164,20 @@ class WorkflowInstance:
                 args=payload,
                 queue=queue or definition.queue,
                 timeout_ms=to_millis(timeout) if timeout is not None else definition.timeout_ms,
-                retry=json.dumps(asdict(retry), default=str) if retry is not None else "",
+                retry=_retry_json(retry) if retry is not None else "",
             )
         )
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.futures[position] = fut
         return fut
+
+
+def _retry_json(policy: RetryPolicy) -> str:
+    """A per-call policy as JSON, with durations in milliseconds so that it reads back exactly."""
+    fields = asdict(policy)
+    fields["initial_interval"] = to_millis(policy.initial_interval) / 1000
+    fields["max_interval"] = to_millis(policy.max_interval) / 1000
+    return json.dumps(fields)
 
 
 def _arity(fn: Callable[..., Any]) -> int:

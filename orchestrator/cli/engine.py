@@ -27,11 +27,16 @@ AppOption = Annotated[
 
 
 def _logging(verbose: bool) -> None:
+    """Rich output on a terminal; plain one-line records when logging to a file or a collector."""
+    stderr = Console(stderr=True)
+    if stderr.is_terminal:
+        handler: logging.Handler = RichHandler(console=stderr, show_path=False)
+        fmt = "%(name)s: %(message)s"
+    else:
+        handler = logging.StreamHandler()
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-        force=True,
+        level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True
     )
 
 

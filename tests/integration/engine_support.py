@@ -41,6 +41,40 @@ class _Thread(threading.Thread):
             self.error = exc
 
 
+class ProcessorThread:
+    """A processor in a background thread; ``stop()`` ends it and surfaces any error it died of."""
+
+    def __init__(self, app: App, state_dir: Path, instance_id: str = "p0", **config: Any) -> None:
+        self.processor = Processor(
+            app, ProcessorConfig(instance_id=instance_id, state_dir=state_dir, **config)
+        )
+        self.thread = _Thread(
+            lambda: self.processor.run(install_signal_handlers=False), f"proc-{instance_id}"
+        )
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.processor.stop()
+        self.thread.join(60)
+        if self.thread.error is not None:
+            raise self.thread.error
+
+
+class WorkerThread:
+    """A worker on its own event loop in a background thread."""
+
+    def __init__(self, app: App, concurrency: int = 32) -> None:
+        self.worker = Worker(app, WorkerConfig(concurrency=concurrency))
+        self.thread = _Thread(lambda: asyncio.run(self.worker.run()), "worker")
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(60)
+        if self.thread.error is not None:
+            raise self.thread.error
+
+
 @contextmanager
 def engine(
     app: App,
@@ -52,30 +86,17 @@ def engine(
     processor_config: dict[str, Any] | None = None,
 ) -> Iterator[list[Processor]]:
     """Processors and workers for ``app`` in background threads, stopped (and checked) on exit."""
-    procs = [
-        Processor(
-            app,
-            ProcessorConfig(instance_id=f"p{i}", state_dir=state_dir, **(processor_config or {})),
-        )
-        for i in range(processors)
-    ]
-    wks = [Worker(app, WorkerConfig(concurrency=worker_concurrency)) for _ in range(workers)]
-    threads = [
-        _Thread(lambda p=p: p.run(install_signal_handlers=False), f"proc-{i}") for i, p in enumerate(procs)
-    ]
-    threads += [_Thread(lambda w=w: asyncio.run(w.run()), f"worker-{i}") for i, w in enumerate(wks)]
-    for t in threads:
-        t.start()
+    procs = [ProcessorThread(app, state_dir, f"p{i}", **(processor_config or {})) for i in range(processors)]
+    wks = [WorkerThread(app, worker_concurrency) for _ in range(workers)]
     try:
-        yield procs
+        yield [p.processor for p in procs]
     finally:
-        for w in wks:
-            w.stop()
-        for p in procs:
-            p.stop()
-        for t in threads:
-            t.join(60)
-        errors = [t.error for t in threads if t.error is not None]
+        errors = []
+        for part in [*wks, *procs]:
+            try:
+                part.stop()
+            except BaseException as exc:
+                errors.append(exc)
         if errors:
             raise errors[0]
 
