@@ -11,7 +11,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 from engine_support import EngineProcess, ProcessorThread, WorkerThread, history, settings
 
-from orchestrator import App, RunFailedError, WorkflowContext
+from orchestrator import App, ProcessorFencedError, RunFailedError, WorkflowContext
 from orchestrator._engine.events import Event, StartRun, StepCompleted, encode_event
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
@@ -222,3 +222,37 @@ async def test_malformed_and_unknown_records_are_dead_lettered(
         for d in letters
     )
     assert any(d.value == b"not avro at all" for d in letters)
+
+
+async def test_zombie_processor_is_fenced_and_stops(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+
+    @app.step
+    async def echo(x: int) -> int:
+        return x
+
+    @app.workflow
+    async def wf(ctx: WorkflowContext, x: int) -> int:
+        return await ctx.step(echo, x)
+
+    zombie = ProcessorThread(app, tmp_path / "a", instance_id="same")
+    worker = WorkerThread(app)
+    successor = None
+    try:
+        async with app.client() as client:
+            assert await (await client.start(wf, 1)).result(timeout=60) == 1
+            # A second instance under the same name (a restarted pod whose old process still lives).
+            successor = ProcessorThread(app, tmp_path / "b", instance_id="same")
+            handles = [await client.start(wf, i) for i in range(20)]
+            assert await asyncio.gather(*(h.result(timeout=90) for h in handles)) == list(range(20))
+            deadline = time.monotonic() + 60
+            while zombie.thread.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+    finally:
+        worker.stop()
+        if successor is not None:
+            successor.stop()
+    assert not zombie.thread.is_alive(), "the fenced instance kept running"
+    assert isinstance(zombie.thread.error, ProcessorFencedError), zombie.thread.error
