@@ -83,6 +83,74 @@ class RunParked:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class StepStarted:
+    position: int
+    attempt: int
+    started_ms: int
+    worker: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimedOut:
+    position: int
+    attempt: int
+    timeout: str  # "start_to_close" | "schedule_to_start"
+
+
+@dataclass(frozen=True, slots=True)
+class TimerStarted:
+    position: int
+    due_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitStarted:
+    position: int
+    event_name: str
+    key: str
+    deadline_ms: int
+    lookback_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    name: str
+    key: str
+    payload: bytes
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventReceived:
+    position: int
+    event_name: str
+    key: str
+    payload: bytes
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitTimedOut:
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRun:
+    reason: str
+    requested_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancelled:
+    reason: str
+
+
 Body: TypeAlias = (
     StartRun
     | RunStarted
@@ -93,6 +161,16 @@ Body: TypeAlias = (
     | RunCompleted
     | RunFailed
     | RunParked
+    | StepStarted
+    | StepTimedOut
+    | TimerStarted
+    | TimerFired
+    | WaitStarted
+    | Signal
+    | EventReceived
+    | WaitTimedOut
+    | CancelRun
+    | RunCancelled
 )
 BODY_TYPES: dict[str, type[Any]] = {
     _NS + cls.__name__: cls
@@ -106,6 +184,16 @@ BODY_TYPES: dict[str, type[Any]] = {
         RunCompleted,
         RunFailed,
         RunParked,
+        StepStarted,
+        StepTimedOut,
+        TimerStarted,
+        TimerFired,
+        WaitStarted,
+        Signal,
+        EventReceived,
+        WaitTimedOut,
+        CancelRun,
+        RunCancelled,
     )
 }
 

@@ -19,6 +19,7 @@ class StepCommand:
     idempotency_key: str
     scheduled_ms: int
     timeout_ms: int = 0
+    report_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,15 +14,22 @@ from typing import Any
 from orchestrator._engine import wire
 
 RUNNING = "running"
+CANCELLED = "cancelled"
 COMPLETED = "completed"
 FAILED = "failed"
 PARKED = "parked"
-TERMINAL = frozenset({COMPLETED, FAILED})
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 
 STEP_SCHEDULED = "scheduled"
 STEP_BACKOFF = "backoff"
 STEP_COMPLETED = "completed"
 STEP_FAILED = "failed"
+STEP_WAITING = "waiting"  # a timer or an event wait not yet resolved
+STEP_CANCELLED = "cancelled"
+
+KIND_STEP = "step"
+KIND_TIMER = "timer"
+KIND_WAIT = "wait"
 
 
 @dataclass(slots=True)
@@ -51,12 +58,27 @@ class StepRecord:
     retry: str = ""
     timeout_ms: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)
+    kind: str = KIND_STEP
+    event_name: str = ""
+    event_key: str = ""
+    deadline_ms: int = 0
+    started_ms: int = 0
+    schedule_to_start_ms: int = 0
 
 
 @dataclass(slots=True)
 class Resolution:
     position: int
     timestamp_ms: int
+
+
+@dataclass(slots=True)
+class BufferedSignal:
+    name: str
+    key: str
+    payload: bytes
+    timestamp_ms: int
+    source: str = ""
 
 
 @dataclass(slots=True)
@@ -74,6 +96,8 @@ class RunState:
     error_message: str = ""
     steps: list[StepRecord] = field(default_factory=list)
     resolutions: list[Resolution] = field(default_factory=list)
+    deadline_ms: int = 0
+    signals: list[BufferedSignal] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -118,6 +142,12 @@ def encode_state(state: RunState) -> bytes:
                 "due_ms": s.due_ms,
                 "retry": s.retry,
                 "timeout_ms": s.timeout_ms,
+                "kind": s.kind,
+                "event_name": s.event_name,
+                "event_key": s.event_key,
+                "deadline_ms": s.deadline_ms,
+                "started_ms": s.started_ms,
+                "schedule_to_start_ms": s.schedule_to_start_ms,
                 "attempts": [
                     {
                         "attempt": a.attempt,
@@ -133,6 +163,17 @@ def encode_state(state: RunState) -> bytes:
             for s in state.steps
         ],
         "resolutions": [{"position": r.position, "timestamp_ms": r.timestamp_ms} for r in state.resolutions],
+        "deadline_ms": state.deadline_ms,
+        "signals": [
+            {
+                "name": g.name,
+                "key": g.key,
+                "payload": g.payload,
+                "timestamp_ms": g.timestamp_ms,
+                "source": g.source,
+            }
+            for g in state.signals
+        ],
     }
     return wire.encode(wire.RUN_STATE, record)
 
@@ -154,6 +195,12 @@ def decode_state(data: bytes | None) -> RunState:
             due_ms=s["due_ms"],
             retry=s["retry"],
             timeout_ms=s["timeout_ms"],
+            kind=s["kind"],
+            event_name=s["event_name"],
+            event_key=s["event_key"],
+            deadline_ms=s["deadline_ms"],
+            started_ms=s["started_ms"],
+            schedule_to_start_ms=s["schedule_to_start_ms"],
             attempts=[AttemptRecord(**a) for a in s["attempts"]],
         )
         for s in rec["steps"]
@@ -172,4 +219,6 @@ def decode_state(data: bytes | None) -> RunState:
         error_message=rec["error_message"],
         steps=steps,
         resolutions=[Resolution(**r) for r in rec["resolutions"]],
+        deadline_ms=rec["deadline_ms"],
+        signals=[BufferedSignal(**g) for g in rec["signals"]],
     )

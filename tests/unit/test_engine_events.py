@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from orchestrator._engine import events as ev
 from orchestrator._engine import wire
 from orchestrator._engine.events import (
     BODY_TYPES,
@@ -59,6 +60,16 @@ BODIES = [
     RunCompleted(result=b"42"),
     RunFailed(error_type="StepFailedError", message="step 'x' failed"),
     RunParked(kind="non_determinism", reason="at position 1 ..."),
+    ev.StepStarted(position=1, attempt=1, started_ms=5, worker="w"),
+    ev.StepTimedOut(position=1, attempt=1, timeout="start_to_close"),
+    ev.TimerStarted(position=2, due_ms=2**40),
+    ev.TimerFired(position=2),
+    ev.WaitStarted(position=3, event_name="approved", key="o-1", deadline_ms=0, lookback_ms=60_000),
+    ev.Signal(name="approved", key="o-1", payload=b"{}", source="client"),
+    ev.EventReceived(position=3, event_name="approved", key="o-1", payload=b"{}", source="t/0/5"),
+    ev.WaitTimedOut(position=3),
+    ev.CancelRun(reason="customer asked", requested_by="cli"),
+    ev.RunCancelled(reason="customer asked"),
 ]
 
 
@@ -129,6 +140,7 @@ def test_to_record_is_field_order_dict() -> None:
         "idempotency_key": "r/1/s",
         "scheduled_ms": 5,
         "timeout_ms": 0,
+        "report_start": False,
     }
 
 

@@ -47,6 +47,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "idempotency_key": "r1/3/charge",
         "scheduled_ms": 5,
         "timeout_ms": 30_000,
+        "report_start": True,
     },
     wire.RUN_STATE: {
         "run_id": "r1",
@@ -63,6 +64,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "steps": [
             {
                 "position": 0,
+                "kind": "step",
                 "step": "a",
                 "queue": "default",
                 "status": "completed",
@@ -85,9 +87,16 @@ SAMPLES: dict[str, dict[str, Any]] = {
                         "worker": "w",
                     }
                 ],
+                "event_name": "",
+                "event_key": "",
+                "deadline_ms": 0,
+                "started_ms": 1,
+                "schedule_to_start_ms": 0,
             }
         ],
         "resolutions": [{"position": 0, "timestamp_ms": 2}],
+        "deadline_ms": 0,
+        "signals": [{"name": "approve", "key": "o1", "payload": b"{}", "timestamp_ms": 3, "source": "client"}],
     },
     wire.RUN_OUTCOME: {
         "run_id": "r1",
