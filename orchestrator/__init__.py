@@ -6,7 +6,7 @@ without notice.
 
 from orchestrator.app import App
 from orchestrator.client import Client, RunDescription, RunHandle, StepView
-from orchestrator.context import StepInfo, WorkflowContext, step_info
+from orchestrator.context import ReceivedEvent, StepInfo, WorkflowContext, step_info
 from orchestrator.converter import DataConverter, JsonConverter, PayloadCodec, PayloadConverter
 from orchestrator.errors import (
     NonDeterminismError,
@@ -39,6 +39,7 @@ __all__ = [
     "PayloadError",
     "PayloadTooLargeError",
     "ProcessorFencedError",
+    "ReceivedEvent",
     "RetryPolicy",
     "RunDescription",
     "RunFailedError",

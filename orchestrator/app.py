@@ -35,6 +35,7 @@ class StepDefinition:
     is_async: bool
     return_hint: Any
     param_hints: tuple[Any, ...]
+    schedule_to_start_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class WorkflowDefinition:
     version: str
     input_hint: Any
     return_hint: Any
+    timeout_ms: int = 0
 
 
 def _hints(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], Any]:
@@ -83,8 +85,14 @@ class App:
         retry: RetryPolicy | None = None,
         queue: str = DEFAULT_QUEUE,
         timeout: Duration | None = None,
+        schedule_to_start_timeout: Duration | None = None,
     ) -> Any:
-        """Register a step (async or plain function). Usable as ``@app.step`` or ``@app.step(...)``."""
+        """Register a step (async or plain function). Usable as ``@app.step`` or ``@app.step(...)``.
+
+        ``timeout`` limits one attempt from its start to its result (start-to-close); an attempt over it
+        is failed and retried by the policy, also when its worker died and the command is never redelivered.
+        ``schedule_to_start_timeout`` limits how long an attempt may wait for a worker to pick it up.
+        """
 
         def register(func: F) -> F:
             step_name = name or func.__name__
@@ -100,14 +108,28 @@ class App:
                 is_async=inspect.iscoroutinefunction(func),
                 return_hint=ret,
                 param_hints=params,
+                schedule_to_start_ms=(
+                    to_millis(schedule_to_start_timeout) if schedule_to_start_timeout is not None else 0
+                ),
             )
             func.__orchestrator_step__ = step_name  # type: ignore[attr-defined]
             return func
 
         return register(fn) if fn is not None else register
 
-    def workflow(self, fn: F | None = None, *, name: str | None = None, version: str = "") -> Any:
-        """Register a workflow: ``async def wf(ctx: WorkflowContext, input: T) -> R``."""
+    def workflow(
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        version: str = "",
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Register a workflow: ``async def wf(ctx: WorkflowContext, input: T) -> R``.
+
+        ``timeout`` bounds the whole run: when it passes, the run fails with ``RunTimeout`` and its pending
+        steps, timers and waits are cancelled.
+        """
 
         def register(func: F) -> F:
             if not inspect.iscoroutinefunction(func):
@@ -124,6 +146,7 @@ class App:
                 version=version,
                 input_hint=params[1] if len(params) == 2 else None,
                 return_hint=ret,
+                timeout_ms=to_millis(timeout) if timeout is not None else 0,
             )
             func.__orchestrator_workflow__ = wf_name  # type: ignore[attr-defined]
             return func

@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._engine import kafka
-from orchestrator._engine.events import Event, StartRun, encode_event
+from orchestrator._engine.events import CancelRun, Event, Signal, StartRun, encode_event
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import RunOutcome, decode_outcome
@@ -109,6 +109,12 @@ class RunHandle:
     async def describe(self) -> RunDescription | None:
         return await self.client.describe(self.run_id)
 
+    async def signal(self, name: str, payload: Any = None, *, key: str = "") -> None:
+        await self.client.signal(self.run_id, name, payload, key=key)
+
+    async def cancel(self, reason: str = "cancelled by request") -> None:
+        await self.client.cancel(self.run_id, reason)
+
 
 class Client:
     def __init__(self, app: App) -> None:
@@ -145,6 +151,26 @@ class Client:
         )
         await self._produce(event)
         return RunHandle(self, run_id, name)
+
+    async def signal(self, run_id: str, name: str, payload: Any = None, *, key: str = "") -> None:
+        """Send an event to one run. Kept in the run until a ``ctx.wait_for_event(name)`` takes it."""
+        data = self.app.data.encode(payload, what=f"payload of signal {name!r}")
+        body = Signal(name=name, key=key, payload=data, source="client")
+        await self._produce(Event(uuid.uuid4().hex, run_id, "", int(time.time() * 1000), body))
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> None:
+        """Cancel a run: it ends as cancelled, its timers and waits are cleared, running steps are told."""
+        body = CancelRun(reason=reason, requested_by="client")
+        await self._produce(Event(uuid.uuid4().hex, run_id, "", int(time.time() * 1000), body))
+
+    async def cancel_many(
+        self, *, workflow: str | None = None, status: str = "running", reason: str = "bulk cancel"
+    ) -> list[str]:
+        """Cancel every run matching the filter; returns the run ids asked to cancel."""
+        runs = await self.list_runs(workflow=workflow, status=status)
+        for run in runs:
+            await self.cancel(run.run_id, reason)
+        return [r.run_id for r in runs]
 
     def get_handle(self, run_id: str, workflow: str | None = None) -> RunHandle:
         return RunHandle(self, run_id, workflow)

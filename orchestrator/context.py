@@ -8,11 +8,12 @@ against its recorded history after eviction or a restart and must decide the sam
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
@@ -72,6 +73,32 @@ class WorkflowContext(ABC):
         """
 
     @abstractmethod
+    def sleep(self, duration: Duration) -> Awaitable[None]:
+        """A durable timer: the run is evicted from memory while it sleeps, for seconds or for months."""
+
+    @abstractmethod
+    def sleep_until(self, when: datetime) -> Awaitable[None]:
+        """Sleep until ``when`` (timezone-aware); returns at once for a time already past."""
+
+    @abstractmethod
+    def wait_for_event(
+        self,
+        name: str,
+        *,
+        key: str = "",
+        timeout: Duration | None = None,
+        lookback: Duration | None = None,
+        type_hint: Any = None,
+    ) -> Awaitable[ReceivedEvent]:
+        """Wait for an event named ``name`` (a signal, or a domain event from an event source).
+
+        ``key`` is the correlation key (e.g. an order id) a domain event must carry; empty accepts any.
+        With ``timeout``, the result has ``timed_out=True`` when nothing came in time. ``lookback`` accepts a
+        domain event that arrived up to that long before the wait began (signals sent to the run are always
+        kept until waited for).
+        """
+
+    @abstractmethod
     def now(self) -> datetime:
         """The time of the event the workflow is reacting to (UTC), identical on re-execution."""
 
@@ -82,6 +109,17 @@ class WorkflowContext(ABC):
     @abstractmethod
     def uuid4(self) -> uuid.UUID:
         """A random-looking UUID that is the same on every re-execution."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """What ``wait_for_event`` returns: the event, or the timeout marker to branch on."""
+
+    name: str
+    key: str = ""
+    payload: Any = None
+    timed_out: bool = False
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +136,9 @@ class StepInfo:
     position: int
     attempt: int
     idempotency_key: str
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
+    """Set when the run is cancelled while this attempt runs; long plain-function steps should check it.
+    (Async steps are cancelled with ``asyncio.CancelledError``.)"""
 
 
 _current_step: ContextVar[StepInfo | None] = ContextVar("orchestrator_step", default=None)

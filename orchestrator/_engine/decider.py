@@ -2,7 +2,7 @@
 
 No Kafka, no RocksDB: the processor loop does all I/O around it, and tests drive it directly. User-code
 failures become events (a failed run, a parked run), never exceptions out of here. One ``_on_<event>``
-method per input.
+method per input, and one per kind of timer.
 """
 
 from __future__ import annotations
@@ -12,23 +12,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator._engine import events as ev
 from orchestrator._engine import state as st
-from orchestrator._engine.events import (
-    Body,
-    Event,
-    RetryScheduled,
-    RunCompleted,
-    RunFailed,
-    RunParked,
-    RunStarted,
-    StartRun,
-    StepCompleted,
-    StepFailed,
-    StepScheduled,
-)
+from orchestrator._engine.events import Body, Event
 from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.records import RunOutcome, StepCommand
-from orchestrator._engine.runtime import WorkflowInstance
+from orchestrator._engine.runtime import IssuedStep, WorkflowInstance
 from orchestrator.app import App, WorkflowDefinition
 from orchestrator.errors import NonDeterminismError, StepFailedError
 from orchestrator.retry import RetryPolicy
@@ -72,23 +61,40 @@ class Decider:
         self, state: st.RunState | None, event: Event, now_ms: int
     ) -> tuple[st.RunState | None, Effects]:
         body = event.body
-        if isinstance(body, StartRun):
+        if isinstance(body, ev.StartRun):
             return self._on_start(state, event, body, now_ms)
         if state is None:
             return None, Effects(dead_letter=f"{event.kind} for unknown run {event.run_id!r}")
-        if isinstance(body, StepCompleted | StepFailed):
-            return state, self._on_step_result(state, event, body, now_ms)
+        if isinstance(body, ev.StepCompleted | ev.StepFailed):
+            return state, self._on_step_result(state, body, now_ms)
+        if isinstance(body, ev.StepStarted):
+            return state, self._on_step_started(state, body, now_ms)
+        if isinstance(body, ev.Signal):
+            return state, self._on_signal(state, body, now_ms)
+        if isinstance(body, ev.CancelRun):
+            return state, self._on_cancel(state, body, now_ms)
         return state, Effects(dead_letter=f"{event.kind} is not a request the inbox accepts")
 
     def fire_timer(self, state: st.RunState, tag: str, now_ms: int) -> Effects:
         kind, _, arg = tag.partition(":")
+        if state.status != st.RUNNING:
+            return Effects(ignored=f"timer {tag} of a {state.status} run")
         if kind == "retry":
             return self._on_retry_due(state, int(arg), now_ms)
+        if kind == "timer":
+            return self._on_timer(state, int(arg), now_ms)
+        if kind == "wait":
+            return self._on_wait_timeout(state, int(arg), now_ms)
+        if kind == "timeout":
+            position, _, attempt = arg.partition(":")
+            return self._on_step_timeout(state, int(position), int(attempt), now_ms)
+        if kind == "run":
+            return self._on_run_timeout(state, now_ms)
         return Effects(ignored=f"unknown timer {tag!r}")
 
     # -- inputs -------------------------------------------------------------------------------------------
     def _on_start(
-        self, state: st.RunState | None, event: Event, body: StartRun, now_ms: int
+        self, state: st.RunState | None, event: Event, body: ev.StartRun, now_ms: int
     ) -> tuple[st.RunState | None, Effects]:
         if state is not None:
             fx = Effects(ignored="duplicate start")
@@ -106,18 +112,17 @@ class Decider:
             workflow_version=definition.version if definition else "",
         )
         fx = Effects()
-        self._record(state, fx, RunStarted(input=body.input), now_ms)
+        self._record(state, fx, ev.RunStarted(input=body.input), now_ms)
         if definition is None:
             known = ", ".join(sorted(self.app.workflows)) or "none"
-            self._park(
-                state,
-                fx,
-                PARK_UNKNOWN_WORKFLOW,
+            reason = (
                 f"no workflow named {event.workflow!r} in app {self.app.name!r} (known: {known}); "
-                "deploy code that registers it, then resume the run",
-                now_ms,
+                "deploy code that registers it, then resume the run"
             )
+            self._park(state, fx, PARK_UNKNOWN_WORKFLOW, reason, now_ms)
             return state, fx
+        if definition.timeout_ms:
+            state.deadline_ms = now_ms + definition.timeout_ms
         try:
             inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms)
         except Exception as exc:  # noqa: BLE001 - bad input or a workflow that fails before its first await
@@ -127,47 +132,93 @@ class Decider:
         return state, fx
 
     def _on_step_result(
-        self, state: st.RunState, event: Event, body: StepCompleted | StepFailed, now_ms: int
+        self, state: st.RunState, body: ev.StepCompleted | ev.StepFailed, now_ms: int
     ) -> Effects:
         step = state.step_at(body.position)
-        if step is None:
+        if step is None or step.kind != st.KIND_STEP:
             return Effects(dead_letter=f"result for position {body.position}, which the run never scheduled")
+        if state.status not in (st.RUNNING, st.PARKED):
+            return Effects(ignored=f"run is {state.status}")
         if step.status != st.STEP_SCHEDULED or step.attempt != body.attempt:
             return Effects(
                 ignored=f"stale or duplicate result (step is {step.status}, attempt {step.attempt})"
             )
-        if state.status not in (st.RUNNING, st.PARKED):
-            return Effects(ignored=f"run is {state.status}")
         fx = Effects()
         attempt = st.AttemptRecord(body.attempt, body.started_ms, body.finished_ms, worker=body.worker)
         step.attempts.append(attempt)
         self._record(state, fx, body, now_ms)
-        failure: StepFailedError | None = None
-        if isinstance(body, StepCompleted):
+        if isinstance(body, ev.StepCompleted):
             step.status = st.STEP_COMPLETED
             step.result = body.result
+            step.deadline_ms = 0
+            self._deliver(state, step.position, fx, now_ms)
         else:
             attempt.error_type, attempt.message = body.error_type, body.message
-            policy = self._policy(step)
-            if body.retryable and policy.allows_retry(body.attempt, body.error_type):
-                step.status = st.STEP_BACKOFF
-                step.due_ms = now_ms + policy.delay_ms(body.attempt, self._rng)
-                self._record(state, fx, RetryScheduled(step.position, step.attempt + 1, step.due_ms), now_ms)
-                return fx
-            step.status = st.STEP_FAILED
-            step.error_type, step.error_message = body.error_type, body.message
-            failure = StepFailedError(step.step, body.error_type, body.message, body.attempt)
-        # The result is recorded first, so a run parked while being rebuilt still keeps it for a resume.
-        inst = self._instance(state, fx, now_ms) if state.status == st.RUNNING else None
-        state.resolutions.append(st.Resolution(step.position, now_ms))
-        if inst is not None:
-            inst.resolve(step.position, now_ms, step.result, failure)
-            self._advance(state, inst, fx, now_ms)
+            self._attempt_failed(state, step, body.error_type, body.message, body.retryable, fx, now_ms)
         return fx
 
+    def _on_step_started(self, state: st.RunState, body: ev.StepStarted, now_ms: int) -> Effects:
+        step = state.step_at(body.position)
+        if step is None or step.status != st.STEP_SCHEDULED or step.attempt != body.attempt:
+            return Effects(ignored="start report of an attempt that is no longer running")
+        if state.status != st.RUNNING:
+            return Effects(ignored=f"run is {state.status}")
+        fx = Effects()
+        step.started_ms = body.started_ms
+        step.deadline_ms = now_ms + step.timeout_ms if step.timeout_ms else 0
+        self._record(state, fx, body, now_ms)
+        return fx
+
+    def _on_signal(self, state: st.RunState, body: ev.Signal, now_ms: int) -> Effects:
+        if state.status not in (st.RUNNING, st.PARKED):
+            return Effects(ignored=f"signal {body.name!r} for a {state.status} run")
+        fx = Effects()
+        waiting = next(
+            (
+                s
+                for s in state.steps
+                if s.kind == st.KIND_WAIT
+                and s.status == st.STEP_WAITING
+                and s.event_name == body.name
+                and (not s.event_key or s.event_key == body.key)
+            ),
+            None,
+        )
+        if waiting is None:  # kept until the workflow waits for it
+            state.signals.append(st.BufferedSignal(body.name, body.key, body.payload, now_ms, body.source))
+            self._record(
+                state, fx, ev.EventReceived(-1, body.name, body.key, body.payload, body.source), now_ms
+            )
+            return fx
+        waiting.status = st.STEP_COMPLETED
+        waiting.result = body.payload
+        self._record(
+            state,
+            fx,
+            ev.EventReceived(waiting.position, body.name, body.key, body.payload, body.source),
+            now_ms,
+        )
+        self._deliver(state, waiting.position, fx, now_ms)
+        return fx
+
+    def _on_cancel(self, state: st.RunState, body: ev.CancelRun, now_ms: int) -> Effects:
+        if state.terminal:
+            fx = Effects(ignored=f"cancel of a {state.status} run")
+            fx.outcomes.append(_outcome(state, now_ms))
+            return fx
+        fx = Effects()
+        self._stop_pending(state, fx, now_ms)
+        state.status = st.CANCELLED
+        state.error_type, state.error_message = "Cancelled", body.reason
+        self._record(state, fx, ev.RunCancelled(body.reason), now_ms)
+        fx.outcomes.append(_outcome(state, now_ms))
+        self.cache.evict(state.run_id)
+        return fx
+
+    # -- timers -------------------------------------------------------------------------------------------
     def _on_retry_due(self, state: st.RunState, position: int, now_ms: int) -> Effects:
         step = state.step_at(position)
-        if step is None or step.status != st.STEP_BACKOFF or state.status != st.RUNNING:
+        if step is None or step.status != st.STEP_BACKOFF:
             return Effects(ignored="retry timer for a step that is no longer waiting")
         fx = Effects()
         step.status = st.STEP_SCHEDULED
@@ -175,6 +226,104 @@ class Decider:
         step.due_ms = 0
         self._schedule(state, step, fx, now_ms)
         return fx
+
+    def _on_timer(self, state: st.RunState, position: int, now_ms: int) -> Effects:
+        step = state.step_at(position)
+        if step is None or step.kind != st.KIND_TIMER or step.status != st.STEP_WAITING:
+            return Effects(ignored="timer already fired")
+        fx = Effects()
+        step.status = st.STEP_COMPLETED
+        self._record(state, fx, ev.TimerFired(position), now_ms)
+        self._deliver(state, position, fx, now_ms)
+        return fx
+
+    def _on_wait_timeout(self, state: st.RunState, position: int, now_ms: int) -> Effects:
+        step = state.step_at(position)
+        if step is None or step.kind != st.KIND_WAIT or step.status != st.STEP_WAITING:
+            return Effects(ignored="wait already resolved")
+        fx = Effects()
+        step.status = "timed_out"
+        step.result = None
+        self._record(state, fx, ev.WaitTimedOut(position), now_ms)
+        self._deliver(state, position, fx, now_ms)
+        return fx
+
+    def _on_step_timeout(self, state: st.RunState, position: int, attempt: int, now_ms: int) -> Effects:
+        step = state.step_at(position)
+        if step is None or step.status != st.STEP_SCHEDULED or step.attempt != attempt:
+            return Effects(ignored="timeout of an attempt that already ended")
+        fx = Effects()
+        which = "schedule_to_start" if not step.started_ms and step.schedule_to_start_ms else "start_to_close"
+        limit = step.schedule_to_start_ms if which == "schedule_to_start" else step.timeout_ms
+        self._record(state, fx, ev.StepTimedOut(position, attempt, which), now_ms)
+        fx.commands.append((step.queue, self._command(state, step, now_ms, cancel=True)))
+        message = f"attempt {attempt} exceeded its {which.replace('_', '-')} timeout of {limit} ms"
+        step.attempts.append(st.AttemptRecord(attempt, step.started_ms, now_ms, "StepTimeout", message))
+        self._attempt_failed(state, step, "StepTimeout", message, True, fx, now_ms)
+        return fx
+
+    def _on_run_timeout(self, state: st.RunState, now_ms: int) -> Effects:
+        if not state.deadline_ms or now_ms < state.deadline_ms:
+            return Effects(ignored="run deadline moved")
+        fx = Effects()
+        self._stop_pending(state, fx, now_ms)
+        timeout = state.deadline_ms - state.created_ms
+        self._fail_with(state, fx, "RunTimeout", f"run exceeded its timeout of {timeout} ms", now_ms)
+        return fx
+
+    # -- shared transitions -------------------------------------------------------------------------------
+    def _attempt_failed(
+        self,
+        state: st.RunState,
+        step: st.StepRecord,
+        error_type: str,
+        message: str,
+        retryable: bool,
+        fx: Effects,
+        now_ms: int,
+    ) -> None:
+        policy = self._policy(step)
+        step.deadline_ms = 0
+        if retryable and policy.allows_retry(step.attempt, error_type):
+            step.status = st.STEP_BACKOFF
+            step.due_ms = now_ms + policy.delay_ms(step.attempt, self._rng)
+            self._record(state, fx, ev.RetryScheduled(step.position, step.attempt + 1, step.due_ms), now_ms)
+            return
+        step.status = st.STEP_FAILED
+        step.error_type, step.error_message = error_type, message
+        failure = StepFailedError(step.step, error_type, message, step.attempt)
+        self._deliver(state, step.position, fx, now_ms, failure)
+
+    def _deliver(
+        self,
+        state: st.RunState,
+        position: int,
+        fx: Effects,
+        now_ms: int,
+        failure: StepFailedError | None = None,
+    ) -> None:
+        """A command of the workflow has its outcome: feed it to the workflow and record what follows.
+
+        The outcome is recorded before the instance is (re)built, so a run parked during re-execution still
+        keeps it for a resume.
+        """
+        inst = self._instance(state, fx, now_ms) if state.status == st.RUNNING else None
+        state.resolutions.append(st.Resolution(position, now_ms))
+        if inst is not None:
+            inst.resolve(position, now_ms, state.steps[position].result, failure)
+            self._advance(state, inst, fx, now_ms)
+
+    def _stop_pending(self, state: st.RunState, fx: Effects, now_ms: int) -> None:
+        """Cancel everything the run still waits on; workers running its steps are told."""
+        for step in state.steps:
+            if step.status == st.STEP_SCHEDULED and step.kind == st.KIND_STEP:
+                fx.commands.append((step.queue, self._command(state, step, now_ms, cancel=True)))
+            if step.status in (st.STEP_SCHEDULED, st.STEP_BACKOFF, st.STEP_WAITING):
+                step.status = st.STEP_CANCELLED
+                step.deadline_ms = 0
+                step.due_ms = 0
+        state.signals.clear()
+        self.cache.evict(state.run_id)
 
     # -- workflow execution -------------------------------------------------------------------------------
     def _instance(self, state: st.RunState, fx: Effects, now_ms: int) -> WorkflowInstance | None:
@@ -190,13 +339,8 @@ class Decider:
             self.cache.evict(state.run_id)
         definition = self.app.workflows.get(state.workflow)
         if definition is None:
-            self._park(
-                state,
-                fx,
-                PARK_UNKNOWN_WORKFLOW,
-                f"workflow {state.workflow!r} is no longer registered",
-                now_ms,
-            )
+            reason = f"workflow {state.workflow!r} is no longer registered"
+            self._park(state, fx, PARK_UNKNOWN_WORKFLOW, reason, now_ms)
             return None
         try:
             inst = self._replay(state, definition)
@@ -225,7 +369,7 @@ class Decider:
             if len(inst.issued) < len(state.steps):
                 missing = state.steps[len(inst.issued)]
                 raise NonDeterminismError(
-                    f"history has step {missing.step!r} at position {missing.position}, "
+                    f"history has {missing.kind} {missing.step!r} at position {missing.position}, "
                     "but the current code did not issue it"
                 )
         except BaseException:
@@ -234,21 +378,15 @@ class Decider:
         return inst
 
     def _advance(self, state: st.RunState, inst: WorkflowInstance, fx: Effects, now_ms: int) -> None:
-        """Record the steps the workflow issued since last time, and its end if it ended."""
-        for issued in inst.issued[len(state.steps) :]:
-            step = st.StepRecord(
-                position=issued.position,
-                step=issued.step,
-                queue=issued.queue,
-                status=st.STEP_SCHEDULED,
-                attempt=1,
-                args=issued.args,
-                scheduled_ms=now_ms,
-                retry=issued.retry,
-                timeout_ms=issued.timeout_ms,
-            )
-            state.steps.append(step)
-            self._schedule(state, step, fx, now_ms)
+        """Record the commands the workflow issued since last time, and its end if it ended."""
+        while True:
+            ready = [self._issue(state, issued, fx, now_ms) for issued in inst.issued[len(state.steps) :]]
+            ready_positions = [p for p in ready if p is not None]
+            if not ready_positions:
+                break
+            for position in ready_positions:  # waits satisfied by signals that came earlier
+                state.resolutions.append(st.Resolution(position, now_ms))
+                inst.resolve(position, now_ms, state.steps[position].result, None)
         if not inst.done and not inst.uses_asyncio_timers:
             self.cache.put(state.run_id, inst)
             return
@@ -257,55 +395,95 @@ class Decider:
         finally:
             inst.close()  # ended runs free their loop whether or not they were ever cached
 
+    def _issue(self, state: st.RunState, issued: IssuedStep, fx: Effects, now_ms: int) -> int | None:
+        """Record one new command; returns its position when it is already resolved (a buffered signal)."""
+        step = st.StepRecord(
+            position=issued.position,
+            step=issued.step,
+            queue=issued.queue,
+            status=st.STEP_SCHEDULED,
+            attempt=1,
+            args=issued.args,
+            scheduled_ms=now_ms,
+            retry=issued.retry,
+            timeout_ms=issued.timeout_ms,
+            kind=issued.kind,
+            schedule_to_start_ms=issued.schedule_to_start_ms,
+        )
+        state.steps.append(step)
+        if issued.kind == st.KIND_STEP:
+            self._schedule(state, step, fx, now_ms)
+            return None
+        step.status = st.STEP_WAITING
+        step.deadline_ms = issued.due_ms
+        if issued.kind == st.KIND_TIMER:
+            self._record(state, fx, ev.TimerStarted(step.position, step.deadline_ms), now_ms)
+            return None
+        step.event_name, step.event_key = issued.step, issued.key
+        self._record(
+            state,
+            fx,
+            ev.WaitStarted(step.position, issued.step, issued.key, issued.due_ms, issued.lookback_ms),
+            now_ms,
+        )
+        for i, signal in enumerate(state.signals):
+            if signal.name == issued.step and (not issued.key or signal.key == issued.key):
+                del state.signals[i]
+                step.status = st.STEP_COMPLETED
+                step.deadline_ms = 0
+                step.result = signal.payload
+                body = ev.EventReceived(step.position, signal.name, signal.key, signal.payload, signal.source)
+                self._record(state, fx, body, now_ms)
+                return step.position
+        return None
+
     def _end(self, state: st.RunState, inst: WorkflowInstance, fx: Effects, now_ms: int) -> None:
         if inst.uses_asyncio_timers:
-            self._park(
-                state,
-                fx,
-                PARK_WORKFLOW_ERROR,
-                "workflow awaited an asyncio timer (asyncio.sleep/wait_for); use ctx.sleep for durable time",
-                now_ms,
+            reason = (
+                "workflow awaited an asyncio timer (asyncio.sleep/wait_for); use ctx.sleep for durable time"
             )
+            self._park(state, fx, PARK_WORKFLOW_ERROR, reason, now_ms)
             return
         result, exc = inst.outcome()
-        if exc is None:
-            try:
-                data = self.app.data.encode(result, what=f"result of workflow {state.workflow!r}")
-            except Exception as enc_exc:  # noqa: BLE001
-                self._fail(state, fx, enc_exc, now_ms)
-                return
-            state.status = st.COMPLETED
-            state.result = data
-            self._record(state, fx, RunCompleted(result=data), now_ms)
-            fx.outcomes.append(_outcome(state, now_ms))
-            self.cache.evict(state.run_id)
-        else:
+        if exc is not None:
             self._fail(state, fx, exc, now_ms)
+            return
+        try:
+            data = self.app.data.encode(result, what=f"result of workflow {state.workflow!r}")
+        except Exception as enc_exc:  # noqa: BLE001
+            self._fail(state, fx, enc_exc, now_ms)
+            return
+        self._stop_pending(state, fx, now_ms)  # a workflow may return while steps it did not await run
+        state.status = st.COMPLETED
+        state.result = data
+        self._record(state, fx, ev.RunCompleted(result=data), now_ms)
+        fx.outcomes.append(_outcome(state, now_ms))
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _schedule(self, state: st.RunState, step: st.StepRecord, fx: Effects, now_ms: int) -> None:
         key = idempotency_key(state.run_id, step.position, step.step)
-        self._record(
-            state,
-            fx,
-            StepScheduled(step.position, step.step, step.queue, step.attempt, step.args, key),
-            now_ms,
-        )
-        fx.commands.append(
-            (
-                step.queue,
-                StepCommand(
-                    run_id=state.run_id,
-                    workflow=state.workflow,
-                    position=step.position,
-                    step=step.step,
-                    attempt=step.attempt,
-                    args=step.args,
-                    idempotency_key=key,
-                    scheduled_ms=now_ms,
-                    timeout_ms=step.timeout_ms,
-                ),
-            )
+        step.started_ms = 0
+        first_limit = step.schedule_to_start_ms or step.timeout_ms
+        step.deadline_ms = now_ms + first_limit if first_limit else 0
+        body = ev.StepScheduled(step.position, step.step, step.queue, step.attempt, step.args, key)
+        self._record(state, fx, body, now_ms)
+        fx.commands.append((step.queue, self._command(state, step, now_ms)))
+
+    @staticmethod
+    def _command(state: st.RunState, step: st.StepRecord, now_ms: int, cancel: bool = False) -> StepCommand:
+        return StepCommand(
+            run_id=state.run_id,
+            workflow=state.workflow,
+            position=step.position,
+            step=step.step,
+            attempt=step.attempt,
+            args=step.args,
+            idempotency_key=idempotency_key(state.run_id, step.position, step.step),
+            scheduled_ms=now_ms,
+            timeout_ms=step.timeout_ms,
+            report_start=bool(step.timeout_ms or step.schedule_to_start_ms),
+            cancel=cancel,
+            schedule_to_start_ms=step.schedule_to_start_ms,
         )
 
     def _policy(self, step: st.StepRecord) -> RetryPolicy:
@@ -316,16 +494,20 @@ class Decider:
 
     def _fail(self, state: st.RunState, fx: Effects, exc: BaseException, now_ms: int) -> None:
         error_type = getattr(exc, "error_type", None) or type(exc).__name__
+        self._stop_pending(state, fx, now_ms)
+        self._fail_with(state, fx, error_type, str(exc), now_ms)
+
+    def _fail_with(self, state: st.RunState, fx: Effects, error_type: str, message: str, now_ms: int) -> None:
         state.status = st.FAILED
-        state.error_type, state.error_message = error_type, str(exc)
-        self._record(state, fx, RunFailed(error_type, str(exc)), now_ms)
+        state.error_type, state.error_message = error_type, message
+        self._record(state, fx, ev.RunFailed(error_type, message), now_ms)
         fx.outcomes.append(_outcome(state, now_ms))
         self.cache.evict(state.run_id)
 
     def _park(self, state: st.RunState, fx: Effects, kind: str, reason: str, now_ms: int) -> None:
         state.status = st.PARKED
         state.error_type, state.error_message = kind, reason
-        self._record(state, fx, RunParked(kind, reason), now_ms)
+        self._record(state, fx, ev.RunParked(kind, reason), now_ms)
         fx.outcomes.append(_outcome(state, now_ms))
         self.cache.evict(state.run_id)
 
@@ -349,11 +531,11 @@ class Decider:
 def _check_replay(state: st.RunState, inst: WorkflowInstance) -> None:
     for issued in inst.issued[: len(state.steps)]:
         recorded = state.steps[issued.position]
-        if recorded.step != issued.step:
+        if recorded.step != issued.step or recorded.kind != issued.kind:
             raise NonDeterminismError(
-                f"at position {issued.position} the history has step {recorded.step!r} but the current "
-                f"code issued {issued.step!r} (workflow code changed under a running run; deploy the "
-                "previous code, or guard the change behind a version check)"
+                f"at position {issued.position} the history has {recorded.kind} {recorded.step!r} but the "
+                f"current code issued {issued.kind} {issued.step!r} (workflow code changed under a running "
+                "run; deploy the previous code, or guard the change behind a version check)"
             )
 
 
@@ -378,4 +560,16 @@ def timers_of(state: st.RunState) -> set[tuple[int, str]]:
     """The (due_ms, tag) timers a run's state implies; the store keeps an index of them by due time."""
     if state.status != st.RUNNING:
         return set()
-    return {(s.due_ms, f"retry:{s.position}") for s in state.steps if s.status == st.STEP_BACKOFF}
+    timers: set[tuple[int, str]] = set()
+    for s in state.steps:
+        if s.status == st.STEP_BACKOFF:
+            timers.add((s.due_ms, f"retry:{s.position}"))
+        elif s.status == st.STEP_SCHEDULED and s.deadline_ms:
+            timers.add((s.deadline_ms, f"timeout:{s.position}:{s.attempt}"))
+        elif s.status == st.STEP_WAITING and s.kind == st.KIND_TIMER:
+            timers.add((s.deadline_ms, f"timer:{s.position}"))
+        elif s.status == st.STEP_WAITING and s.kind == st.KIND_WAIT and s.deadline_ms:
+            timers.add((s.deadline_ms, f"wait:{s.position}"))
+    if state.deadline_ms:
+        timers.add((state.deadline_ms, "run"))
+    return timers

@@ -20,6 +20,8 @@ class StepCommand:
     scheduled_ms: int
     timeout_ms: int = 0
     report_start: bool = False
+    cancel: bool = False
+    schedule_to_start_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

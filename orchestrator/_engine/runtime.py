@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.app import App, WorkflowDefinition
-from orchestrator.context import WorkflowContext
+from orchestrator.context import ReceivedEvent, WorkflowContext
 from orchestrator.durations import Duration, to_millis
 from orchestrator.errors import StepFailedError
 from orchestrator.retry import RetryPolicy
@@ -61,7 +61,10 @@ class DeterministicLoop(asyncio.BaseEventLoop):
 
 @dataclass(frozen=True, slots=True)
 class IssuedStep:
-    """A step the workflow asked for, at its position in the workflow's command sequence."""
+    """A command the workflow issued (a step, a timer, a wait), at its position in the command sequence.
+
+    ``step`` is the step name, ``"sleep"`` for a timer, or the event name for a wait.
+    """
 
     position: int
     step: str
@@ -69,6 +72,12 @@ class IssuedStep:
     queue: str
     timeout_ms: int
     retry: str  # JSON of a per-call RetryPolicy, or ""
+    kind: str = "step"
+    due_ms: int = 0  # timer due time / wait deadline (0: none)
+    key: str = ""  # wait correlation key
+    lookback_ms: int = 0
+    schedule_to_start_ms: int = 0
+    type_hint: Any = None
 
 
 class WorkflowInstance:
@@ -110,16 +119,27 @@ class WorkflowInstance:
         fut = self.futures.pop(position, None)
         if fut is None or fut.done():
             return
+        issued = self.issued[position]
         if failure is not None:
             fut.set_exception(failure)
+        elif issued.kind == "timer":
+            fut.set_result(None)
         else:
             try:
-                step_def = self.app.steps.get(self.issued[position].step)
-                hint = step_def.return_hint if step_def else None
-                fut.set_result(self.app.data.decode(result or b"null", hint))
+                if issued.kind == "wait":
+                    fut.set_result(self._received(issued, result))
+                else:
+                    step_def = self.app.steps.get(issued.step)
+                    hint = step_def.return_hint if step_def else None
+                    fut.set_result(self.app.data.decode(result or b"null", hint))
             except Exception as exc:  # noqa: BLE001 - a bad payload is the workflow's failure, not ours
                 fut.set_exception(exc)
         self._drain()
+
+    def _received(self, issued: IssuedStep, payload: bytes | None) -> ReceivedEvent:
+        if payload is None:
+            return ReceivedEvent(issued.step, issued.key, timed_out=True)
+        return ReceivedEvent(issued.step, issued.key, self.app.data.decode(payload, issued.type_hint))
 
     @property
     def done(self) -> bool:
@@ -165,11 +185,42 @@ class WorkflowInstance:
                 queue=queue or definition.queue,
                 timeout_ms=to_millis(timeout) if timeout is not None else definition.timeout_ms,
                 retry=_retry_json(retry) if retry is not None else "",
+                schedule_to_start_ms=definition.schedule_to_start_ms,
             )
         )
+        return self._future(position)
+
+    def _future(self, position: int) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.futures[position] = fut
         return fut
+
+    def issue_timer(self, due_ms: int) -> asyncio.Future[Any]:
+        position = len(self.issued)
+        self.issued.append(IssuedStep(position, "sleep", b"", "", 0, "", kind="timer", due_ms=due_ms))
+        return self._future(position)
+
+    def issue_wait(
+        self, name: str, key: str, timeout: Duration | None, lookback: Duration | None, type_hint: Any
+    ) -> asyncio.Future[Any]:
+        position = len(self.issued)
+        deadline = self.now_ms + to_millis(timeout) if timeout is not None else 0
+        self.issued.append(
+            IssuedStep(
+                position,
+                name,
+                b"",
+                "",
+                0,
+                "",
+                kind="wait",
+                due_ms=deadline,
+                key=key,
+                lookback_ms=to_millis(lookback) if lookback is not None else 0,
+                type_hint=type_hint,
+            )
+        )
+        return self._future(position)
 
 
 def _retry_json(policy: RetryPolicy) -> str:
@@ -207,6 +258,25 @@ class _Context(WorkflowContext):
         timeout: Duration | None = None,
     ) -> Awaitable[Any]:
         return self._instance.issue_step(fn, args, retry, queue, timeout)
+
+    def sleep(self, duration: Duration) -> Awaitable[None]:
+        return self._instance.issue_timer(self._instance.now_ms + to_millis(duration))
+
+    def sleep_until(self, when: datetime) -> Awaitable[None]:
+        if when.tzinfo is None:
+            raise ValueError("sleep_until needs a timezone-aware datetime (e.g. datetime.now(UTC))")
+        return self._instance.issue_timer(max(int(when.timestamp() * 1000), self._instance.now_ms))
+
+    def wait_for_event(
+        self,
+        name: str,
+        *,
+        key: str = "",
+        timeout: Duration | None = None,
+        lookback: Duration | None = None,
+        type_hint: Any = None,
+    ) -> Awaitable[ReceivedEvent]:
+        return self._instance.issue_wait(name, key, timeout, lookback, type_hint)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._instance.now_ms / 1000, tz=UTC)

@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 
 from orchestrator import topology
 from orchestrator._engine import kafka
-from orchestrator._engine.events import Event, StepCompleted, StepFailed, encode_event
+from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted, encode_event
 from orchestrator._engine.offsets import OffsetTracker
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import DeadLetter, StepCommand, decode_command, encode_dead_letter
@@ -76,6 +76,7 @@ class Worker:
         self.inbox = topology.inbox_topic(app.name)
         self.stats = WorkerStats()
         self._tracker = OffsetTracker()
+        self._running: dict[tuple[str, int, int], tuple[StepInfo, asyncio.Future[Any] | None]] = {}
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -200,7 +201,20 @@ class Worker:
                 on_delivery=delivered,
             )
             return
+        if cmd.cancel:
+            self._cancel_running(cmd)
+            self._tracker.finished(topic, partition, offset)
+            return
         self.stats.started += 1
+        if cmd.report_start:
+            started = Event(
+                event_id=f"{cmd.idempotency_key}/{cmd.attempt}/started/{uuid.uuid4().hex[:8]}",
+                run_id=cmd.run_id,
+                workflow=cmd.workflow,
+                timestamp_ms=_now_ms(),
+                body=StepStarted(cmd.position, cmd.attempt, _now_ms(), self.config.worker_id),
+            )
+            self._to_inbox(producer, started, None)
         body = await self._run_step(cmd, loop, pool)
         event = Event(
             event_id=f"{cmd.idempotency_key}/{cmd.attempt}/{uuid.uuid4().hex[:8]}",
@@ -209,13 +223,28 @@ class Worker:
             timestamp_ms=_now_ms(),
             body=body,
         )
+        self._to_inbox(producer, event, delivered)
+
+    def _to_inbox(self, producer: Producer, event: Event, on_delivery: Any) -> None:
+        kwargs = {"on_delivery": on_delivery} if on_delivery is not None else {}
         producer.produce(
             self.inbox,
             encode_event(event),
-            cmd.run_id.encode(),
-            partition=partition_for(cmd.run_id, self.app.settings.partitions),
-            on_delivery=delivered,
+            event.run_id.encode(),
+            partition=partition_for(event.run_id, self.app.settings.partitions),
+            **kwargs,
         )
+
+    def _cancel_running(self, cmd: StepCommand) -> None:
+        """The run was cancelled (or this attempt timed out): stop the attempt if it runs here."""
+        entry = self._running.get((cmd.run_id, cmd.position, cmd.attempt))
+        if entry is None:
+            return
+        info, task = entry
+        info.cancelled.set()
+        if task is not None:
+            task.cancel()
+        log.info("cancelled step %s of %s attempt %d", cmd.step, cmd.run_id, cmd.attempt)
 
     async def _run_step(
         self, cmd: StepCommand, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
@@ -234,23 +263,30 @@ class Worker:
                 cmd.run_id, cmd.workflow, cmd.step, cmd.position, cmd.attempt, cmd.idempotency_key
             )
             token = _current_step.set(info)
+            running_key = (cmd.run_id, cmd.position, cmd.attempt)
             try:
                 timeout = cmd.timeout_ms / 1000 if cmd.timeout_ms else None
                 if definition.is_async:
-                    result = await asyncio.wait_for(definition.fn(*args), timeout)
+                    inner: asyncio.Future[Any] = asyncio.ensure_future(definition.fn(*args))
                 else:
                     ctx = contextvars.copy_context()
-                    result = await asyncio.wait_for(
-                        loop.run_in_executor(pool, ctx.run, definition.fn, *args), timeout
-                    )
+                    inner = loop.run_in_executor(pool, ctx.run, definition.fn, *args)
+                self._running[running_key] = (info, inner if definition.is_async else None)
+                try:
+                    result = await asyncio.wait_for(inner, timeout)
+                except asyncio.CancelledError:
+                    if not info.cancelled.is_set():
+                        raise  # the worker itself is being cancelled
+                    raise StepCancelledError("the run was cancelled while this step ran") from None
             finally:
+                self._running.pop(running_key, None)
                 _current_step.reset(token)
             data = self.app.data.encode(result, what=f"result of step {cmd.step!r}")
             self.stats.completed += 1
             return StepCompleted(cmd.position, cmd.attempt, data, started, _now_ms(), worker)
         except Exception as exc:  # noqa: BLE001 - every step failure is reported, none crashes the worker
             self.stats.failed += 1
-            retryable = not isinstance(exc, TerminalError | PayloadTooLargeError)
+            retryable = not isinstance(exc, TerminalError | PayloadTooLargeError | StepCancelledError)
             error_type = getattr(exc, "error_type", None) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 error_type = "StepTimeout"
@@ -266,6 +302,10 @@ class Worker:
             return StepFailed(
                 cmd.position, cmd.attempt, error_type, message[:4000], retryable, started, _now_ms(), worker
             )
+
+
+class StepCancelledError(Exception):
+    """Reported for an attempt stopped because its run was cancelled or its attempt timed out."""
 
 
 def _task_done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:

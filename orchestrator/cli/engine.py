@@ -221,10 +221,60 @@ def runs_show(run_id: str, app_spec: AppOption = None) -> None:
     console.print(table)
 
 
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: Annotated[str | None, typer.Argument(help="The run to cancel.")] = None,
+    reason: Annotated[str, typer.Option(help="Recorded in the history.")] = "cancelled from the CLI",
+    workflow: Annotated[str | None, typer.Option(help="Bulk: every running run of this workflow.")] = None,
+    all_running: Annotated[bool, typer.Option("--all", help="Bulk: every running run.")] = False,
+    app_spec: AppOption = None,
+) -> None:
+    """Cancel one run, or in bulk by filter (--workflow NAME / --all)."""
+    app = _app(app_spec)
+    if run_id is None and workflow is None and not all_running:
+        raise _fail("name a RUN_ID, or a filter: --workflow NAME or --all")
+
+    async def go() -> list[str]:
+        async with app.client() as client:
+            if run_id is not None:
+                await client.cancel(run_id, reason)
+                return [run_id]
+            return await client.cancel_many(workflow=workflow, reason=reason)
+
+    ids: list[str] = asyncio.run(go())
+    console.print(f"asked to cancel {len(ids)} run(s)" + (f": {', '.join(ids[:20])}" if ids else ""))
+
+
+def signal(
+    run_id: str,
+    name: str,
+    payload: Annotated[str, typer.Option("--payload", "-p", help="Payload as JSON.")] = "null",
+    app_spec: AppOption = None,
+) -> None:
+    """Send event NAME (with a JSON payload) to run RUN_ID."""
+    app = _app(app_spec)
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"--payload is not JSON: {exc}") from exc
+
+    async def go() -> None:
+        async with app.client() as client:
+            await client.signal(run_id, name, value)
+
+    asyncio.run(go())
+    console.print(f"sent {name!r} to {run_id}")
+
+
 def _status(status: str) -> str:
-    color = {"completed": "green", "failed": "red", "parked": "yellow", "running": "cyan"}.get(
-        status, "white"
-    )
+    colors = {
+        "completed": "green",
+        "failed": "red",
+        "parked": "yellow",
+        "running": "cyan",
+        "cancelled": "magenta",
+    }
+    color = colors.get(status, "white")
     return f"[{color}]{status}[/{color}]"
 
 
@@ -232,4 +282,5 @@ def register(app: typer.Typer) -> None:
     app.command()(processor)
     app.command()(worker)
     app.command()(start)
+    app.command()(signal)
     app.add_typer(runs_app, name="runs")

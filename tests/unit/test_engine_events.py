@@ -141,6 +141,8 @@ def test_to_record_is_field_order_dict() -> None:
         "scheduled_ms": 5,
         "timeout_ms": 0,
         "report_start": False,
+        "cancel": False,
+        "schedule_to_start_ms": 0,
     }
 
 

@@ -48,6 +48,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "scheduled_ms": 5,
         "timeout_ms": 30_000,
         "report_start": True,
+        "cancel": False,
+        "schedule_to_start_ms": 0,
     },
     wire.RUN_STATE: {
         "run_id": "r1",
@@ -96,7 +98,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
         ],
         "resolutions": [{"position": 0, "timestamp_ms": 2}],
         "deadline_ms": 0,
-        "signals": [{"name": "approve", "key": "o1", "payload": b"{}", "timestamp_ms": 3, "source": "client"}],
+        "signals": [
+            {"name": "approve", "key": "o1", "payload": b"{}", "timestamp_ms": 3, "source": "client"}
+        ],
     },
     wire.RUN_OUTCOME: {
         "run_id": "r1",

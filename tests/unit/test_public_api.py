@@ -18,6 +18,7 @@ EXPECTED = [
     "PayloadError",
     "PayloadTooLargeError",
     "ProcessorFencedError",
+    "ReceivedEvent",
     "RetryPolicy",
     "RunDescription",
     "RunFailedError",

@@ -81,3 +81,29 @@ async def gated(ctx: WorkflowContext, x: int) -> int:
     x = await ctx.step(s1, x)
     x = await ctx.step(gate, x)
     return await ctx.step(s2, x)
+
+
+@app.workflow
+async def sleepy(ctx: WorkflowContext, seconds: float) -> dict[str, float]:
+    before = ctx.now().timestamp()
+    await ctx.step(s1, 0)
+    await ctx.sleep(seconds)
+    woke = ctx.now().timestamp()
+    await ctx.step(s2, 0)
+    return {"before": before, "woke": woke}
+
+
+@app.step(
+    timeout="2s", retry=__import__("orchestrator").RetryPolicy(max_attempts=3, initial_interval="100ms")
+)
+async def hangs_first(x: int) -> int:
+    """Attempt 1 hangs (until cancelled); later attempts answer at once."""
+    _log_execution()
+    if step_info().attempt == 1:
+        await asyncio.sleep(3600)
+    return x
+
+
+@app.workflow
+async def timed(ctx: WorkflowContext, x: int) -> int:
+    return await ctx.step(hangs_first, x)
