@@ -19,7 +19,7 @@ from orchestrator._resources import resource_dir
 from orchestrator.settings import Settings
 
 SPEC_FILE = "engine.toml"
-ROLES = ("inbox", "history", "changelog", "tasks", "outcomes", "dlq")
+ROLES = ("inbox", "history", "changelog", "tasks", "outcomes", "dlq", "keyed", "keyed_changelog")
 RUN_KEYED_ROLES = ("inbox", "history", "changelog", "outcomes")
 """Roles whose records are keyed by run id; they must share one partition count."""
 
@@ -146,6 +146,14 @@ def dlq_topic(app: str) -> str:
     return topic_name("dlq", app)
 
 
+def keyed_topic(app: str) -> str:
+    return topic_name("keyed", app)
+
+
+def keyed_changelog_topic(app: str) -> str:
+    return topic_name("keyed_changelog", app)
+
+
 def engine_topics(app_name: str, settings: Settings, queues: Iterable[str] = ("default",)) -> list[TopicSpec]:
     """Every topic ``app_name`` needs, in spec-file order, one tasks topic per distinct queue."""
     if settings.min_insync_replicas > settings.replication_factor:
@@ -181,6 +189,8 @@ __all__ = [
     "engine_topics",
     "history_topic",
     "inbox_topic",
+    "keyed_changelog_topic",
+    "keyed_topic",
     "load_templates",
     "outcomes_topic",
     "spec_path",

@@ -151,6 +151,45 @@ class RunCancelled:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    event_name: str
+    key: str
+    payload: bytes
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    event_name: str
+    key: str
+    run_id: str
+    position: int
+    lookback_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    event_name: str
+    key: str
+    run_id: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRegister:
+    workflow: str
+    cron: str
+    timezone: str
+    missed: str
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulePause:
+    workflow: str
+    paused: bool
+
+
 Body: TypeAlias = (
     StartRun
     | RunStarted
@@ -171,6 +210,11 @@ Body: TypeAlias = (
     | WaitTimedOut
     | CancelRun
     | RunCancelled
+    | DomainEvent
+    | Subscribe
+    | Unsubscribe
+    | ScheduleRegister
+    | SchedulePause
 )
 BODY_TYPES: dict[str, type[Any]] = {
     _NS + cls.__name__: cls
@@ -194,6 +238,11 @@ BODY_TYPES: dict[str, type[Any]] = {
         WaitTimedOut,
         CancelRun,
         RunCancelled,
+        DomainEvent,
+        Subscribe,
+        Unsubscribe,
+        ScheduleRegister,
+        SchedulePause,
     )
 }
 

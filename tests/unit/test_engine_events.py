@@ -70,6 +70,11 @@ BODIES = [
     ev.WaitTimedOut(position=3),
     ev.CancelRun(reason="customer asked", requested_by="cli"),
     ev.RunCancelled(reason="customer asked"),
+    ev.DomainEvent(event_name="approved", key="o-1", payload=b"{}", source="approvals/0/7"),
+    ev.Subscribe(event_name="approved", key="o-1", run_id="r", position=3, lookback_ms=0),
+    ev.Unsubscribe(event_name="approved", key="o-1", run_id="r", position=3),
+    ev.ScheduleRegister(workflow="report", cron="0 9 * * MON", timezone="Europe/Paris", missed="skip"),
+    ev.SchedulePause(workflow="report", paused=True),
 ]
 
 

@@ -52,6 +52,8 @@ def test_engine_topics_cover_every_role_in_order() -> None:
         ("tasks", "shop.tasks.emails"),
         ("outcomes", "shop.outcomes"),
         ("dlq", "shop.dlq"),
+        ("keyed", "shop.keyed"),
+        ("keyed_changelog", "shop.keyed-changelog"),
     ]
 
 
