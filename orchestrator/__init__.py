@@ -24,6 +24,7 @@ from orchestrator.errors import (
 )
 from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
+from orchestrator.triggers import EventSource, Schedule, Trigger, ValueFormat
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "App",
     "Client",
     "DataConverter",
+    "EventSource",
     "JsonConverter",
     "NonDeterminismError",
     "OrchestratorError",
@@ -45,14 +47,17 @@ __all__ = [
     "RunFailedError",
     "RunHandle",
     "RunTimeoutError",
+    "Schedule",
     "SchemaError",
     "Settings",
     "StepFailedError",
     "StepInfo",
     "StepView",
     "TerminalError",
+    "Trigger",
     "UnknownStepError",
     "UnknownWorkflowError",
+    "ValueFormat",
     "WorkflowContext",
     "__version__",
     "step_info",

@@ -16,6 +16,7 @@ from orchestrator.durations import Duration, to_millis
 from orchestrator.errors import UnknownStepError, UnknownWorkflowError
 from orchestrator.retry import DEFAULT_RETRY, RetryPolicy
 from orchestrator.settings import Settings
+from orchestrator.triggers import EventSource, KeyExpr, Schedule, Trigger, ValueFormat
 
 if TYPE_CHECKING:
     from orchestrator.client import Client
@@ -75,6 +76,9 @@ class App:
         self.data = DataConverter(converter, codec, self.settings.max_payload_bytes)
         self.workflows: dict[str, WorkflowDefinition] = {}
         self.steps: dict[str, StepDefinition] = {}
+        self.triggers: dict[str, list[Trigger]] = {}  # workflow name -> triggers
+        self.event_sources: dict[str, EventSource] = {}
+        self.schedules: dict[str, Schedule] = {}
 
     # -- registration -------------------------------------------------------------------------------------
     def step(
@@ -124,11 +128,17 @@ class App:
         name: str | None = None,
         version: str = "",
         timeout: Duration | None = None,
+        trigger: Trigger | list[Trigger] | None = None,
+        schedule: str | None = None,
+        timezone: str = "UTC",
+        missed: str = "skip",
     ) -> Any:
         """Register a workflow: ``async def wf(ctx: WorkflowContext, input: T) -> R``.
 
         ``timeout`` bounds the whole run: when it passes, the run fails with ``RunTimeout`` and its pending
-        steps, timers and waits are cancelled.
+        steps, timers and waits are cancelled. ``trigger`` starts runs from records of your own topics;
+        ``schedule`` (cron, in ``timezone``) starts one run per tick, ``missed`` saying what to do with ticks
+        that passed while nothing ran (``skip``, ``run_once``, ``run_all``).
         """
 
         def register(func: F) -> F:
@@ -148,10 +158,37 @@ class App:
                 return_hint=ret,
                 timeout_ms=to_millis(timeout) if timeout is not None else 0,
             )
+            if trigger is not None:
+                self.triggers[wf_name] = list(trigger) if isinstance(trigger, list) else [trigger]
+            if schedule is not None:
+                self.schedules[wf_name] = Schedule(wf_name, schedule, timezone, missed)
             func.__orchestrator_workflow__ = wf_name  # type: ignore[attr-defined]
             return func
 
         return register(fn) if fn is not None else register
+
+    def event_source(
+        self,
+        name: str,
+        *,
+        topic: str,
+        key: KeyExpr,
+        filter: Callable[[Any], bool] | None = None,
+        retention: Duration = "1d",
+        value_format: ValueFormat | None = None,
+    ) -> EventSource:
+        """Declare that records of ``topic`` are events ``name`` keyed by ``key``, for ``wait_for_event``."""
+        if name in self.event_sources:
+            raise ValueError(f"event source {name!r} is declared twice")
+        source = EventSource(name, topic, key, filter, retention, value_format or ValueFormat())
+        self.event_sources[name] = source
+        return source
+
+    @property
+    def source_topics(self) -> set[str]:
+        """The user topics processors consume (triggers and event sources)."""
+        topics = {t.topic for ts in self.triggers.values() for t in ts}
+        return topics | {s.topic for s in self.event_sources.values()}
 
     # -- look-ups -----------------------------------------------------------------------------------------
     def step_name(self, fn: Callable[..., Any] | str) -> str:

@@ -34,6 +34,7 @@ class Effects:
     history: list[Event] = field(default_factory=list)
     commands: list[tuple[str, StepCommand]] = field(default_factory=list)  # (queue, command)
     outcomes: list[RunOutcome] = field(default_factory=list)
+    keyed: list[tuple[str, Event]] = field(default_factory=list)  # (routing key, event) for the keyed stage
     ignored: str = ""  # why the input changed nothing (duplicate, stale attempt: normal under at-least-once)
     dead_letter: str = ""  # why the input makes no sense here (unknown run, ...): kept for an operator
 
@@ -41,6 +42,12 @@ class Effects:
         self.history.extend(other.history)
         self.commands.extend(other.commands)
         self.outcomes.extend(other.outcomes)
+        self.keyed.extend(other.keyed)
+
+
+def routing_key(event_name: str, key: str) -> str:
+    """Frozen format: what the keyed stage partitions waits and domain events by."""
+    return f"{event_name}\x1f{key}"
 
 
 def idempotency_key(run_id: str, position: int, step: str) -> str:
@@ -192,6 +199,7 @@ class Decider:
             return fx
         waiting.status = st.STEP_COMPLETED
         waiting.result = body.payload
+        self._unsubscribe(state, waiting, fx, now_ms)
         self._record(
             state,
             fx,
@@ -244,6 +252,7 @@ class Decider:
         fx = Effects()
         step.status = "timed_out"
         step.result = None
+        self._unsubscribe(state, step, fx, now_ms)
         self._record(state, fx, ev.WaitTimedOut(position), now_ms)
         self._deliver(state, position, fx, now_ms)
         return fx
@@ -318,6 +327,8 @@ class Decider:
         for step in state.steps:
             if step.status == st.STEP_SCHEDULED and step.kind == st.KIND_STEP:
                 fx.commands.append((step.queue, self._command(state, step, now_ms, cancel=True)))
+            if step.status == st.STEP_WAITING:
+                self._unsubscribe(state, step, fx, now_ms)
             if step.status in (st.STEP_SCHEDULED, st.STEP_BACKOFF, st.STEP_WAITING):
                 step.status = st.STEP_CANCELLED
                 step.deadline_ms = 0
@@ -435,7 +446,27 @@ class Decider:
                 body = ev.EventReceived(step.position, signal.name, signal.key, signal.payload, signal.source)
                 self._record(state, fx, body, now_ms)
                 return step.position
+        if issued.key:
+            sub = ev.Subscribe(issued.step, issued.key, state.run_id, step.position, issued.lookback_ms)
+            fx.keyed.append((routing_key(issued.step, issued.key), self._keyed_event(state, sub, now_ms)))
         return None
+
+    def _unsubscribe(self, state: st.RunState, step: st.StepRecord, fx: Effects, now_ms: int) -> None:
+        if step.kind == st.KIND_WAIT and step.event_key:
+            body = ev.Unsubscribe(step.event_name, step.event_key, state.run_id, step.position)
+            fx.keyed.append(
+                (routing_key(step.event_name, step.event_key), self._keyed_event(state, body, now_ms))
+            )
+
+    @staticmethod
+    def _keyed_event(state: st.RunState, body: Body, now_ms: int) -> Event:
+        return Event(
+            f"{state.run_id}/k{state.next_seq}/{type(body).__name__}",
+            state.run_id,
+            state.workflow,
+            now_ms,
+            body,
+        )
 
     def _end(self, state: st.RunState, inst: WorkflowInstance, fx: Effects, now_ms: int) -> None:
         if inst.uses_asyncio_timers:

@@ -17,16 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._engine import kafka
 from orchestrator._engine.decider import Decider, Effects, timers_of
-from orchestrator._engine.events import Event, decode_event, encode_event
+from orchestrator._engine.events import Event, ScheduleRegister, decode_event, encode_event
 from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import DeadLetter, encode_command, encode_dead_letter, encode_outcome
 from orchestrator._engine.restore import restore
+from orchestrator._engine.router import Router, RouterEffects
+from orchestrator._engine.sources import SourceError, translate
 from orchestrator._engine.state import RunState, decode_state, encode_state
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
 from orchestrator.app import App
@@ -82,14 +84,18 @@ class Processor:
         self.changelog = topology.changelog_topic(app.name)
         self.outcomes = topology.outcomes_topic(app.name)
         self.dlq = topology.dlq_topic(app.name)
+        self.keyed = topology.keyed_topic(app.name)
+        self.keyed_changelog = topology.keyed_changelog_topic(app.name)
+        self.sources = sorted(app.source_topics)
         self.state_dir = (self.config.state_dir or s.state_dir) / app.name / self.config.instance_id
         self.cache = InstanceCache(self.config.cache_size)
         self.decider = Decider(app, self.cache)
-        self.stores: dict[int, PartitionStore] = {}
+        self.router = Router(app)
+        self.stores: dict[int, PartitionStore] = {}  # run stores, by inbox partition
+        self.keyed_stores: dict[int, PartitionStore] = {}  # keyed-stage stores, by keyed partition
         self.stats = ProcessorStats()
         self._running = False
-        self._positions: dict[int, int] = {}
-        self._changelog_offsets: dict[int, int] = {}
+        self._changelog_offsets: dict[tuple[str, int], int] = {}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
 
@@ -105,6 +111,7 @@ class Processor:
             kafka.transactional_producer_config(self.bootstrap, tx_id, **self.config.producer_overrides)
         )
         self._producer.init_transactions(60)
+        self._register_schedules()
         self._consumer = Consumer(
             kafka.consumer_config(
                 self.bootstrap,
@@ -116,7 +123,10 @@ class Processor:
             )
         )
         self._consumer.subscribe(
-            [self.inbox], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            [self.inbox, self.keyed, *self.sources],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
         )
         self._running = True
         log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
@@ -129,37 +139,62 @@ class Processor:
     def stop(self) -> None:
         self._running = False
 
+    def _register_schedules(self) -> None:
+        """Declare the app's schedules to the keyed stage (idempotent: unchanged schedules are kept)."""
+        if not self.app.schedules:
+            return
+        assert self._producer is not None
+        self._producer.begin_transaction()
+        for schedule in self.app.schedules.values():
+            body = ScheduleRegister(schedule.workflow, schedule.cron, schedule.timezone, schedule.missed)
+            event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, _now_ms(), body)
+            self._to_keyed(f"schedule\x1f{schedule.workflow}", event)
+        self._producer.commit_transaction(30)
+
     def _shutdown(self) -> None:
         try:
             if self._consumer is not None:
                 self._consumer.close()
         except KafkaException:
             log.warning("consumer close failed", exc_info=True)
-        for p in list(self.stores):
-            self._close_store(p)
+        for stores in (self.stores, self.keyed_stores):
+            for store in stores.values():
+                store.close()
+            stores.clear()
         self.cache.clear()
         log.info("processor %s stopped: %s", self.config.instance_id, self.stats)
 
     # -- rebalance ----------------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        targets: list[tuple[PartitionStore, str]] = []
         for tp in partitions:
-            store = PartitionStore(self.state_dir / f"p{tp.partition}", tp.partition)
-            self.stats.restored_records += restore(store, self.bootstrap, self.changelog)
-            self.stores[tp.partition] = store
-        log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+            if tp.topic == self.inbox:
+                store = PartitionStore(self.state_dir / f"p{tp.partition}", tp.partition)
+                self.stores[tp.partition] = store
+                targets.append((store, self.changelog))
+            elif tp.topic == self.keyed:
+                store = PartitionStore(self.state_dir / f"k{tp.partition}", tp.partition)
+                self.keyed_stores[tp.partition] = store
+                targets.append((store, self.keyed_changelog))
+        self.stats.restored_records += restore(self.bootstrap, targets)
+        log.info("assigned partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Called from consume(): no transaction is open, every finished batch is committed.
         for tp in partitions:
-            self._close_store(tp.partition)
+            stores = {self.inbox: self.stores, self.keyed: self.keyed_stores}.get(tp.topic)
+            store = stores.pop(tp.partition, None) if stores is not None else None
+            if store is not None:
+                store.close()
         self.cache.clear()
-        log.info("revoked partitions %s", sorted(tp.partition for tp in partitions))
+        log.info("revoked partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
-    def _close_store(self, partition: int) -> None:
-        store = self.stores.pop(partition, None)
-        if store is not None:
-            store.close()
-        self._positions.pop(partition, None)
+    def _store_sets(self) -> list[tuple[str, str, dict[int, PartitionStore]]]:
+        """(input topic, changelog topic, stores) of each kind of partition this instance keeps state for."""
+        return [
+            (self.inbox, self.changelog, self.stores),
+            (self.keyed, self.keyed_changelog, self.keyed_stores),
+        ]
 
     # -- the loop -----------------------------------------------------------------------------------------
     def _iteration(self) -> None:
@@ -171,48 +206,68 @@ class Processor:
             msgs.append(first)
             if self.config.max_batch > 1:
                 msgs.extend(self._consumer.consume(self.config.max_batch - 1, 0))
+        for msg in msgs:
+            err = msg.error()
+            if err is not None and err.fatal():
+                raise ProcessorFencedError(
+                    f"processor {self.config.instance_id}: fatal consumer error ({err.str()}); another "
+                    "instance with the same id took its place. Stopping."
+                )
         now = _now_ms()
         due = self._due_timers(now)
         if not msgs and not due:
             return
         self._transaction(msgs, due, now)
 
-    def _due_timers(self, now_ms: int) -> list[tuple[int, bytes, str, str]]:
-        due: list[tuple[int, bytes, str, str]] = []
-        for p, store in self.stores.items():
-            for key, _, run_id, tag in store.due_timers(now_ms, self.config.timer_batch):
-                due.append((p, key, run_id, tag))
+    def _due_timers(self, now_ms: int) -> list[tuple[str, int, bytes, str, str]]:
+        due: list[tuple[str, int, bytes, str, str]] = []
+        for topic, _, stores in self._store_sets():
+            for p, store in stores.items():
+                for key, _, ident, tag in store.due_timers(now_ms, self.config.timer_batch):
+                    due.append((topic, p, key, ident, tag))
         return due
 
-    def _transaction(self, msgs: list[Message], due: list[tuple[int, bytes, str, str]], now_ms: int) -> None:
+    def _transaction(
+        self, msgs: list[Message], due: list[tuple[str, int, bytes, str, str]], now_ms: int
+    ) -> None:
         assert self._consumer is not None and self._producer is not None
         producer = self._producer
-        positions: dict[int, int] = {}
+        positions: dict[tuple[str, int], int] = {}
         producer.begin_transaction()
         try:
             for msg in msgs:
                 if msg.error() is not None:
                     log.warning("consumer error: %s", msg.error())
                     continue
-                p = msg.partition() or 0
-                if p not in self.stores:  # revoked in this very poll
-                    continue
-                positions[p] = (msg.offset() or 0) + 1
-                self._handle_message(msg, now_ms)
-            for p, key, run_id, tag in due:
-                if p in self.stores:
-                    self._fire_timer(p, key, run_id, tag, now_ms)
+                topic, p = msg.topic() or "", msg.partition() or 0
+                if (topic == self.inbox and p not in self.stores) or (
+                    topic == self.keyed and p not in self.keyed_stores
+                ):
+                    continue  # revoked in this very poll
+                positions[(topic, p)] = (msg.offset() or 0) + 1
+                if topic == self.inbox:
+                    self._handle_message(msg, now_ms)
+                elif topic == self.keyed:
+                    self._handle_keyed(msg, now_ms)
+                else:
+                    self._handle_source(msg, now_ms)
+            for topic, p, key, ident, tag in due:
+                if topic == self.inbox and p in self.stores:
+                    self._fire_timer(p, key, ident, tag, now_ms)
+                elif topic == self.keyed and p in self.keyed_stores:
+                    self._fire_keyed_timer(p, key, ident, tag, now_ms)
             self._produce_changelog()
             if positions:
-                offsets = [TopicPartition(self.inbox, p, off) for p, off in positions.items()]
+                offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
                 producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
             producer.flush(30)
             producer.commit_transaction(30)
         except KafkaException as exc:
             self._on_transaction_error(exc)
             return
-        for p, store in self.stores.items():
-            store.commit(positions.get(p), self._changelog_offsets.pop(p, None))
+        for topic, changelog, stores in self._store_sets():
+            for p, store in stores.items():
+                store.commit(positions.get((topic, p)), self._changelog_offsets.pop((changelog, p), None))
         self.stats.transactions += 1
 
     def _on_transaction_error(self, exc: KafkaException) -> None:
@@ -230,8 +285,9 @@ class Processor:
             if kafka.is_fatal(abort_exc):
                 raise ProcessorFencedError(str(abort_exc)) from abort_exc
             raise
-        for store in self.stores.values():
-            store.discard()
+        for _, _, stores in self._store_sets():
+            for store in stores.values():
+                store.discard()
         self._changelog_offsets.clear()
         self.cache.clear()
         self._rewind()
@@ -239,10 +295,11 @@ class Processor:
     def _rewind(self) -> None:
         """Seek back to the committed positions so the aborted batch is consumed again."""
         assert self._consumer is not None
-        tps = [TopicPartition(self.inbox, p) for p in self.stores]
-        for tp in self._consumer.committed(tps, timeout=30):
-            offset = tp.offset if tp.offset >= 0 else 0
-            self._consumer.seek(TopicPartition(self.inbox, tp.partition, offset))
+        for tp in self._consumer.committed(self._consumer.assignment(), timeout=30):
+            if tp.offset >= 0:
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset))
+            else:
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
 
     # -- per record ---------------------------------------------------------------------------------------
     def _handle_message(self, msg: Message, now_ms: int) -> None:
@@ -281,6 +338,34 @@ class Processor:
             self._save(store, new_state, old_timers)
         self._emit(p, fx)
 
+    def _handle_keyed(self, msg: Message, now_ms: int) -> None:
+        store = self.keyed_stores[msg.partition() or 0]
+        try:
+            event = decode_event(msg.value())
+            fx = self.router.handle(store, event, now_ms)
+        except SchemaError as exc:
+            self._dead_letter(msg, "SchemaError", str(exc), now_ms)
+            return
+        except Exception as exc:
+            log.exception("internal error in the keyed stage")
+            self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
+            return
+        if fx.ignored:
+            log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
+        self._emit_routed(fx)
+
+    def _handle_source(self, msg: Message, now_ms: int) -> None:
+        try:
+            routed = translate(self.app, msg, now_ms)
+        except SourceError as exc:
+            self._dead_letter(msg, "SourceError", str(exc), now_ms)
+            return
+        for r in routed:
+            if r.routing is None:
+                self._to_inbox(r.event)
+            else:
+                self._to_keyed(r.routing, r.event)
+
     def _fire_timer(self, p: int, key: bytes, run_id: str, tag: str, now_ms: int) -> None:
         store = self.stores[p]
         state = self._load(store, run_id)
@@ -302,6 +387,17 @@ class Processor:
         for due, t in new_timers:
             store.put(timer_key(due, run_id, t), b"")
         self._emit(p, fx)
+
+    def _fire_keyed_timer(self, p: int, key: bytes, ident: str, tag: str, now_ms: int) -> None:
+        store = self.keyed_stores[p]
+        store.delete(key)
+        try:
+            fx = self.router.fire_timer(store, ident, tag, now_ms)
+        except Exception:
+            log.exception("internal error firing keyed timer %s; dropping it", tag)
+            return
+        self.stats.timers += 1
+        self._emit_routed(fx)
 
     @staticmethod
     def _load(store: PartitionStore, run_id: str) -> RunState | None:
@@ -329,26 +425,51 @@ class Processor:
             )
         for outcome in fx.outcomes:
             producer.produce(self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p)
+        for rk, event in fx.keyed:
+            self._to_keyed(rk, event)
+
+    def _emit_routed(self, fx: RouterEffects) -> None:
+        for event in fx.inbox:
+            self._to_inbox(event)
+
+    def _to_inbox(self, event: Event) -> None:
+        assert self._producer is not None
+        self._producer.produce(
+            self.inbox,
+            encode_event(event),
+            event.run_id.encode(),
+            partition=partition_for(event.run_id, self.partitions),
+        )
+
+    def _to_keyed(self, routing: str, event: Event) -> None:
+        assert self._producer is not None
+        self._producer.produce(
+            self.keyed,
+            encode_event(event),
+            routing.encode(),
+            partition=partition_for(routing, self.partitions),
+        )
 
     def _produce_changelog(self) -> None:
         producer = self._producer
         assert producer is not None
-        for p, store in self.stores.items():
-            dirty = store.dirty()
-            if not dirty:
-                continue
-            last = len(dirty) - 1
-            for i, (key, value) in enumerate(dirty.items()):
-                if i == last:
-                    producer.produce(
-                        self.changelog, value, key, partition=p, on_delivery=self._changelog_delivered
-                    )
-                else:
-                    producer.produce(self.changelog, value, key, partition=p)
+        for _, changelog, stores in self._store_sets():
+            for p, store in stores.items():
+                dirty = store.dirty()
+                if not dirty:
+                    continue
+                last = len(dirty) - 1
+                for i, (key, value) in enumerate(dirty.items()):
+                    if i == last:
+                        producer.produce(
+                            changelog, value, key, partition=p, on_delivery=self._changelog_delivered
+                        )
+                    else:
+                        producer.produce(changelog, value, key, partition=p)
 
     def _changelog_delivered(self, err: Any, msg: Message) -> None:
         if err is None:
-            self._changelog_offsets[msg.partition() or 0] = (msg.offset() or 0) + 1
+            self._changelog_offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
 
     def _dead_letter(self, msg: Message, error_type: str, reason: str, now_ms: int) -> None:
         assert self._producer is not None

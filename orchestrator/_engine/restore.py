@@ -1,4 +1,4 @@
-"""Bringing a partition's store up to date from its changelog before the partition is processed."""
+"""Bringing partition stores up to date from their changelogs before their partitions are processed."""
 
 from __future__ import annotations
 
@@ -13,50 +13,61 @@ from orchestrator._engine.store import META_CHANGELOG_OFFSET, PartitionStore
 log = logging.getLogger("orchestrator.restore")
 
 
-def restore(store: PartitionStore, bootstrap: str, changelog: str, batch_size: int = 5000) -> int:
-    """Apply changelog records from where the store says it stands to the end; returns records applied.
+def restore(bootstrap: str, targets: list[tuple[PartitionStore, str]], batch_size: int = 5000) -> int:
+    """Apply changelog records to each (store, changelog topic) from where the store stands to the end.
 
-    Reads ``read_committed`` up to the partition's end (the last stable offset), so records of a transaction
-    that a crashed instance left open are never restored.
+    All partitions are read by one consumer at once, and a partition already at its end is not read at
+    all, so a clean restart costs one metadata round trip. Reads ``read_committed`` up to the last stable
+    offset: records of a transaction a crashed instance left open are never restored. Returns the number
+    of records applied.
     """
-    start = store.meta_offset(META_CHANGELOG_OFFSET)
+    if not targets:
+        return 0
     consumer = Consumer(kafka.reader_config(bootstrap, **{"fetch.max.bytes": 52_428_800}))
     applied = 0
     t0 = time.monotonic()
     try:
-        consumer.assign(
-            [TopicPartition(changelog, store.partition, OFFSET_BEGINNING if start is None else start)]
-        )
-        pending: list[tuple[bytes, bytes | None]] = []
-        next_offset = start
-        while True:
-            msgs = consumer.consume(batch_size, timeout=1.0)
-            done = False
-            for msg in msgs:
+        by_tp: dict[tuple[str, int], PartitionStore] = {}
+        assignment = []
+        for store, topic in targets:
+            start = store.meta_offset(META_CHANGELOG_OFFSET)
+            low, high = kafka.watermarks(consumer, TopicPartition(topic, store.partition))
+            if high <= max(start or 0, low):
+                continue  # nothing newer than what the store holds
+            by_tp[(topic, store.partition)] = store
+            offset = OFFSET_BEGINNING if start is None or start < low else start
+            assignment.append(TopicPartition(topic, store.partition, offset))
+        if not assignment:
+            return 0
+        consumer.assign(assignment)
+        pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {tp: [] for tp in by_tp}
+        next_offsets: dict[tuple[str, int], int] = {}
+        open_tps = set(by_tp)
+        while open_tps:
+            for msg in consumer.consume(batch_size, timeout=1.0):
+                tp = (msg.topic() or "", msg.partition() or 0)
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        done = True
+                        open_tps.discard(tp)
                         continue
                     raise KafkaException(err)
                 key = msg.key()
-                if key is None:
-                    continue
-                pending.append((key, msg.value()))
-                next_offset = (msg.offset() or 0) + 1
-            if pending and (done or len(pending) >= batch_size):
-                store.restore_batch(pending, next_offset or 0)
-                applied += len(pending)
-                pending = []
-            if done:
-                break
+                if key is not None:
+                    pending[tp].append((key, msg.value()))
+                next_offsets[tp] = (msg.offset() or 0) + 1
+            for tp, records in pending.items():
+                if records and (tp not in open_tps or len(records) >= batch_size):
+                    by_tp[tp].restore_batch(records, next_offsets[tp])
+                    applied += len(records)
+                    pending[tp] = []
     finally:
         consumer.close()
     if applied:
         log.info(
-            "restored partition %d: %d changelog records in %.2fs",
-            store.partition,
+            "restored %d changelog records into %d partition stores in %.2fs",
             applied,
+            len(by_tp),
             time.monotonic() - t0,
         )
     return applied

@@ -118,6 +118,17 @@ class PartitionStore:
         finally:
             del it
 
+    def scan_merged(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Committed and uncommitted entries under ``prefix``, in key order (reads of the open batch)."""
+        merged = dict(self.scan(prefix))
+        for key, value in self._overlay.items():
+            if key.startswith(prefix):
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+        return sorted(merged.items())
+
     def due_timers(self, now_ms: int, limit: int) -> list[tuple[bytes, int, str, str]]:
         out: list[tuple[bytes, int, str, str]] = []
         end = TIMER_PREFIX + _DUE.pack(now_ms + 1)

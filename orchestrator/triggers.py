@@ -1,0 +1,125 @@
+"""Your own topics as inputs: triggers start runs, event sources feed ``wait_for_event``, schedules tick.
+
+Processors consume the declared topics themselves (in the same transactions as everything else), so a
+domain event redelivered after a crash starts or wakes runs exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import fastavro
+
+from orchestrator.durations import Duration
+
+KeyExpr = str | Callable[[Any], Any]
+"""A field path into the event value (``"order.id"``) or a function of the value."""
+
+MISSED_POLICIES = ("skip", "run_once", "run_all")
+
+
+@dataclass(frozen=True)
+class ValueFormat:
+    """How the values of a user topic are encoded: ``"json"`` or ``"avro"`` (with the writer schema).
+
+    Avro values may carry the Confluent wire-format header (magic byte and schema id); it is skipped.
+    """
+
+    format: str = "json"
+    avro_schema: dict[str, Any] | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in ("json", "avro"):
+            raise ValueError(f"format must be 'json' or 'avro', not {self.format!r}")
+        if self.format == "avro" and self.avro_schema is None:
+            raise ValueError("format='avro' needs avro_schema (the writer schema, as a dict or JSON text)")
+
+    @cached_property
+    def _parsed(self) -> Any:
+        schema: Any = json.loads(self.avro_schema) if isinstance(self.avro_schema, str) else self.avro_schema
+        return fastavro.parse_schema(schema)
+
+    def decode(self, raw: bytes | None) -> Any:
+        if raw is None:
+            raise ValueError("record has no value")
+        if self.format == "json":
+            return json.loads(raw)
+        body = raw[5:] if len(raw) > 5 and raw[0] == 0 else raw
+        return fastavro.schemaless_reader(io.BytesIO(body), self._parsed, None)
+
+
+def extract(value: Any, expr: KeyExpr) -> Any:
+    if callable(expr):
+        return expr(value)
+    current = value
+    for part in expr.split("."):
+        if not isinstance(current, dict) or part not in current:
+            raise KeyError(f"field {expr!r} not found in the event")
+        current = current[part]
+    return current
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Start one run of the workflow per matching record of ``topic``.
+
+    Attributes:
+        topic: the user's topic.
+        run_id: field path or function giving the run id (a business key: the same key twice is one run);
+            default ``<topic>-<partition>-<offset>``, so a redelivered record is the same run.
+        filter: only records for which it returns true start a run.
+        input: turns the event value into the workflow input (default: the value itself).
+    """
+
+    topic: str
+    run_id: KeyExpr | None = None
+    filter: Callable[[Any], bool] | None = None
+    input: Callable[[Any], Any] | None = None
+    value_format: ValueFormat = field(default_factory=ValueFormat)
+
+
+@dataclass(frozen=True)
+class EventSource:
+    """Records of ``topic`` become events named ``name`` with a correlation key, for ``wait_for_event``.
+
+    Routing goes through the engine's keyed topic, so a run waiting on any partition or processor gets
+    them. Events are kept for ``retention`` so that a wait with a ``lookback`` still sees one that came
+    before it began.
+    """
+
+    name: str
+    topic: str
+    key: KeyExpr
+    filter: Callable[[Any], bool] | None = None
+    retention: Duration = "1d"
+    value_format: ValueFormat = field(default_factory=ValueFormat)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron schedule: one run per tick across restarts and instances.
+
+    ``missed`` says what happens to ticks that passed while nothing ran: ``"skip"`` them, ``"run_once"``
+    (one run for the latest), or ``"run_all"``.
+    """
+
+    workflow: str
+    cron: str
+    timezone: str = "UTC"
+    missed: str = "skip"
+
+    def __post_init__(self) -> None:
+        from croniter import croniter
+
+        if not croniter.is_valid(self.cron):
+            raise ValueError(f"schedule of {self.workflow!r}: {self.cron!r} is not a cron expression")
+        if self.missed not in MISSED_POLICIES:
+            raise ValueError(f"missed must be one of {MISSED_POLICIES}, not {self.missed!r}")
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(self.timezone)  # raises for an unknown zone
