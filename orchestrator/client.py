@@ -8,6 +8,7 @@ processor directly: Kafka is the only thing between them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._engine import kafka
-from orchestrator._engine.events import CancelRun, Event, Signal, StartRun, encode_event
+from orchestrator._engine.events import CancelRun, Event, SchedulePause, Signal, StartRun, encode_event
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import RunOutcome, decode_outcome
@@ -172,10 +173,30 @@ class Client:
             await self.cancel(run.run_id, reason)
         return [r.run_id for r in runs]
 
+    async def pause_schedule(self, workflow: str, paused: bool = True) -> None:
+        """Pause (or resume) a workflow's schedule; ticks while paused start nothing."""
+        routing = f"schedule\x1f{workflow}"
+        body = SchedulePause(workflow=workflow, paused=paused)
+        event = Event(uuid.uuid4().hex, "", workflow, int(time.time() * 1000), body)
+        await self._produce(event, topic=topology.keyed_topic(self.app.name), key=routing)
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        """Every schedule as the keyed stage holds it: cron, timezone, missed policy, next tick, paused."""
+        return await asyncio.to_thread(self._list_schedules)
+
+    def _list_schedules(self) -> list[dict[str, Any]]:
+        latest: dict[bytes, bytes | None] = {}
+        topic = topology.keyed_changelog_topic(self.app.name)
+        for msg in read_partitions(self._bootstrap, topic, list(range(self.app.settings.partitions))):
+            key = msg.key()
+            if key is not None and key.startswith(b"c/"):
+                latest[key] = msg.value()
+        return sorted((json.loads(v) for v in latest.values() if v), key=lambda s: str(s["workflow"]))
+
     def get_handle(self, run_id: str, workflow: str | None = None) -> RunHandle:
         return RunHandle(self, run_id, workflow)
 
-    async def _produce(self, event: Event) -> None:
+    async def _produce(self, event: Event, *, topic: str | None = None, key: str | None = None) -> None:
         producer = self._ensure_producer()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -191,11 +212,12 @@ class Client:
 
             loop.call_soon_threadsafe(settle)
 
+        routing = key if key is not None else event.run_id
         producer.produce(
-            self._inbox,
+            topic or self._inbox,
             encode_event(event),
-            event.run_id.encode(),
-            partition=partition_for(event.run_id, self.app.settings.partitions),
+            routing.encode(),
+            partition=partition_for(routing, self.app.settings.partitions),
             on_delivery=delivered,
         )
         producer.poll(0)

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -266,6 +267,49 @@ def signal(
     console.print(f"sent {name!r} to {run_id}")
 
 
+schedules_app = typer.Typer(help="List, pause and resume schedules.", no_args_is_help=True)
+
+
+@schedules_app.command("list")
+def schedules_list(app_spec: AppOption = None) -> None:
+    """Every schedule with its next tick."""
+    app = _app(app_spec)
+
+    async def go() -> list[dict[str, Any]]:
+        async with app.client() as client:
+            return await client.list_schedules()
+
+    rows: list[dict[str, Any]] = asyncio.run(go())
+    table = Table("workflow", "cron", "timezone", "missed", "next tick (UTC)", "paused")
+    for s in rows:
+        nxt = datetime.fromtimestamp(s["next_ms"] / 1000, tz=UTC).isoformat(timespec="seconds")
+        table.add_row(s["workflow"], s["cron"], s["timezone"], s["missed"], nxt, "yes" if s["paused"] else "")
+    console.print(table)
+
+
+def _pause(workflow: str, paused: bool, app_spec: str | None) -> None:
+    app = _app(app_spec)
+
+    async def go() -> None:
+        async with app.client() as client:
+            await client.pause_schedule(workflow, paused)
+
+    asyncio.run(go())
+    console.print(f"schedule of {workflow} {'paused' if paused else 'resumed'}")
+
+
+@schedules_app.command("pause")
+def schedules_pause(workflow: str, app_spec: AppOption = None) -> None:
+    """Pause WORKFLOW's schedule."""
+    _pause(workflow, True, app_spec)
+
+
+@schedules_app.command("resume")
+def schedules_resume(workflow: str, app_spec: AppOption = None) -> None:
+    """Resume WORKFLOW's schedule."""
+    _pause(workflow, False, app_spec)
+
+
 def _status(status: str) -> str:
     colors = {
         "completed": "green",
@@ -284,3 +328,4 @@ def register(app: typer.Typer) -> None:
     app.command()(start)
     app.command()(signal)
     app.add_typer(runs_app, name="runs")
+    app.add_typer(schedules_app, name="schedules")

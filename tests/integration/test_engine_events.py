@@ -183,3 +183,38 @@ async def test_missed_ticks_follow_the_policy(kafka_bootstrap: str, unique_name:
 
     assert set(gaps("catcher")) == {2}, gaps("catcher")  # every missed tick was run
     assert max(gaps("skipper")) >= 6, gaps("skipper")  # the ticks of the outage were skipped
+
+
+async def test_schedules_are_listed_and_paused(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+
+    @app.step
+    async def noop(when: str) -> str:
+        return when
+
+    @app.workflow(schedule="* * * * * */2", timezone="Europe/Paris")
+    async def ticking(ctx: WorkflowContext, when: str) -> str:
+        return await ctx.step(noop, when)
+
+    proc, worker = ProcessorThread(app, tmp_path), WorkerThread(app)
+    try:
+        async with app.client() as client:
+            await asyncio.sleep(5)
+            await client.pause_schedule("ticking")
+            await asyncio.sleep(1)
+            before = len(history(app))
+            await asyncio.sleep(5)
+            after_pause = len(history(app))
+            listed = await client.list_schedules()
+            await client.pause_schedule("ticking", paused=False)
+            await asyncio.sleep(5)
+            resumed = len(history(app))
+    finally:
+        worker.stop()
+        proc.stop()
+    assert before >= 1 and after_pause == before and resumed > before
+    assert [(s["workflow"], s["timezone"], s["paused"]) for s in listed] == [
+        ("ticking", "Europe/Paris", True)
+    ]
