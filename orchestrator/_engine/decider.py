@@ -119,7 +119,9 @@ class Decider:
             workflow_version=definition.version if definition else "",
         )
         fx = Effects()
-        self._record(state, fx, ev.RunStarted(input=body.input), now_ms)
+        if definition is not None and definition.timeout_ms:
+            state.deadline_ms = now_ms + definition.timeout_ms
+        self._record(state, fx, ev.RunStarted(body.input, state.deadline_ms), now_ms)
         if definition is None:
             known = ", ".join(sorted(self.app.workflows)) or "none"
             reason = (
@@ -128,8 +130,6 @@ class Decider:
             )
             self._park(state, fx, PARK_UNKNOWN_WORKFLOW, reason, now_ms)
             return state, fx
-        if definition.timeout_ms:
-            state.deadline_ms = now_ms + definition.timeout_ms
         try:
             inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms)
         except Exception as exc:  # noqa: BLE001 - bad input or a workflow that fails before its first await
@@ -496,7 +496,17 @@ class Decider:
         step.started_ms = 0
         first_limit = step.schedule_to_start_ms or step.timeout_ms
         step.deadline_ms = now_ms + first_limit if first_limit else 0
-        body = ev.StepScheduled(step.position, step.step, step.queue, step.attempt, step.args, key)
+        body = ev.StepScheduled(
+            step.position,
+            step.step,
+            step.queue,
+            step.attempt,
+            step.args,
+            key,
+            step.retry,
+            step.timeout_ms,
+            step.schedule_to_start_ms,
+        )
         self._record(state, fx, body, now_ms)
         fx.commands.append((step.queue, self._command(state, step, now_ms)))
 

@@ -25,6 +25,7 @@ class StartRun:
 @dataclass(frozen=True, slots=True)
 class RunStarted:
     input: bytes
+    deadline_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,9 @@ class StepScheduled:
     attempt: int
     args: bytes
     idempotency_key: str
+    retry: str = ""
+    timeout_ms: int = 0
+    schedule_to_start_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +194,24 @@ class SchedulePause:
     paused: bool
 
 
+@dataclass(frozen=True, slots=True)
+class MarkerRecorded:
+    position: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRun:
+    reason: str
+    from_position: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class RunResumed:
+    reason: str
+    from_position: int = -1
+
+
 Body: TypeAlias = (
     StartRun
     | RunStarted
@@ -215,6 +237,9 @@ Body: TypeAlias = (
     | Unsubscribe
     | ScheduleRegister
     | SchedulePause
+    | MarkerRecorded
+    | ResumeRun
+    | RunResumed
 )
 BODY_TYPES: dict[str, type[Any]] = {
     _NS + cls.__name__: cls
@@ -243,6 +268,9 @@ BODY_TYPES: dict[str, type[Any]] = {
         Unsubscribe,
         ScheduleRegister,
         SchedulePause,
+        MarkerRecorded,
+        ResumeRun,
+        RunResumed,
     )
 }
 

@@ -75,6 +75,9 @@ BODIES = [
     ev.Unsubscribe(event_name="approved", key="o-1", run_id="r", position=3),
     ev.ScheduleRegister(workflow="report", cron="0 9 * * MON", timezone="Europe/Paris", missed="skip"),
     ev.SchedulePause(workflow="report", paused=True),
+    ev.MarkerRecorded(position=2, name="new-pricing"),
+    ev.ResumeRun(reason="fixed the bug", from_position=3),
+    ev.RunResumed(reason="fixed the bug", from_position=3),
 ]
 
 
