@@ -22,7 +22,15 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._engine import kafka
-from orchestrator._engine.events import CancelRun, Event, SchedulePause, Signal, StartRun, encode_event
+from orchestrator._engine.events import (
+    CancelRun,
+    Event,
+    ResumeRun,
+    SchedulePause,
+    Signal,
+    StartRun,
+    encode_event,
+)
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import RunOutcome, decode_outcome
@@ -162,6 +170,19 @@ class Client:
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> None:
         """Cancel a run: it ends as cancelled, its timers and waits are cleared, running steps are told."""
         body = CancelRun(reason=reason, requested_by="client")
+        await self._produce(Event(uuid.uuid4().hex, run_id, "", int(time.time() * 1000), body))
+
+    async def resume(self, run_id: str, reason: str = "resumed by an operator") -> None:
+        """Resume a parked run (after deploying a fix); it parks again if the code still diverges."""
+        await self._produce(
+            Event(uuid.uuid4().hex, run_id, "", int(time.time() * 1000), ResumeRun(reason, -1))
+        )
+
+    async def rerun(
+        self, run_id: str, from_position: int | None = None, reason: str = "re-run by an operator"
+    ) -> None:
+        """Re-run a failed run from its failed step (or ``from_position``), keeping every earlier result."""
+        body = ResumeRun(reason, -1 if from_position is None else from_position)
         await self._produce(Event(uuid.uuid4().hex, run_id, "", int(time.time() * 1000), body))
 
     async def cancel_many(

@@ -73,6 +73,16 @@ class WorkflowContext(ABC):
         """
 
     @abstractmethod
+    def patched(self, change_id: str) -> bool:
+        """Version marker for changing a workflow while runs are open.
+
+        ``if ctx.patched("charge-before-reserve"): <new code> else: <old code>``: runs that started before
+        the change keep their recorded path (False), runs that reach this point with the new code take the
+        new one (True, recorded in their history). Once no open run predates the change, remove the old
+        branch and keep the call.
+        """
+
+    @abstractmethod
     def sleep(self, duration: Duration) -> Awaitable[None]:
         """A durable timer: the run is evicted from memory while it sleeps, for seconds or for months."""
 

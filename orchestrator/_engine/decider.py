@@ -80,6 +80,8 @@ class Decider:
             return state, self._on_signal(state, body, now_ms)
         if isinstance(body, ev.CancelRun):
             return state, self._on_cancel(state, body, now_ms)
+        if isinstance(body, ev.ResumeRun):
+            return state, self._on_resume(state, body, now_ms)
         return state, Effects(dead_letter=f"{event.kind} is not a request the inbox accepts")
 
     def fire_timer(self, state: st.RunState, tag: str, now_ms: int) -> Effects:
@@ -199,6 +201,7 @@ class Decider:
             return fx
         waiting.status = st.STEP_COMPLETED
         waiting.result = body.payload
+        waiting.deadline_ms = 0
         self._unsubscribe(state, waiting, fx, now_ms)
         self._record(
             state,
@@ -221,6 +224,36 @@ class Decider:
         self._record(state, fx, ev.RunCancelled(body.reason), now_ms)
         fx.outcomes.append(_outcome(state, now_ms))
         self.cache.evict(state.run_id)
+        return fx
+
+    def _on_resume(self, state: st.RunState, body: ev.ResumeRun, now_ms: int) -> Effects:
+        if state.status == st.PARKED and body.from_position < 0:
+            fx = Effects()
+            self._record(state, fx, ev.RunResumed(body.reason, -1), now_ms)
+            st.resume(state, -1)
+            self.cache.evict(state.run_id)
+            inst = self._instance(state, fx, now_ms)  # parks again if the code still diverges
+            if inst is not None:
+                self._advance(state, inst, fx, now_ms)
+            return fx
+        if state.status != st.FAILED:
+            return Effects(ignored=f"resume of a {state.status} run (only parked or failed runs resume)")
+        position = body.from_position
+        if position < 0:
+            failed = [s.position for s in state.steps if s.status == st.STEP_FAILED]
+            if not failed:
+                return Effects(dead_letter="re-run of a run with no failed step: name the step position")
+            position = failed[0]
+        step = state.step_at(position)
+        if step is None or step.kind != st.KIND_STEP:
+            return Effects(dead_letter=f"re-run from position {position}, which is not a step of the run")
+        fx = Effects()
+        self._record(state, fx, ev.RunResumed(body.reason, position), now_ms)
+        st.resume(state, position)
+        self.cache.evict(state.run_id)
+        step.attempt += 1
+        step.status = st.STEP_SCHEDULED
+        self._schedule(state, step, fx, now_ms)
         return fx
 
     # -- timers -------------------------------------------------------------------------------------------
@@ -367,7 +400,8 @@ class Decider:
 
     def _replay(self, state: st.RunState, definition: WorkflowDefinition) -> WorkflowInstance:
         """Re-execute the workflow against its record; NonDeterminismError at the first divergence."""
-        inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms)
+        recorded = [(s.kind, s.step) for s in state.steps]
+        inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms, recorded)
         try:
             _check_replay(state, inst)
             for res in state.resolutions:
@@ -424,6 +458,10 @@ class Decider:
         state.steps.append(step)
         if issued.kind == st.KIND_STEP:
             self._schedule(state, step, fx, now_ms)
+            return None
+        if issued.kind == st.KIND_MARKER:
+            step.status = st.STEP_COMPLETED
+            self._record(state, fx, ev.MarkerRecorded(step.position, step.step), now_ms)
             return None
         step.status = st.STEP_WAITING
         step.deadline_ms = issued.due_ms

@@ -265,6 +265,19 @@ class Processor:
         except KafkaException as exc:
             self._on_transaction_error(exc)
             return
+        except SystemError as exc:
+            # A fatal producer error raised while librdkafka was calling a delivery callback surfaces as
+            # SystemError with the KafkaException as its cause.
+            cause = exc.__cause__ or exc.__context__
+            if not isinstance(cause, KafkaException):
+                try:  # find out what state the producer is in: a fenced one refuses to abort
+                    self._producer.abort_transaction(10)
+                except KafkaException as abort_exc:
+                    cause = abort_exc
+                else:
+                    raise
+            self._on_transaction_error(cause)
+            return
         for topic, changelog, stores in self._store_sets():
             for p, store in stores.items():
                 store.commit(positions.get((topic, p)), self._changelog_offsets.pop((changelog, p), None))

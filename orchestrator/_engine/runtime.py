@@ -84,7 +84,13 @@ class WorkflowInstance:
     """One execution of a workflow function, advanced by resolving the futures of its steps."""
 
     def __init__(
-        self, app: App, definition: WorkflowDefinition, run_id: str, input_data: bytes, start_ms: int
+        self,
+        app: App,
+        definition: WorkflowDefinition,
+        run_id: str,
+        input_data: bytes,
+        start_ms: int,
+        recorded: list[tuple[str, str]] | None = None,
     ):
         self.app = app
         self.definition = definition
@@ -97,6 +103,7 @@ class WorkflowInstance:
         self.issued: list[IssuedStep] = []
         self.futures: dict[int, asyncio.Future[Any]] = {}
         self.applied = 0  # resolutions applied so far
+        self.recorded = recorded or []  # (kind, name) per position in the history being re-executed
         self.uses_asyncio_timers = False
         self._rng = random.Random(f"orchestrator:{run_id}")
         self.ctx = _Context(self)
@@ -158,6 +165,8 @@ class WorkflowInstance:
             self.task.cancel()
             with contextlib.suppress(BaseException):  # nothing useful to do with a dying workflow
                 self.loop.run_until_blocked()
+        elif not self.task.cancelled():
+            self.task.exception()  # mark a failure as seen: it is recorded in the run, not lost
         for fut in self.futures.values():
             fut.cancel()
         if not self.task.done():
@@ -194,6 +203,14 @@ class WorkflowInstance:
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.futures[position] = fut
         return fut
+
+    def patched(self, name: str) -> bool:
+        """True for runs that reach this point with the new code; False while replaying an older history."""
+        position = len(self.issued)
+        if position < len(self.recorded) and self.recorded[position] != ("marker", name):
+            return False  # this run took the old path here before the change was deployed
+        self.issued.append(IssuedStep(position, name, b"", "", 0, "", kind="marker"))
+        return True
 
     def issue_timer(self, due_ms: int) -> asyncio.Future[Any]:
         position = len(self.issued)
@@ -258,6 +275,9 @@ class _Context(WorkflowContext):
         timeout: Duration | None = None,
     ) -> Awaitable[Any]:
         return self._instance.issue_step(fn, args, retry, queue, timeout)
+
+    def patched(self, change_id: str) -> bool:
+        return self._instance.patched(change_id)
 
     def sleep(self, duration: Duration) -> Awaitable[None]:
         return self._instance.issue_timer(self._instance.now_ms + to_millis(duration))

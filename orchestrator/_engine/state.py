@@ -30,6 +30,7 @@ STEP_CANCELLED = "cancelled"
 KIND_STEP = "step"
 KIND_TIMER = "timer"
 KIND_WAIT = "wait"
+KIND_MARKER = "marker"  # a version marker taken by ctx.patched()
 
 
 @dataclass(slots=True)
@@ -112,6 +113,24 @@ class RunState:
         seq = self.next_seq
         self.next_seq += 1
         return seq
+
+
+def resume(state: RunState, from_position: int) -> None:
+    """Reopen a parked or failed run; with ``from_position``, forget everything from that step on.
+
+    Shared by the processor (``ResumeRun``) and the history fold (``RunResumed``) so both reach the same
+    state. Completed steps before ``from_position`` keep their recorded results and never run again.
+    """
+    state.status = RUNNING
+    state.error_type = state.error_message = ""
+    state.result = None
+    if from_position < 0:
+        return
+    del state.steps[from_position + 1 :]
+    state.resolutions = [r for r in state.resolutions if r.position < from_position]
+    step = state.steps[from_position]
+    step.error_type = step.error_message = ""
+    step.result = None
 
 
 def encode_state(state: RunState) -> bytes:
