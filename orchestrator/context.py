@@ -7,11 +7,12 @@ against its recorded history after eviction or a restart and must decide the sam
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -107,6 +108,45 @@ class WorkflowContext(ABC):
         domain event that arrived up to that long before the wait began (signals sent to the run are always
         kept until waited for).
         """
+
+    async def map(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        max_in_flight: int = 50,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> list[Any]:
+        """Run step ``fn`` once per item with at most ``max_in_flight`` at a time; results in input order.
+
+        Deterministic like any other workflow code: the engine records which result came back when, so a
+        re-execution issues the same steps in the same order. The first failed item raises its
+        ``StepFailedError`` (items already running still finish and are recorded).
+        """
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        pending = list(enumerate(items))
+        results: list[Any] = [None] * len(pending)
+        running: dict[asyncio.Future[Any], int] = {}
+        queue_iter = iter(pending)
+
+        def launch() -> bool:
+            nxt = next(queue_iter, None)
+            if nxt is None:
+                return False
+            index, item = nxt
+            running[asyncio.ensure_future(self.step(fn, item, retry=retry, queue=queue))] = index
+            return True
+
+        while len(running) < max_in_flight and launch():
+            pass
+        while running:
+            done, _ = await asyncio.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: running[f]):  # set order is not deterministic
+                results[running.pop(fut)] = fut.result()
+                launch()
+        return results
 
     @abstractmethod
     def now(self) -> datetime:

@@ -107,3 +107,30 @@ async def hangs_first(x: int) -> int:
 @app.workflow
 async def timed(ctx: WorkflowContext, x: int) -> int:
     return await ctx.step(hangs_first, x)
+
+
+_in_flight = {"now": 0}
+
+
+@app.step
+async def item(x: int) -> int:
+    """Logs its execution, and how many items were running at once in this worker when it started."""
+    _in_flight["now"] += 1
+    try:
+        info = step_info()
+        now = _in_flight["now"]
+        line = f"{info.run_id} {info.position} {info.attempt} {os.getpid()} {time.time():.3f} {now}\n"
+        fd = os.open(SIDE_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+        await asyncio.sleep(random.uniform(0.005, 0.03))
+        return x * 2
+    finally:
+        _in_flight["now"] -= 1
+
+
+@app.workflow
+async def fanout(ctx: WorkflowContext, n: int) -> list[int]:
+    return await ctx.map(item, range(n), max_in_flight=50)
