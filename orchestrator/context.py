@@ -44,6 +44,7 @@ class WorkflowContext(ABC):
         retry: RetryPolicy | None = None,
         queue: str | None = None,
         timeout: Duration | None = None,
+        compensate: Callable[..., Any] | None = None,
     ) -> Awaitable[T]: ...
 
     @overload
@@ -55,6 +56,7 @@ class WorkflowContext(ABC):
         retry: RetryPolicy | None = None,
         queue: str | None = None,
         timeout: Duration | None = None,
+        compensate: Callable[..., Any] | None = None,
     ) -> Awaitable[T]: ...
 
     @abstractmethod
@@ -65,12 +67,15 @@ class WorkflowContext(ABC):
         retry: RetryPolicy | None = None,
         queue: str | None = None,
         timeout: Duration | None = None,
+        compensate: Callable[..., Any] | None = None,
     ) -> Awaitable[Any]:
         """Schedule a registered step on a worker; await it for its (recorded) result.
 
         Calling it issues the command at once, so several steps started before awaiting run in parallel
         (``await asyncio.gather(ctx.step(a), ctx.step(b))``). Keyword options override the step's defaults
-        for this call.
+        for this call. ``compensate`` names a registered step that undoes this one (saga): if the run later
+        fails or is cancelled, the compensations of its completed steps run newest first, with the same
+        arguments, each durable and retried by its own policy.
         """
 
     @abstractmethod

@@ -86,7 +86,7 @@ class Decider:
 
     def fire_timer(self, state: st.RunState, tag: str, now_ms: int) -> Effects:
         kind, _, arg = tag.partition(":")
-        if state.status != st.RUNNING:
+        if state.status not in (st.RUNNING, st.COMPENSATING):
             return Effects(ignored=f"timer {tag} of a {state.status} run")
         if kind == "retry":
             return self._on_retry_due(state, int(arg), now_ms)
@@ -144,9 +144,9 @@ class Decider:
         self, state: st.RunState, body: ev.StepCompleted | ev.StepFailed, now_ms: int
     ) -> Effects:
         step = state.step_at(body.position)
-        if step is None or step.kind != st.KIND_STEP:
+        if step is None or step.kind not in (st.KIND_STEP, st.KIND_COMPENSATION):
             return Effects(dead_letter=f"result for position {body.position}, which the run never scheduled")
-        if state.status not in (st.RUNNING, st.PARKED):
+        if state.status not in (st.RUNNING, st.PARKED, st.COMPENSATING):
             return Effects(ignored=f"run is {state.status}")
         if step.status != st.STEP_SCHEDULED or step.attempt != body.attempt:
             return Effects(
@@ -160,7 +160,11 @@ class Decider:
             step.status = st.STEP_COMPLETED
             step.result = body.result
             step.deadline_ms = 0
-            self._deliver(state, step.position, fx, now_ms)
+            if step.kind == st.KIND_COMPENSATION:
+                if state.status == st.COMPENSATING:
+                    self._next_compensation(state, fx, now_ms)
+            else:
+                self._deliver(state, step.position, fx, now_ms)
         else:
             attempt.error_type, attempt.message = body.error_type, body.message
             self._attempt_failed(state, step, body.error_type, body.message, body.retryable, fx, now_ms)
@@ -217,8 +221,12 @@ class Decider:
             fx = Effects(ignored=f"cancel of a {state.status} run")
             fx.outcomes.append(_outcome(state, now_ms))
             return fx
+        if state.status == st.COMPENSATING:
+            return Effects(ignored="cancel of a run that is already compensating")
         fx = Effects()
         self._stop_pending(state, fx, now_ms)
+        if self._begin_compensation(state, fx, st.CANCELLED, "Cancelled", body.reason, now_ms):
+            return fx
         state.status = st.CANCELLED
         state.error_type, state.error_message = "Cancelled", body.reason
         self._record(state, fx, ev.RunCancelled(body.reason), now_ms)
@@ -227,6 +235,17 @@ class Decider:
         return fx
 
     def _on_resume(self, state: st.RunState, body: ev.ResumeRun, now_ms: int) -> Effects:
+        if state.status == st.PARKED and body.from_position < 0 and state.ending:
+            fx = Effects()
+            self._record(state, fx, ev.RunResumed(body.reason, -1), now_ms)
+            st.resume(state, -1)  # back to compensating
+            for comp in state.steps:
+                if comp.kind == st.KIND_COMPENSATION and comp.status == st.STEP_FAILED:
+                    comp.attempt += 1
+                    comp.status = st.STEP_SCHEDULED
+                    comp.error_type = comp.error_message = ""
+                    self._schedule(state, comp, fx, now_ms)
+            return fx
         if state.status == st.PARKED and body.from_position < 0:
             fx = Effects()
             self._record(state, fx, ev.RunResumed(body.reason, -1), now_ms)
@@ -309,8 +328,9 @@ class Decider:
             return Effects(ignored="run deadline moved")
         fx = Effects()
         self._stop_pending(state, fx, now_ms)
-        timeout = state.deadline_ms - state.created_ms
-        self._fail_with(state, fx, "RunTimeout", f"run exceeded its timeout of {timeout} ms", now_ms)
+        message = f"run exceeded its timeout of {state.deadline_ms - state.created_ms} ms"
+        if not self._begin_compensation(state, fx, st.FAILED, "RunTimeout", message, now_ms):
+            self._fail_with(state, fx, "RunTimeout", message, now_ms)
         return fx
 
     # -- shared transitions -------------------------------------------------------------------------------
@@ -333,6 +353,14 @@ class Decider:
             return
         step.status = st.STEP_FAILED
         step.error_type, step.error_message = error_type, message
+        if step.kind == st.KIND_COMPENSATION:
+            reason = (
+                f"compensation {step.step!r} (undoing position {step.compensate}) failed after "
+                f"{step.attempt} attempt(s): {error_type}: {message}; fix it, then resume the run to go on "
+                "compensating"
+            )
+            self._park(state, fx, "compensation_failed", reason, now_ms)
+            return
         failure = StepFailedError(step.step, error_type, message, step.attempt)
         self._deliver(state, step.position, fx, now_ms, failure)
 
@@ -454,6 +482,7 @@ class Decider:
             timeout_ms=issued.timeout_ms,
             kind=issued.kind,
             schedule_to_start_ms=issued.schedule_to_start_ms,
+            compensate=issued.compensate,
         )
         state.steps.append(step)
         if issued.kind == st.KIND_STEP:
@@ -532,6 +561,7 @@ class Decider:
     def _schedule(self, state: st.RunState, step: st.StepRecord, fx: Effects, now_ms: int) -> None:
         key = idempotency_key(state.run_id, step.position, step.step)
         step.started_ms = 0
+        step.error_type = step.error_message = ""
         first_limit = step.schedule_to_start_ms or step.timeout_ms
         step.deadline_ms = now_ms + first_limit if first_limit else 0
         body = ev.StepScheduled(
@@ -544,6 +574,8 @@ class Decider:
             step.retry,
             step.timeout_ms,
             step.schedule_to_start_ms,
+            step.kind,
+            step.compensate,
         )
         self._record(state, fx, body, now_ms)
         fx.commands.append((step.queue, self._command(state, step, now_ms)))
@@ -574,7 +606,61 @@ class Decider:
     def _fail(self, state: st.RunState, fx: Effects, exc: BaseException, now_ms: int) -> None:
         error_type = getattr(exc, "error_type", None) or type(exc).__name__
         self._stop_pending(state, fx, now_ms)
-        self._fail_with(state, fx, error_type, str(exc), now_ms)
+        if not self._begin_compensation(state, fx, st.FAILED, error_type, str(exc), now_ms):
+            self._fail_with(state, fx, error_type, str(exc), now_ms)
+
+    # -- sagas --------------------------------------------------------------------------------------------
+    @staticmethod
+    def _to_compensate(state: st.RunState) -> list[st.StepRecord]:
+        """Completed steps with a compensation not yet run, newest first."""
+        done = {int(s.compensate) for s in state.steps if s.kind == st.KIND_COMPENSATION}
+        return [
+            s
+            for s in reversed(state.steps)
+            if s.kind == st.KIND_STEP
+            and s.status == st.STEP_COMPLETED
+            and s.compensate
+            and s.position not in done
+        ]
+
+    def _begin_compensation(
+        self, state: st.RunState, fx: Effects, ending: str, error_type: str, message: str, now_ms: int
+    ) -> bool:
+        if not self._to_compensate(state):
+            return False
+        state.status, state.ending = st.COMPENSATING, ending
+        state.error_type, state.error_message = error_type, message
+        self._record(state, fx, ev.CompensationStarted(ending, error_type, message), now_ms)
+        self._next_compensation(state, fx, now_ms)
+        return True
+
+    def _next_compensation(self, state: st.RunState, fx: Effects, now_ms: int) -> None:
+        todo = self._to_compensate(state)
+        if not todo:
+            ending, state.ending = state.ending, ""
+            if ending == st.CANCELLED:
+                state.status = st.CANCELLED
+                self._record(state, fx, ev.RunCancelled(state.error_message), now_ms)
+                fx.outcomes.append(_outcome(state, now_ms))
+            else:
+                self._fail_with(state, fx, state.error_type, state.error_message, now_ms)
+            return
+        original = todo[0]
+        definition = self.app.steps.get(original.compensate)
+        step = st.StepRecord(
+            position=len(state.steps),
+            step=original.compensate,
+            queue=definition.queue if definition else original.queue,
+            status=st.STEP_SCHEDULED,
+            attempt=1,
+            args=original.args,
+            scheduled_ms=now_ms,
+            timeout_ms=definition.timeout_ms if definition else 0,
+            kind=st.KIND_COMPENSATION,
+            compensate=str(original.position),
+        )
+        state.steps.append(step)
+        self._schedule(state, step, fx, now_ms)
 
     def _fail_with(self, state: st.RunState, fx: Effects, error_type: str, message: str, now_ms: int) -> None:
         state.status = st.FAILED
@@ -637,7 +723,7 @@ def _outcome(state: st.RunState, now_ms: int) -> RunOutcome:
 
 def timers_of(state: st.RunState) -> set[tuple[int, str]]:
     """The (due_ms, tag) timers a run's state implies; the store keeps an index of them by due time."""
-    if state.status != st.RUNNING:
+    if state.status not in (st.RUNNING, st.COMPENSATING):
         return set()
     timers: set[tuple[int, str]] = set()
     for s in state.steps:

@@ -39,6 +39,8 @@ class StepScheduled:
     retry: str = ""
     timeout_ms: int = 0
     schedule_to_start_ms: int = 0
+    kind: str = "step"
+    compensate: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,13 @@ class RunResumed:
     from_position: int = -1
 
 
+@dataclass(frozen=True, slots=True)
+class CompensationStarted:
+    ending: str
+    error_type: str
+    message: str
+
+
 Body: TypeAlias = (
     StartRun
     | RunStarted
@@ -240,6 +249,7 @@ Body: TypeAlias = (
     | MarkerRecorded
     | ResumeRun
     | RunResumed
+    | CompensationStarted
 )
 BODY_TYPES: dict[str, type[Any]] = {
     _NS + cls.__name__: cls
@@ -271,6 +281,7 @@ BODY_TYPES: dict[str, type[Any]] = {
         MarkerRecorded,
         ResumeRun,
         RunResumed,
+        CompensationStarted,
     )
 }
 

@@ -75,10 +75,13 @@ def _apply_step_scheduled(state: st.RunState, b: ev.StepScheduled, ts: int) -> N
                 retry=b.retry,
                 timeout_ms=b.timeout_ms,
                 schedule_to_start_ms=b.schedule_to_start_ms,
+                kind=b.kind,
+                compensate=b.compensate,
             )
         )
     step = _step(state, b.position)
     step.status, step.attempt, step.due_ms, step.started_ms = st.STEP_SCHEDULED, b.attempt, 0, 0
+    step.error_type = step.error_message = ""
     first_limit = step.schedule_to_start_ms or step.timeout_ms
     step.deadline_ms = ts + first_limit if first_limit else 0
 
@@ -93,7 +96,8 @@ def _apply_step_completed(state: st.RunState, b: ev.StepCompleted, ts: int) -> N
     step = _step(state, b.position)
     step.attempts.append(st.AttemptRecord(b.attempt, b.started_ms, b.finished_ms, worker=b.worker))
     step.status, step.result, step.deadline_ms = st.STEP_COMPLETED, b.result, 0
-    state.resolutions.append(st.Resolution(b.position, ts))
+    if step.kind != st.KIND_COMPENSATION:  # compensations are the engine's, the workflow never sees them
+        state.resolutions.append(st.Resolution(b.position, ts))
 
 
 def _apply_step_failed(state: st.RunState, b: ev.StepFailed, ts: int) -> None:
@@ -116,7 +120,8 @@ def _attempt_failed(state: st.RunState, step: st.StepRecord, error_type: str, me
     # Final unless a RetryScheduled follows, which undoes this.
     step.status, step.deadline_ms = st.STEP_FAILED, 0
     step.error_type, step.error_message = error_type, message
-    state.resolutions.append(st.Resolution(step.position, ts))
+    if step.kind != st.KIND_COMPENSATION:
+        state.resolutions.append(st.Resolution(step.position, ts))
 
 
 def _apply_retry_scheduled(state: st.RunState, b: ev.RetryScheduled, ts: int) -> None:
@@ -198,12 +203,23 @@ def _apply_run_completed(state: st.RunState, b: ev.RunCompleted, ts: int) -> Non
 
 def _apply_run_failed(state: st.RunState, b: ev.RunFailed, ts: int) -> None:
     _stop_pending(state)
-    state.status, state.error_type, state.error_message = st.FAILED, b.error_type, b.message
+    state.status, state.error_type, state.error_message, state.ending = st.FAILED, b.error_type, b.message, ""
 
 
 def _apply_run_cancelled(state: st.RunState, b: ev.RunCancelled, ts: int) -> None:
     _stop_pending(state)
-    state.status, state.error_type, state.error_message = st.CANCELLED, "Cancelled", b.reason
+    state.status, state.error_type, state.error_message, state.ending = (
+        st.CANCELLED,
+        "Cancelled",
+        b.reason,
+        "",
+    )
+
+
+def _apply_compensation_started(state: st.RunState, b: ev.CompensationStarted, ts: int) -> None:
+    _stop_pending(state)
+    state.status, state.ending = st.COMPENSATING, b.ending
+    state.error_type, state.error_message = b.error_type, b.message
 
 
 def _apply_run_parked(state: st.RunState, b: ev.RunParked, ts: int) -> None:
@@ -232,4 +248,5 @@ _APPLY: dict[type[Any], Callable[[st.RunState, Any, int], None]] = {
     ev.RunCancelled: _apply_run_cancelled,
     ev.RunParked: _apply_run_parked,
     ev.RunResumed: _apply_run_resumed,
+    ev.CompensationStarted: _apply_compensation_started,
 }

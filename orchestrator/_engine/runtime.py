@@ -78,6 +78,7 @@ class IssuedStep:
     lookback_ms: int = 0
     schedule_to_start_ms: int = 0
     type_hint: Any = None
+    compensate: str = ""
 
 
 class WorkflowInstance:
@@ -181,8 +182,10 @@ class WorkflowInstance:
         retry: RetryPolicy | None,
         queue: str | None,
         timeout: Duration | None,
+        compensate: Callable[..., Any] | None = None,
     ) -> asyncio.Future[Any]:
         name = self.app.step_name(fn)
+        undo = self.app.step_name(compensate) if compensate is not None else ""
         definition = self.app.steps[name]
         position = len(self.issued)
         payload = self.app.data.encode(list(args), what=f"arguments of step {name!r}")
@@ -195,6 +198,7 @@ class WorkflowInstance:
                 timeout_ms=to_millis(timeout) if timeout is not None else definition.timeout_ms,
                 retry=_retry_json(retry) if retry is not None else "",
                 schedule_to_start_ms=definition.schedule_to_start_ms,
+                compensate=undo,
             )
         )
         return self._future(position)
@@ -273,8 +277,9 @@ class _Context(WorkflowContext):
         retry: RetryPolicy | None = None,
         queue: str | None = None,
         timeout: Duration | None = None,
+        compensate: Callable[..., Any] | None = None,
     ) -> Awaitable[Any]:
-        return self._instance.issue_step(fn, args, retry, queue, timeout)
+        return self._instance.issue_step(fn, args, retry, queue, timeout, compensate)
 
     def patched(self, change_id: str) -> bool:
         return self._instance.patched(change_id)

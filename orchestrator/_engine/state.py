@@ -14,6 +14,7 @@ from typing import Any
 from orchestrator._engine import wire
 
 RUNNING = "running"
+COMPENSATING = "compensating"
 CANCELLED = "cancelled"
 COMPLETED = "completed"
 FAILED = "failed"
@@ -30,7 +31,10 @@ STEP_CANCELLED = "cancelled"
 KIND_STEP = "step"
 KIND_TIMER = "timer"
 KIND_WAIT = "wait"
-KIND_MARKER = "marker"  # a version marker taken by ctx.patched()
+KIND_MARKER = "marker"
+KIND_COMPENSATION = (
+    "compensation"  # engine-issued: undoes a completed step (saga)  # a version marker taken by ctx.patched()
+)
 
 
 @dataclass(slots=True)
@@ -65,6 +69,7 @@ class StepRecord:
     deadline_ms: int = 0
     started_ms: int = 0
     schedule_to_start_ms: int = 0
+    compensate: str = ""
 
 
 @dataclass(slots=True)
@@ -99,6 +104,7 @@ class RunState:
     resolutions: list[Resolution] = field(default_factory=list)
     deadline_ms: int = 0
     signals: list[BufferedSignal] = field(default_factory=list)
+    ending: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -121,9 +127,13 @@ def resume(state: RunState, from_position: int) -> None:
     Shared by the processor (``ResumeRun``) and the history fold (``RunResumed``) so both reach the same
     state. Completed steps before ``from_position`` keep their recorded results and never run again.
     """
+    if from_position < 0 and state.ending:  # parked while compensating: compensation goes on
+        state.status = COMPENSATING
+        return
     state.status = RUNNING
     state.error_type = state.error_message = ""
     state.result = None
+    state.ending = ""
     if from_position < 0:
         return
     del state.steps[from_position + 1 :]
@@ -167,6 +177,7 @@ def encode_state(state: RunState) -> bytes:
                 "deadline_ms": s.deadline_ms,
                 "started_ms": s.started_ms,
                 "schedule_to_start_ms": s.schedule_to_start_ms,
+                "compensate": s.compensate,
                 "attempts": [
                     {
                         "attempt": a.attempt,
@@ -183,6 +194,7 @@ def encode_state(state: RunState) -> bytes:
         ],
         "resolutions": [{"position": r.position, "timestamp_ms": r.timestamp_ms} for r in state.resolutions],
         "deadline_ms": state.deadline_ms,
+        "ending": state.ending,
         "signals": [
             {
                 "name": g.name,
@@ -220,6 +232,7 @@ def decode_state(data: bytes | None) -> RunState:
             deadline_ms=s["deadline_ms"],
             started_ms=s["started_ms"],
             schedule_to_start_ms=s["schedule_to_start_ms"],
+            compensate=s["compensate"],
             attempts=[AttemptRecord(**a) for a in s["attempts"]],
         )
         for s in rec["steps"]
@@ -240,4 +253,5 @@ def decode_state(data: bytes | None) -> RunState:
         resolutions=[Resolution(**r) for r in rec["resolutions"]],
         deadline_ms=rec["deadline_ms"],
         signals=[BufferedSignal(**g) for g in rec["signals"]],
+        ending=rec["ending"],
     )

@@ -78,6 +78,7 @@ BODIES = [
     ev.MarkerRecorded(position=2, name="new-pricing"),
     ev.ResumeRun(reason="fixed the bug", from_position=3),
     ev.RunResumed(reason="fixed the bug", from_position=3),
+    ev.CompensationStarted(ending="failed", error_type="StepFailedError", message="step 'ship' failed"),
 ]
 
 

@@ -94,10 +94,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
                 "deadline_ms": 0,
                 "started_ms": 1,
                 "schedule_to_start_ms": 0,
+                "compensate": "",
             }
         ],
         "resolutions": [{"position": 0, "timestamp_ms": 2}],
         "deadline_ms": 0,
+        "ending": "",
         "signals": [
             {"name": "approve", "key": "o1", "payload": b"{}", "timestamp_ms": 3, "source": "client"}
         ],

@@ -134,3 +134,44 @@ async def item(x: int) -> int:
 @app.workflow
 async def fanout(ctx: WorkflowContext, n: int) -> list[int]:
     return await ctx.map(item, range(n), max_in_flight=50)
+
+
+def _log_named(name: str) -> None:
+    info = step_info()
+    line = f"{info.run_id} {name} {info.attempt} {os.getpid()} {time.time():.3f}\n"
+    fd = os.open(SIDE_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _make_saga_steps(i: int) -> tuple[object, object]:
+    @app.step(name=f"book{i}")
+    async def book(order: str) -> str:
+        _log_named(f"book{i}")
+        return f"{order}-b{i}"
+
+    @app.step(name=f"unbook{i}")
+    async def unbook(order: str) -> None:
+        _log_named(f"unbook{i}-start")
+        await asyncio.sleep(0.7)  # slow, so that a processor can be killed while compensating
+        _log_named(f"unbook{i}")
+
+    return book, unbook
+
+
+_SAGA = [_make_saga_steps(i) for i in (1, 2, 3)]
+
+
+@app.step(retry=__import__("orchestrator").RetryPolicy(max_attempts=1))
+async def pay(order: str) -> None:
+    raise __import__("orchestrator").TerminalError("card declined")
+
+
+@app.workflow
+async def saga(ctx: WorkflowContext, order: str) -> str:
+    for book, unbook in _SAGA:
+        await ctx.step(book, order, compensate=unbook)
+    await ctx.step(pay, order)  # step 4 fails
+    return "unreachable"

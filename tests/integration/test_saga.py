@@ -1,0 +1,63 @@
+"""Sagas: compensations run newest first, once each, also across a processor SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from engine_support import EngineProcess, history, settings
+
+from orchestrator import App, RunFailedError
+from orchestrator._engine import audit
+
+APP_SPEC = "tests.integration.apps.crash_app:app"
+
+
+async def test_failing_step_4_compensates_3_2_1_once_across_a_kill(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    side = tmp_path / "executions.log"
+    env = {
+        "CRASH_APP_NAME": unique_name,
+        "CRASH_SIDE_FILE": str(side),
+        "ORCHESTRATOR_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ORCHESTRATOR_PARTITIONS": "4",
+    }
+    log = tmp_path / "engine.log"
+    proc = EngineProcess(
+        "processor", APP_SPEC, env, "--instance-id", "g0", "--state-dir", str(tmp_path / "s"), log=log
+    )
+    work = EngineProcess("worker", APP_SPEC, env, log=log)
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+    proc.start()
+    work.start()
+    try:
+        async with app.client() as client:
+            handles = [await client.start("saga", f"o{i}", run_id=f"s{i}") for i in range(5)]
+            while "unbook3-start" not in (side.read_text() if side.exists() else ""):
+                await asyncio.sleep(0.05)
+            proc.kill()  # while compensating
+            await asyncio.sleep(0.5)
+            proc.start()
+            for h in handles:
+                with pytest.raises(RunFailedError) as info:
+                    await h.result(timeout=120)
+                assert info.value.status == "failed" and "card declined" in info.value.message
+    finally:
+        proc.terminate()
+        work.terminate()
+    for i in range(5):
+        done = [line.split()[1] for line in side.read_text().splitlines() if line.startswith(f"s{i} ")]
+        assert [n for n in done if not n.endswith("-start")] == [
+            "book1",
+            "book2",
+            "book3",
+            "unbook3",
+            "unbook2",
+            "unbook1",
+        ], done
+    events = history(app)["s0"]
+    kinds = [e.kind for e in events]
+    assert "CompensationStarted" in kinds and kinds[-1] == "RunFailed"
+    assert audit.compare(audit.rebuild(audit.history_events(app)), audit.live_states(app)) == []
