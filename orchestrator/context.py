@@ -79,6 +79,22 @@ class WorkflowContext(ABC):
         """
 
     @abstractmethod
+    def child(
+        self,
+        workflow: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        detach: bool = False,
+    ) -> Awaitable[Any]:
+        """Start a child run with its own id and history, linked to this one.
+
+        Attached (the default): await it for the child's result; a failed child raises StepFailedError here,
+        and cancelling this run cancels the child. ``detach=True``: returns the child's run id at once and
+        the child lives on its own. The default child run id is ``<this run id>/<position>``.
+        """
+
+    @abstractmethod
     def patched(self, change_id: str) -> bool:
         """Version marker for changing a workflow while runs are open.
 

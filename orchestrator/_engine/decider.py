@@ -35,6 +35,7 @@ class Effects:
     commands: list[tuple[str, StepCommand]] = field(default_factory=list)  # (queue, command)
     outcomes: list[RunOutcome] = field(default_factory=list)
     keyed: list[tuple[str, Event]] = field(default_factory=list)  # (routing key, event) for the keyed stage
+    inbox: list[Event] = field(default_factory=list)  # requests to other runs (children, parents)
     ignored: str = ""  # why the input changed nothing (duplicate, stale attempt: normal under at-least-once)
     dead_letter: str = ""  # why the input makes no sense here (unknown run, ...): kept for an operator
 
@@ -43,6 +44,7 @@ class Effects:
         self.commands.extend(other.commands)
         self.outcomes.extend(other.outcomes)
         self.keyed.extend(other.keyed)
+        self.inbox.extend(other.inbox)
 
 
 def routing_key(event_name: str, key: str) -> str:
@@ -119,11 +121,18 @@ class Decider:
             created_ms=now_ms,
             updated_ms=now_ms,
             workflow_version=definition.version if definition else "",
+            parent_run_id=body.parent_run_id,
+            parent_position=body.parent_position,
         )
         fx = Effects()
         if definition is not None and definition.timeout_ms:
             state.deadline_ms = now_ms + definition.timeout_ms
-        self._record(state, fx, ev.RunStarted(body.input, state.deadline_ms), now_ms)
+        self._record(
+            state,
+            fx,
+            ev.RunStarted(body.input, state.deadline_ms, body.parent_run_id, body.parent_position),
+            now_ms,
+        )
         if definition is None:
             known = ", ".join(sorted(self.app.workflows)) or "none"
             reason = (
@@ -144,7 +153,7 @@ class Decider:
         self, state: st.RunState, body: ev.StepCompleted | ev.StepFailed, now_ms: int
     ) -> Effects:
         step = state.step_at(body.position)
-        if step is None or step.kind not in (st.KIND_STEP, st.KIND_COMPENSATION):
+        if step is None or step.kind not in (st.KIND_STEP, st.KIND_COMPENSATION, st.KIND_CHILD):
             return Effects(dead_letter=f"result for position {body.position}, which the run never scheduled")
         if state.status not in (st.RUNNING, st.PARKED, st.COMPENSATING):
             return Effects(ignored=f"run is {state.status}")
@@ -230,7 +239,7 @@ class Decider:
         state.status = st.CANCELLED
         state.error_type, state.error_message = "Cancelled", body.reason
         self._record(state, fx, ev.RunCancelled(body.reason), now_ms)
-        fx.outcomes.append(_outcome(state, now_ms))
+        self._ended(state, fx, now_ms)
         self.cache.evict(state.run_id)
         return fx
 
@@ -386,10 +395,15 @@ class Decider:
     def _stop_pending(self, state: st.RunState, fx: Effects, now_ms: int) -> None:
         """Cancel everything the run still waits on; workers running its steps are told."""
         for step in state.steps:
-            if step.status == st.STEP_SCHEDULED and step.kind == st.KIND_STEP:
+            if step.status == st.STEP_SCHEDULED and step.kind in (st.KIND_STEP, st.KIND_COMPENSATION):
                 fx.commands.append((step.queue, self._command(state, step, now_ms, cancel=True)))
             if step.status == st.STEP_WAITING:
                 self._unsubscribe(state, step, fx, now_ms)
+            if step.status == st.STEP_SCHEDULED and step.kind == st.KIND_CHILD:
+                cancel = ev.CancelRun(f"parent {state.run_id} ended", requested_by=f"parent:{state.run_id}")
+                fx.inbox.append(
+                    Event(f"{state.run_id}/{step.position}/cancel", step.event_key, step.step, now_ms, cancel)
+                )
             if step.status in (st.STEP_SCHEDULED, st.STEP_BACKOFF, st.STEP_WAITING):
                 step.status = st.STEP_CANCELLED
                 step.deadline_ms = 0
@@ -488,6 +502,23 @@ class Decider:
         if issued.kind == st.KIND_STEP:
             self._schedule(state, step, fx, now_ms)
             return None
+        if issued.kind == st.KIND_CHILD:
+            step.event_key = issued.key
+            started = ev.ChildStarted(step.position, issued.step, issued.key, issued.args, issued.detach)
+            self._record(state, fx, started, now_ms)
+            request = ev.StartRun(
+                issued.args,
+                requested_by=f"parent:{state.run_id}",
+                parent_run_id="" if issued.detach else state.run_id,
+                parent_position=-1 if issued.detach else step.position,
+            )
+            fx.inbox.append(
+                Event(f"{state.run_id}/{step.position}/start", issued.key, issued.step, now_ms, request)
+            )
+            if issued.detach:
+                step.status = st.STEP_COMPLETED
+                return step.position
+            return None
         if issued.kind == st.KIND_MARKER:
             step.status = st.STEP_COMPLETED
             self._record(state, fx, ev.MarkerRecorded(step.position, step.step), now_ms)
@@ -555,7 +586,7 @@ class Decider:
         state.status = st.COMPLETED
         state.result = data
         self._record(state, fx, ev.RunCompleted(result=data), now_ms)
-        fx.outcomes.append(_outcome(state, now_ms))
+        self._ended(state, fx, now_ms)
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _schedule(self, state: st.RunState, step: st.StepRecord, fx: Effects, now_ms: int) -> None:
@@ -641,7 +672,7 @@ class Decider:
             if ending == st.CANCELLED:
                 state.status = st.CANCELLED
                 self._record(state, fx, ev.RunCancelled(state.error_message), now_ms)
-                fx.outcomes.append(_outcome(state, now_ms))
+                self._ended(state, fx, now_ms)
             else:
                 self._fail_with(state, fx, state.error_type, state.error_message, now_ms)
             return
@@ -666,15 +697,23 @@ class Decider:
         state.status = st.FAILED
         state.error_type, state.error_message = error_type, message
         self._record(state, fx, ev.RunFailed(error_type, message), now_ms)
-        fx.outcomes.append(_outcome(state, now_ms))
+        self._ended(state, fx, now_ms)
         self.cache.evict(state.run_id)
 
     def _park(self, state: st.RunState, fx: Effects, kind: str, reason: str, now_ms: int) -> None:
         state.status = st.PARKED
         state.error_type, state.error_message = kind, reason
         self._record(state, fx, ev.RunParked(kind, reason), now_ms)
-        fx.outcomes.append(_outcome(state, now_ms))
+        self._ended(state, fx, now_ms)
         self.cache.evict(state.run_id)
+
+    @staticmethod
+    def _ended(state: st.RunState, fx: Effects, now_ms: int) -> None:
+        """Tell waiting clients (and a parent run) how the run stands now that it ended or parked."""
+        fx.outcomes.append(_outcome(state, now_ms))
+        to_parent = _to_parent(state, now_ms)
+        if to_parent is not None:
+            fx.inbox.append(to_parent)
 
     @staticmethod
     def _record(state: st.RunState, fx: Effects, body: Body, now_ms: int) -> None:
@@ -707,6 +746,30 @@ def _check_replay(state: st.RunState, inst: WorkflowInstance) -> None:
 def _policy_fields(raw: dict[str, Any]) -> dict[str, Any]:
     raw["non_retryable"] = tuple(raw.get("non_retryable") or ())
     return raw
+
+
+def _to_parent(state: st.RunState, now_ms: int) -> Event | None:
+    """A child's end, as the result of the parent's ``ctx.child`` command."""
+    if not state.parent_run_id or not state.terminal:
+        return None
+    who = f"child:{state.run_id}"
+    body: Body
+    if state.status == st.COMPLETED:
+        body = ev.StepCompleted(
+            state.parent_position, 1, state.result or b"null", state.created_ms, now_ms, who
+        )
+    else:
+        body = ev.StepFailed(
+            state.parent_position,
+            1,
+            state.error_type,
+            state.error_message,
+            False,
+            state.created_ms,
+            now_ms,
+            who,
+        )
+    return Event(f"{state.run_id}/end", state.parent_run_id, "", now_ms, body)
 
 
 def _outcome(state: st.RunState, now_ms: int) -> RunOutcome:

@@ -20,12 +20,16 @@ _NS = "orchestrator.v1."
 class StartRun:
     input: bytes
     requested_by: str = ""
+    parent_run_id: str = ""
+    parent_position: int = -1
 
 
 @dataclass(frozen=True, slots=True)
 class RunStarted:
     input: bytes
     deadline_ms: int = 0
+    parent_run_id: str = ""
+    parent_position: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +225,15 @@ class CompensationStarted:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class ChildStarted:
+    position: int
+    workflow: str
+    child_run_id: str
+    input: bytes
+    detached: bool = False
+
+
 Body: TypeAlias = (
     StartRun
     | RunStarted
@@ -250,6 +263,7 @@ Body: TypeAlias = (
     | ResumeRun
     | RunResumed
     | CompensationStarted
+    | ChildStarted
 )
 BODY_TYPES: dict[str, type[Any]] = {
     _NS + cls.__name__: cls
@@ -282,6 +296,7 @@ BODY_TYPES: dict[str, type[Any]] = {
         ResumeRun,
         RunResumed,
         CompensationStarted,
+        ChildStarted,
     )
 }
 

@@ -42,6 +42,8 @@ def apply(state: st.RunState | None, event: Event) -> st.RunState:
             workflow_version=event.workflow_version,
             next_seq=event.seq + 1,
             deadline_ms=body.deadline_ms,
+            parent_run_id=body.parent_run_id,
+            parent_position=body.parent_position,
         )
     if state is None:
         raise FoldError(f"history of {event.run_id!r} does not begin with RunStarted (got {event.kind})")
@@ -183,6 +185,15 @@ def _apply_wait_timed_out(state: st.RunState, b: ev.WaitTimedOut, ts: int) -> No
     state.resolutions.append(st.Resolution(b.position, ts))
 
 
+def _apply_child_started(state: st.RunState, b: ev.ChildStarted, ts: int) -> None:
+    step = st.StepRecord(b.position, b.workflow, "", st.STEP_SCHEDULED, 1, b.input, ts, kind=st.KIND_CHILD)
+    step.event_key = b.child_run_id
+    state.steps.append(step)
+    if b.detached:
+        step.status = st.STEP_COMPLETED
+        state.resolutions.append(st.Resolution(b.position, ts))
+
+
 def _apply_marker(state: st.RunState, b: ev.MarkerRecorded, ts: int) -> None:
     state.steps.append(
         st.StepRecord(b.position, b.name, "", st.STEP_COMPLETED, 1, b"", ts, kind=st.KIND_MARKER)
@@ -249,4 +260,5 @@ _APPLY: dict[type[Any], Callable[[st.RunState, Any, int], None]] = {
     ev.RunParked: _apply_run_parked,
     ev.RunResumed: _apply_run_resumed,
     ev.CompensationStarted: _apply_compensation_started,
+    ev.ChildStarted: _apply_child_started,
 }

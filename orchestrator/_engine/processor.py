@@ -440,6 +440,8 @@ class Processor:
             producer.produce(self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p)
         for rk, event in fx.keyed:
             self._to_keyed(rk, event)
+        for event in fx.inbox:
+            self._to_inbox(event)
 
     def _emit_routed(self, fx: RouterEffects) -> None:
         for event in fx.inbox:

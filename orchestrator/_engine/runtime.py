@@ -79,6 +79,7 @@ class IssuedStep:
     schedule_to_start_ms: int = 0
     type_hint: Any = None
     compensate: str = ""
+    detach: bool = False
 
 
 class WorkflowInstance:
@@ -132,10 +133,14 @@ class WorkflowInstance:
             fut.set_exception(failure)
         elif issued.kind == "timer":
             fut.set_result(None)
+        elif issued.kind == "child" and issued.detach:
+            fut.set_result(issued.key)
         else:
             try:
                 if issued.kind == "wait":
                     fut.set_result(self._received(issued, result))
+                elif issued.kind == "child":
+                    fut.set_result(self.app.data.decode(result or b"null", issued.type_hint))
                 else:
                     step_def = self.app.steps.get(issued.step)
                     hint = step_def.return_hint if step_def else None
@@ -207,6 +212,22 @@ class WorkflowInstance:
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.futures[position] = fut
         return fut
+
+    def issue_child(
+        self, workflow: Callable[..., Any] | str, value: Any, run_id: str | None, detach: bool
+    ) -> asyncio.Future[Any]:
+        name = workflow if isinstance(workflow, str) else self.app.workflow_name(workflow)
+        position = len(self.issued)
+        child_id = run_id or f"{self.run_id}/{position}"
+        payload = self.app.data.encode(value, what=f"input of child workflow {name!r}")
+        definition = self.app.workflows.get(name)
+        hint = definition.return_hint if definition is not None else None
+        self.issued.append(
+            IssuedStep(
+                position, name, payload, "", 0, "", kind="child", key=child_id, type_hint=hint, detach=detach
+            )
+        )
+        return self._future(position)
 
     def patched(self, name: str) -> bool:
         """True for runs that reach this point with the new code; False while replaying an older history."""
@@ -280,6 +301,16 @@ class _Context(WorkflowContext):
         compensate: Callable[..., Any] | None = None,
     ) -> Awaitable[Any]:
         return self._instance.issue_step(fn, args, retry, queue, timeout, compensate)
+
+    def child(
+        self,
+        workflow: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        detach: bool = False,
+    ) -> Awaitable[Any]:
+        return self._instance.issue_child(workflow, input, run_id, detach)
 
     def patched(self, change_id: str) -> bool:
         return self._instance.patched(change_id)

@@ -31,10 +31,9 @@ STEP_CANCELLED = "cancelled"
 KIND_STEP = "step"
 KIND_TIMER = "timer"
 KIND_WAIT = "wait"
-KIND_MARKER = "marker"
-KIND_COMPENSATION = (
-    "compensation"  # engine-issued: undoes a completed step (saga)  # a version marker taken by ctx.patched()
-)
+KIND_MARKER = "marker"  # a version marker taken by ctx.patched()
+KIND_COMPENSATION = "compensation"  # engine-issued: undoes a completed step (saga)
+KIND_CHILD = "child"  # a child run; ``event_key`` holds its run id
 
 
 @dataclass(slots=True)
@@ -105,6 +104,8 @@ class RunState:
     deadline_ms: int = 0
     signals: list[BufferedSignal] = field(default_factory=list)
     ending: str = ""
+    parent_run_id: str = ""
+    parent_position: int = -1
 
     @property
     def terminal(self) -> bool:
@@ -195,6 +196,8 @@ def encode_state(state: RunState) -> bytes:
         "resolutions": [{"position": r.position, "timestamp_ms": r.timestamp_ms} for r in state.resolutions],
         "deadline_ms": state.deadline_ms,
         "ending": state.ending,
+        "parent_run_id": state.parent_run_id,
+        "parent_position": state.parent_position,
         "signals": [
             {
                 "name": g.name,
@@ -254,4 +257,6 @@ def decode_state(data: bytes | None) -> RunState:
         deadline_ms=rec["deadline_ms"],
         signals=[BufferedSignal(**g) for g in rec["signals"]],
         ending=rec["ending"],
+        parent_run_id=rec["parent_run_id"],
+        parent_position=rec["parent_position"],
     )

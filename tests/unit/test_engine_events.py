@@ -79,6 +79,7 @@ BODIES = [
     ev.ResumeRun(reason="fixed the bug", from_position=3),
     ev.RunResumed(reason="fixed the bug", from_position=3),
     ev.CompensationStarted(ending="failed", error_type="StepFailedError", message="step 'ship' failed"),
+    ev.ChildStarted(position=4, workflow="ship", child_run_id="r/4", input=b"{}", detached=False),
 ]
 
 

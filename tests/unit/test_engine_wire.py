@@ -100,6 +100,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "resolutions": [{"position": 0, "timestamp_ms": 2}],
         "deadline_ms": 0,
         "ending": "",
+        "parent_run_id": "",
+        "parent_position": -1,
         "signals": [
             {"name": "approve", "key": "o1", "payload": b"{}", "timestamp_ms": 3, "source": "client"}
         ],
