@@ -383,7 +383,10 @@ class _OutcomeWatcher:
 
     def _run(self) -> None:
         while not self._closed.is_set():
-            for msg in self._consumer.consume(1000, timeout=0.1):
+            first = self._consumer.poll(0.1)  # wake on the first record, then take what is fetched
+            if first is None:
+                continue
+            for msg in [first, *self._consumer.consume(1000, timeout=0)]:
                 err = msg.error()
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:

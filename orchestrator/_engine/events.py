@@ -22,6 +22,7 @@ class StartRun:
     requested_by: str = ""
     parent_run_id: str = ""
     parent_position: int = -1
+    admission_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class RunStarted:
     deadline_ms: int = 0
     parent_run_id: str = ""
     parent_position: int = -1
+    admission_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +236,24 @@ class ChildStarted:
     detached: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    workflow: str
+    run_id: str
+    input: bytes
+    key: str = ""
+    priority: float = 0.0
+    idempotency_key: str = ""
+    requested_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    workflow: str
+    key: str
+    run_id: str
+
+
 Body: TypeAlias = (
     StartRun
     | RunStarted
@@ -264,6 +284,8 @@ Body: TypeAlias = (
     | RunResumed
     | CompensationStarted
     | ChildStarted
+    | AdmitRequest
+    | Release
 )
 BODY_TYPES: dict[str, type[Any]] = {
     _NS + cls.__name__: cls
@@ -297,6 +319,8 @@ BODY_TYPES: dict[str, type[Any]] = {
         RunResumed,
         CompensationStarted,
         ChildStarted,
+        AdmitRequest,
+        Release,
     )
 }
 
