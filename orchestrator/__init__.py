@@ -22,6 +22,7 @@ from orchestrator.errors import (
     UnknownStepError,
     UnknownWorkflowError,
 )
+from orchestrator.flow import Admission
 from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
 from orchestrator.triggers import EventSource, Schedule, Trigger, ValueFormat
@@ -29,6 +30,7 @@ from orchestrator.triggers import EventSource, Schedule, Trigger, ValueFormat
 __version__ = "0.1.0"
 
 __all__ = [
+    "Admission",
     "App",
     "Client",
     "DataConverter",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 from orchestrator.converter import DataConverter, PayloadCodec, PayloadConverter
 from orchestrator.durations import Duration, to_millis
 from orchestrator.errors import UnknownStepError, UnknownWorkflowError
+from orchestrator.flow import Admission
 from orchestrator.retry import DEFAULT_RETRY, RetryPolicy
 from orchestrator.settings import Settings
 from orchestrator.triggers import EventSource, KeyExpr, Schedule, Trigger, ValueFormat
@@ -47,6 +48,8 @@ class WorkflowDefinition:
     input_hint: Any
     return_hint: Any
     timeout_ms: int = 0
+    admission: Admission | None = None
+    idempotency_window_ms: int = 86_400_000
 
 
 def _hints(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], Any]:
@@ -132,13 +135,17 @@ class App:
         schedule: str | None = None,
         timezone: str = "UTC",
         missed: str = "skip",
+        admission: Admission | None = None,
+        idempotency_window: Duration = "1d",
     ) -> Any:
         """Register a workflow: ``async def wf(ctx: WorkflowContext, input: T) -> R``.
 
         ``timeout`` bounds the whole run: when it passes, the run fails with ``RunTimeout`` and its pending
         steps, timers and waits are cancelled. ``trigger`` starts runs from records of your own topics;
         ``schedule`` (cron, in ``timezone``) starts one run per tick, ``missed`` saying what to do with ticks
-        that passed while nothing ran (``skip``, ``run_once``, ``run_all``).
+        that passed while nothing ran (``skip``, ``run_once``, ``run_all``). ``admission`` declares flow
+        control (concurrency, rate, debounce, priority); ``idempotency_window`` is how long a start's
+        idempotency key is remembered.
         """
 
         def register(func: F) -> F:
@@ -157,6 +164,8 @@ class App:
                 input_hint=params[1] if len(params) == 2 else None,
                 return_hint=ret,
                 timeout_ms=to_millis(timeout) if timeout is not None else 0,
+                admission=admission,
+                idempotency_window_ms=to_millis(idempotency_window),
             )
             if trigger is not None:
                 self.triggers[wf_name] = list(trigger) if isinstance(trigger, list) else [trigger]

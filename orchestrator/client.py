@@ -22,7 +22,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._engine import kafka
+from orchestrator._engine.admission import admit_routing, idempotency_routing
 from orchestrator._engine.events import (
+    AdmitRequest,
     CancelRun,
     Event,
     ResumeRun,
@@ -38,6 +40,7 @@ from orchestrator._engine.state import COMPLETED, PARKED, TERMINAL, RunState, de
 from orchestrator._engine.store import RUN_PREFIX, run_key
 from orchestrator.app import App
 from orchestrator.errors import OrchestratorError, RunFailedError, RunTimeoutError, SchemaError
+from orchestrator.triggers import extract
 
 log = logging.getLogger("orchestrator.client")
 
@@ -143,14 +146,48 @@ class Client:
 
     # -- starting -----------------------------------------------------------------------------------------
     async def start(
-        self, workflow: Callable[..., Any] | str, input: Any = None, *, run_id: str | None = None
+        self,
+        workflow: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float = 60.0,
     ) -> RunHandle:
-        """Start a run. The same ``run_id`` twice gives one run; the second start returns its handle."""
+        """Start a run. The same ``run_id`` twice gives one run; the second start returns its handle.
+
+        With ``idempotency_key``, a second start with the same key within the workflow's
+        ``idempotency_window`` (from any client) returns the handle of the first run instead of starting
+        another. Workflows with an ``Admission`` are started through it (they may wait for a slot).
+        """
         name = workflow if isinstance(workflow, str) else self.app.workflow_name(workflow)
         run_id = run_id or uuid.uuid4().hex
         data = self.app.data.encode(input, what=f"input of workflow {name!r}")
         watcher = await asyncio.to_thread(self._ensure_watcher)
-        watcher.expect(run_id, asyncio.get_running_loop(), starting=True)
+        loop = asyncio.get_running_loop()
+        watcher.expect(run_id, loop, starting=True)
+        definition = self.app.workflows.get(name)
+        admission = definition.admission if definition is not None else None
+        if admission is not None or idempotency_key:
+            key = str(extract(input, admission.key)) if admission is not None and admission.key else ""
+            priority = (
+                float(admission.priority(input)) if admission is not None and admission.priority else 0.0
+            )
+            request = AdmitRequest(name, run_id, data, key, priority, idempotency_key or "", "client")
+            routing = (
+                idempotency_routing(name, idempotency_key) if idempotency_key else admit_routing(name, key)
+            )
+            ack = watcher.expect_ack(run_id, loop) if idempotency_key else None
+            event = Event(uuid.uuid4().hex, run_id, name, int(time.time() * 1000), request)
+            await self._produce(event, topic=topology.keyed_topic(self.app.name), key=routing)
+            if ack is not None:
+                outcome = await asyncio.wait_for(ack, timeout)
+                if outcome.status == "duplicate":
+                    watcher.forget(run_id)
+                    existing = json.loads(outcome.result or b'""')
+                    watcher.expect(existing, loop)
+                    return RunHandle(self, existing, name)
+            return RunHandle(self, run_id, name)
         event = Event(
             event_id=uuid.uuid4().hex,
             run_id=run_id,
@@ -355,6 +392,7 @@ class _OutcomeWatcher:
         self._consumer.assign(tps)
         self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[RunOutcome]]] = {}
         self._started: set[str] = set()
+        self._acks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[RunOutcome]]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="orchestrator-outcomes")
@@ -371,6 +409,13 @@ class _OutcomeWatcher:
             if starting:
                 self._started.add(run_id)
             return entry[1]
+
+    def expect_ack(self, run_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future[RunOutcome]:
+        """The admission stage's answer to an idempotent start (accepted, or duplicate of another run)."""
+        with self._lock:
+            fut: asyncio.Future[RunOutcome] = loop.create_future()
+            self._acks[run_id] = (loop, fut)
+            return fut
 
     def started_here(self, run_id: str) -> bool:
         """True when this watcher was tailing before the run was started through this client."""
@@ -395,14 +440,24 @@ class _OutcomeWatcher:
                 key = msg.key()
                 if key is None:
                     continue
+                run_id = key.decode(errors="replace")
                 with self._lock:
-                    entry = self._futures.get(key.decode(errors="replace"))
-                if entry is None:
+                    entry = self._futures.get(run_id)
+                    ack = self._acks.get(run_id)
+                if entry is None and ack is None:
                     continue
                 try:
                     outcome = decode_outcome(msg.value())
                 except SchemaError:
                     log.warning("undecodable outcome record at offset %s", msg.offset())
+                    continue
+                if outcome.status in ("accepted", "duplicate"):
+                    if ack is not None:
+                        with self._lock:
+                            self._acks.pop(run_id, None)
+                        ack[0].call_soon_threadsafe(_settle, ack[1], outcome)
+                    continue
+                if entry is None:
                     continue
                 loop, fut = entry
                 loop.call_soon_threadsafe(_settle, fut, outcome)

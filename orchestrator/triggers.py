@@ -58,9 +58,12 @@ def extract(value: Any, expr: KeyExpr) -> Any:
         return expr(value)
     current = value
     for part in expr.split("."):
-        if not isinstance(current, dict) or part not in current:
-            raise KeyError(f"field {expr!r} not found in the event")
-        current = current[part]
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif not isinstance(current, dict) and hasattr(current, part):
+            current = getattr(current, part)
+        else:
+            raise KeyError(f"field {expr!r} not found in {type(value).__name__}")
     return current
 
 

@@ -123,6 +123,7 @@ class Decider:
             workflow_version=definition.version if definition else "",
             parent_run_id=body.parent_run_id,
             parent_position=body.parent_position,
+            admission_key=body.admission_key,
         )
         fx = Effects()
         if definition is not None and definition.timeout_ms:
@@ -130,7 +131,9 @@ class Decider:
         self._record(
             state,
             fx,
-            ev.RunStarted(body.input, state.deadline_ms, body.parent_run_id, body.parent_position),
+            ev.RunStarted(
+                body.input, state.deadline_ms, body.parent_run_id, body.parent_position, body.admission_key
+            ),
             now_ms,
         )
         if definition is None:
@@ -714,6 +717,12 @@ class Decider:
         to_parent = _to_parent(state, now_ms)
         if to_parent is not None:
             fx.inbox.append(to_parent)
+        if state.admission_key and state.terminal:  # free the run's admission slot
+            _, workflow, key = state.admission_key.split("\x1f", 2)
+            body = ev.Release(workflow, key, state.run_id)
+            fx.keyed.append(
+                (state.admission_key, Event(f"{state.run_id}/release", state.run_id, workflow, now_ms, body))
+            )
 
     @staticmethod
     def _record(state: st.RunState, fx: Effects, body: Body, now_ms: int) -> None:

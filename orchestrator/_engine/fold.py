@@ -44,6 +44,7 @@ def apply(state: st.RunState | None, event: Event) -> st.RunState:
             deadline_ms=body.deadline_ms,
             parent_run_id=body.parent_run_id,
             parent_position=body.parent_position,
+            admission_key=body.admission_key,
         )
     if state is None:
         raise FoldError(f"history of {event.run_id!r} does not begin with RunStarted (got {event.kind})")

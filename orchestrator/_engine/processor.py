@@ -444,8 +444,16 @@ class Processor:
             self._to_inbox(event)
 
     def _emit_routed(self, fx: RouterEffects) -> None:
+        assert self._producer is not None
         for event in fx.inbox:
             self._to_inbox(event)
+        for routing, event in fx.keyed:
+            self._to_keyed(routing, event)
+        for outcome in fx.outcomes:
+            p = partition_for(outcome.run_id, self.partitions)
+            self._producer.produce(
+                self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p
+            )
 
     def _to_inbox(self, event: Event) -> None:
         assert self._producer is not None

@@ -24,8 +24,10 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from orchestrator._engine import events as ev
+from orchestrator._engine.admission import AdmissionEffects, AdmissionStage
 from orchestrator._engine.decider import routing_key
 from orchestrator._engine.events import Event, decode_event, encode_event
+from orchestrator._engine.records import RunOutcome
 from orchestrator._engine.store import PartitionStore, timer_key
 from orchestrator.app import App
 from orchestrator.durations import to_millis
@@ -40,7 +42,13 @@ MAX_CATCH_UP = 1000
 @dataclass
 class RouterEffects:
     inbox: list[Event] = field(default_factory=list)
+    keyed: list[tuple[str, Event]] = field(default_factory=list)
+    outcomes: list[RunOutcome] = field(default_factory=list)
     ignored: str = ""
+
+    @classmethod
+    def of(cls, fx: AdmissionEffects) -> RouterEffects:
+        return cls(inbox=fx.inbox, keyed=fx.keyed, outcomes=fx.outcomes)
 
 
 def _sub_prefix(rk: str) -> bytes:
@@ -54,6 +62,7 @@ def _event_prefix(rk: str) -> bytes:
 class Router:
     def __init__(self, app: App) -> None:
         self.app = app
+        self.admission = AdmissionStage(app)
 
     # -- inputs -------------------------------------------------------------------------------------------
     def handle(self, store: PartitionStore, event: Event, now_ms: int) -> RouterEffects:
@@ -70,6 +79,10 @@ class Router:
             return self._on_schedule_register(store, body, now_ms)
         if isinstance(body, ev.SchedulePause):
             return self._on_schedule_pause(store, body)
+        if isinstance(body, ev.AdmitRequest):
+            return RouterEffects.of(self.admission.on_request(store, event, body, now_ms))
+        if isinstance(body, ev.Release):
+            return RouterEffects.of(self.admission.on_release(store, body, now_ms))
         return RouterEffects(ignored=f"{event.kind} does not belong on the keyed topic")
 
     def _on_domain_event(
@@ -147,6 +160,8 @@ class Router:
             return RouterEffects()
         if tag == "tick":
             return self._on_tick(store, ident, now_ms)
+        if tag in ("debounce", "pump", "idem-expire"):
+            return RouterEffects.of(self.admission.on_timer(store, ident, tag, now_ms))
         return RouterEffects(ignored=f"unknown keyed timer {tag!r}")
 
     def _on_tick(self, store: PartitionStore, workflow: str, now_ms: int) -> RouterEffects:

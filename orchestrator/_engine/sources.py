@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from confluent_kafka import Message
 
 from orchestrator._engine import events as ev
+from orchestrator._engine.admission import admit_routing
 from orchestrator._engine.decider import routing_key
 from orchestrator._engine.events import Event
 from orchestrator.app import App
@@ -50,6 +51,14 @@ def translate(app: App, msg: Message, now_ms: int) -> list[Routed]:
                 raise SourceError(
                     f"trigger of {workflow!r} on {topic!r}: {type(exc).__name__}: {exc}"
                 ) from exc
+            admission = app.workflows[workflow].admission if workflow in app.workflows else None
+            if admission is not None:  # flow control: through the admission stage
+                key = str(extract(value, admission.key)) if admission.key else ""
+                priority = float(admission.priority(value)) if admission.priority else 0.0
+                request = ev.AdmitRequest(workflow, run_id, payload, key, priority, "", f"trigger:{origin}")
+                event = Event(f"trigger/{origin}/{workflow}", run_id, workflow, now_ms, request)
+                out.append(Routed(event, admit_routing(workflow, key)))
+                continue
             start = ev.StartRun(payload, requested_by=f"trigger:{origin}")
             out.append(Routed(Event(f"trigger/{origin}/{workflow}", run_id, workflow, now_ms, start)))
     for source in app.event_sources.values():

@@ -106,6 +106,7 @@ class RunState:
     ending: str = ""
     parent_run_id: str = ""
     parent_position: int = -1
+    admission_key: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -198,6 +199,7 @@ def encode_state(state: RunState) -> bytes:
         "ending": state.ending,
         "parent_run_id": state.parent_run_id,
         "parent_position": state.parent_position,
+        "admission_key": state.admission_key,
         "signals": [
             {
                 "name": g.name,
@@ -259,4 +261,5 @@ def decode_state(data: bytes | None) -> RunState:
         ending=rec["ending"],
         parent_run_id=rec["parent_run_id"],
         parent_position=rec["parent_position"],
+        admission_key=rec["admission_key"],
     )

@@ -80,6 +80,8 @@ BODIES = [
     ev.RunResumed(reason="fixed the bug", from_position=3),
     ev.CompensationStarted(ending="failed", error_type="StepFailedError", message="step 'ship' failed"),
     ev.ChildStarted(position=4, workflow="ship", child_run_id="r/4", input=b"{}", detached=False),
+    ev.AdmitRequest(workflow="w", run_id="r", input=b"{}", key="u1", priority=2.0, idempotency_key="k"),
+    ev.Release(workflow="w", key="u1", run_id="r"),
 ]
 
 

@@ -102,6 +102,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "ending": "",
         "parent_run_id": "",
         "parent_position": -1,
+        "admission_key": "",
         "signals": [
             {"name": "approve", "key": "o1", "payload": b"{}", "timestamp_ms": 3, "source": "client"}
         ],

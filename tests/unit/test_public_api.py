@@ -7,6 +7,7 @@ import importlib
 import orchestrator
 
 EXPECTED = [
+    "Admission",
     "App",
     "Client",
     "DataConverter",
