@@ -54,7 +54,16 @@ def main() -> None:
     f.add_argument("-n", type=int, default=300, help="transactions")
     m = sub.add_parser("markdown", help="rewrite BENCHMARKS.md from a results JSON file")
     m.add_argument("results", type=Path)
+    c = sub.add_parser(
+        "capacity", help="RSS with many sleeping runs, recovery after SIGKILL, replay events/s"
+    )
+    c.add_argument("--runs", type=int, default=10_000)
     args = ap.parse_args()
+    if args.cmd == "capacity":
+        from bench import capacity
+
+        capacity.main(args.runs)
+        return
     if args.cmd == "txn-floor":
         from bench import txn_floor
 

@@ -48,3 +48,10 @@ async def twenty(ctx: WorkflowContext, x: int) -> int:
 @app.workflow
 async def five_10ms(ctx: WorkflowContext, x: int) -> int:
     return await _chain(ctx, inc_10ms, x, 5)
+
+
+@app.workflow
+async def sleeper(ctx: WorkflowContext, x: int) -> int:
+    """Sleeps an hour: for measuring what many sleeping runs cost the processor."""
+    await ctx.sleep("1h")
+    return x
