@@ -38,6 +38,7 @@ class StepDefinition:
     return_hint: Any
     param_hints: tuple[Any, ...]
     schedule_to_start_ms: int = 0
+    admission: Admission | None = None
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,15 @@ class App:
         queue: str = DEFAULT_QUEUE,
         timeout: Duration | None = None,
         schedule_to_start_timeout: Duration | None = None,
+        admission: Admission | None = None,
     ) -> Any:
         """Register a step (async or plain function). Usable as ``@app.step`` or ``@app.step(...)``.
 
         ``timeout`` limits one attempt from its start to its result (start-to-close); an attempt over it
         is failed and retried by the policy, also when its worker died and the command is never redelivered.
         ``schedule_to_start_timeout`` limits how long an attempt may wait for a worker to pick it up.
+        ``admission`` limits the step's executions across all runs (concurrency, rate, priority), keyed by
+        a field of its first argument; attempts wait in the keyed stage until admitted.
         """
 
         def register(func: F) -> F:
@@ -118,6 +122,7 @@ class App:
                 schedule_to_start_ms=(
                     to_millis(schedule_to_start_timeout) if schedule_to_start_timeout is not None else 0
                 ),
+                admission=admission,
             )
             func.__orchestrator_step__ = step_name  # type: ignore[attr-defined]
             return func

@@ -36,11 +36,23 @@ class AdmissionEffects:
     inbox: list[Event] = field(default_factory=list)
     keyed: list[tuple[str, Event]] = field(default_factory=list)
     outcomes: list[RunOutcome] = field(default_factory=list)
+    commands: list[tuple[str, str, bytes]] = field(default_factory=list)  # (queue, run id, StepCommand)
+
+
+STEP_PREFIX = "step:"
+"""Admission names of steps (``step:<step name>``); workflows use their plain name."""
 
 
 class AdmissionStage:
     def __init__(self, app: App) -> None:
         self.app = app
+
+    def _admission(self, name: str) -> Admission | None:
+        if name.startswith(STEP_PREFIX):
+            step = self.app.steps.get(name[len(STEP_PREFIX) :])
+            return step.admission if step is not None else None
+        workflow = self.app.workflows.get(name)
+        return workflow.admission if workflow is not None else None
 
     # -- requests -----------------------------------------------------------------------------------------
     def on_request(
@@ -75,9 +87,9 @@ class AdmissionStage:
             else:
                 fx.inbox.append(self._start(forward, "", now_ms))
             return fx
-        admission = definition.admission if definition else None
-        if admission is None:  # nothing to control (e.g. the declaration was removed): start at once
-            fx.inbox.append(self._start(body, "", now_ms))
+        admission = self._admission(body.workflow)
+        if admission is None:  # nothing to control (e.g. the declaration was removed): go at once
+            self._admit(body, "", now_ms, fx)
             return fx
         doc_key = self._doc_key(body.workflow, body.key)
         doc = self._load(store, doc_key)
@@ -98,13 +110,13 @@ class AdmissionStage:
 
     def on_release(self, store: PartitionStore, body: ev.Release, now_ms: int) -> AdmissionEffects:
         fx = AdmissionEffects()
-        definition = self.app.workflows.get(body.workflow)
+        admission = self._admission(body.workflow)
         doc_key = self._doc_key(body.workflow, body.key)
         doc = self._load(store, doc_key)
         if body.run_id in doc["running"]:
             doc["running"].remove(body.run_id)
-        if definition is not None and definition.admission is not None:
-            self._pump(store, doc_key, doc, definition.admission, now_ms, fx)
+        if admission is not None:
+            self._pump(store, doc_key, doc, admission, now_ms, fx)
         self._save(store, doc_key, doc)
         return fx
 
@@ -115,19 +127,19 @@ class AdmissionStage:
             store.delete(key)
             return fx
         workflow = key[2:].decode().split("\x1f", 1)[0]
-        definition = self.app.workflows.get(workflow)
-        if definition is None or definition.admission is None:
+        admission = self._admission(workflow)
+        if admission is None:
             return fx
         doc = self._load(store, key)
         if tag == "debounce" and doc.get("debounce"):
             pending = doc.pop("debounce")
             if pending["due_ms"] <= now_ms:
                 request = _request_from_json(pending)
-                self._enqueue(store, key, doc, definition.admission, request, now_ms, fx)
+                self._enqueue(store, key, doc, admission, request, now_ms, fx)
                 return fx
             doc["debounce"] = pending
         if tag == "pump":
-            self._pump(store, key, doc, definition.admission, now_ms, fx)
+            self._pump(store, key, doc, admission, now_ms, fx)
         self._save(store, key, doc)
         return fx
 
@@ -186,10 +198,17 @@ class AdmissionStage:
             doc["waiting"].remove(best)
             doc["running"].append(best["run_id"])
             doc["admitted"].append(now_ms)
-            routing = admit_routing(best["workflow"], best["key"])
-            fx.inbox.append(self._start(_request_from_json(best), routing, now_ms))
+            self._admit(_request_from_json(best), admit_routing(best["workflow"], best["key"]), now_ms, fx)
 
     # -- helpers ------------------------------------------------------------------------------------------
+    def _admit(self, body: ev.AdmitRequest, routing: str, now_ms: int, fx: AdmissionEffects) -> None:
+        """Let the run start, or the step attempt go to its workers."""
+        if body.workflow.startswith(STEP_PREFIX):
+            run_id = body.run_id.rsplit("/", 2)[0]
+            fx.commands.append((body.requested_by, run_id, body.input))  # requested_by holds the queue
+        else:
+            fx.inbox.append(self._start(body, routing, now_ms))
+
     @staticmethod
     def _start(body: ev.AdmitRequest, routing: str, now_ms: int) -> Event:
         start = ev.StartRun(body.input, requested_by=body.requested_by or "admission", admission_key=routing)

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator._engine import events as ev
 from orchestrator._engine import state as st
+from orchestrator._engine.admission import admit_routing
 from orchestrator._engine.events import Body, Event
 from orchestrator._engine.instance_cache import InstanceCache
-from orchestrator._engine.records import RunOutcome, StepCommand
+from orchestrator._engine.records import RunOutcome, StepCommand, encode_command
 from orchestrator._engine.runtime import IssuedStep, WorkflowInstance
 from orchestrator.app import App, WorkflowDefinition
 from orchestrator.errors import NonDeterminismError, StepFailedError
 from orchestrator.retry import RetryPolicy
+from orchestrator.triggers import extract
 
 PARK_NON_DETERMINISM = "non_determinism"
 PARK_UNKNOWN_WORKFLOW = "unknown_workflow"
@@ -165,6 +167,7 @@ class Decider:
                 ignored=f"stale or duplicate result (step is {step.status}, attempt {step.attempt})"
             )
         fx = Effects()
+        self._release_step(state, step, fx, now_ms)
         attempt = st.AttemptRecord(body.attempt, body.started_ms, body.finished_ms, worker=body.worker)
         step.attempts.append(attempt)
         self._record(state, fx, body, now_ms)
@@ -329,6 +332,7 @@ class Decider:
         which = "schedule_to_start" if not step.started_ms and step.schedule_to_start_ms else "start_to_close"
         limit = step.schedule_to_start_ms if which == "schedule_to_start" else step.timeout_ms
         self._record(state, fx, ev.StepTimedOut(position, attempt, which), now_ms)
+        self._release_step(state, step, fx, now_ms)
         fx.commands.append((step.queue, self._command(state, step, now_ms, cancel=True)))
         message = f"attempt {attempt} exceeded its {which.replace('_', '-')} timeout of {limit} ms"
         step.attempts.append(st.AttemptRecord(attempt, step.started_ms, now_ms, "StepTimeout", message))
@@ -399,6 +403,7 @@ class Decider:
         """Cancel everything the run still waits on; workers running its steps are told."""
         for step in state.steps:
             if step.status == st.STEP_SCHEDULED and step.kind in (st.KIND_STEP, st.KIND_COMPENSATION):
+                self._release_step(state, step, fx, now_ms)
                 fx.commands.append((step.queue, self._command(state, step, now_ms, cancel=True)))
             if step.status == st.STEP_WAITING:
                 self._unsubscribe(state, step, fx, now_ms)
@@ -478,7 +483,11 @@ class Decider:
                 state.resolutions.append(st.Resolution(position, now_ms))
                 inst.resolve(position, now_ms, state.steps[position].result, None)
         if not inst.done and not inst.uses_asyncio_timers:
-            self.cache.put(state.run_id, inst)
+            if any(s.status in (st.STEP_SCHEDULED, st.STEP_BACKOFF) for s in state.steps):
+                self.cache.put(state.run_id, inst)
+            else:  # only sleeping or waiting: hold no coroutine; it is re-executed when it wakes
+                self.cache.evict(state.run_id)
+                inst.close()
             return
         try:
             self._end(state, inst, fx, now_ms)
@@ -612,7 +621,43 @@ class Decider:
             step.compensate,
         )
         self._record(state, fx, body, now_ms)
-        fx.commands.append((step.queue, self._command(state, step, now_ms)))
+        self._dispatch(state, step, fx, now_ms)
+
+    # -- step admission (a step's own concurrency / rate limits, held in the keyed stage) -------------------
+    def _step_admission(self, step: st.StepRecord) -> tuple[str, str, float] | None:
+        """(admission name, key, priority) of a step whose definition limits it, else None."""
+        definition = self.app.steps.get(step.step)
+        admission = definition.admission if definition is not None else None
+        if admission is None:
+            return None
+        args = self.app.data.decode(step.args) if step.args else []
+        first = args[0] if args else None
+        key = str(extract(first, admission.key)) if admission.key else ""
+        priority = float(admission.priority(first)) if admission.priority else 0.0
+        return f"step:{step.step}", key, priority
+
+    def _dispatch(self, state: st.RunState, step: st.StepRecord, fx: Effects, now_ms: int) -> None:
+        cmd = self._command(state, step, now_ms)
+        limited = self._step_admission(step)
+        if limited is None:
+            fx.commands.append((step.queue, cmd))
+            return
+        name, key, priority = limited
+        slot = f"{state.run_id}/{step.position}/{step.attempt}"
+        request = ev.AdmitRequest(name, slot, encode_command(cmd), key, priority, "", step.queue)
+        fx.keyed.append(
+            (admit_routing(name, key), Event(f"{slot}/admit", state.run_id, state.workflow, now_ms, request))
+        )
+
+    def _release_step(self, state: st.RunState, step: st.StepRecord, fx: Effects, now_ms: int) -> None:
+        """An admitted attempt ended: free its slot."""
+        limited = self._step_admission(step)
+        if limited is None:
+            return
+        name, key, _ = limited
+        slot = f"{state.run_id}/{step.position}/{step.attempt}"
+        release = Event(f"{slot}/release", state.run_id, state.workflow, now_ms, ev.Release(name, key, slot))
+        fx.keyed.append((admit_routing(name, key), release))
 
     @staticmethod
     def _command(state: st.RunState, step: st.StepRecord, now_ms: int, cancel: bool = False) -> StepCommand:
@@ -705,9 +750,14 @@ class Decider:
 
     def _park(self, state: st.RunState, fx: Effects, kind: str, reason: str, now_ms: int) -> None:
         state.status = st.PARKED
-        state.error_type, state.error_message = kind, reason
         self._record(state, fx, ev.RunParked(kind, reason), now_ms)
-        self._ended(state, fx, now_ms)
+        if state.ending:
+            # Parked while compensating: the run keeps the error it is ending with (reported once the
+            # compensations are done); the reason for parking goes to whoever is waiting now.
+            fx.outcomes.append(replace(_outcome(state, now_ms), error_type=kind, error_message=reason))
+        else:
+            state.error_type, state.error_message = kind, reason
+            self._ended(state, fx, now_ms)
         self.cache.evict(state.run_id)
 
     @staticmethod

@@ -235,7 +235,9 @@ def _apply_compensation_started(state: st.RunState, b: ev.CompensationStarted, t
 
 
 def _apply_run_parked(state: st.RunState, b: ev.RunParked, ts: int) -> None:
-    state.status, state.error_type, state.error_message = st.PARKED, b.kind, b.reason
+    state.status = st.PARKED
+    if not state.ending:  # a run parked while compensating keeps the error it is ending with
+        state.error_type, state.error_message = b.kind, b.reason
 
 
 def _apply_run_resumed(state: st.RunState, b: ev.RunResumed, ts: int) -> None:

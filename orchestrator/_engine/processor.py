@@ -454,6 +454,8 @@ class Processor:
             self._producer.produce(
                 self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p
             )
+        for queue, run_id, command in fx.commands:  # step attempts the admission stage let through
+            self._producer.produce(topology.tasks_topic(self.app.name, queue), command, run_id.encode())
 
     def _to_inbox(self, event: Event) -> None:
         assert self._producer is not None

@@ -44,11 +44,12 @@ class RouterEffects:
     inbox: list[Event] = field(default_factory=list)
     keyed: list[tuple[str, Event]] = field(default_factory=list)
     outcomes: list[RunOutcome] = field(default_factory=list)
+    commands: list[tuple[str, str, bytes]] = field(default_factory=list)  # (queue, run id, StepCommand)
     ignored: str = ""
 
     @classmethod
     def of(cls, fx: AdmissionEffects) -> RouterEffects:
-        return cls(inbox=fx.inbox, keyed=fx.keyed, outcomes=fx.outcomes)
+        return cls(inbox=fx.inbox, keyed=fx.keyed, outcomes=fx.outcomes, commands=fx.commands)
 
 
 def _sub_prefix(rk: str) -> bytes:

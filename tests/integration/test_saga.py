@@ -61,3 +61,55 @@ async def test_failing_step_4_compensates_3_2_1_once_across_a_kill(
     kinds = [e.kind for e in events]
     assert "CompensationStarted" in kinds and kinds[-1] == "RunFailed"
     assert audit.compare(audit.rebuild(audit.history_events(app)), audit.live_states(app)) == []
+
+
+async def test_a_compensation_that_keeps_failing_parks_the_run(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    from engine_support import ProcessorThread, WorkerThread
+
+    from orchestrator import RetryPolicy, TerminalError, WorkflowContext
+
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+    fixed = {"refund": False}
+    undone: list[str] = []
+
+    @app.step
+    async def charge(order: str) -> str:
+        return f"ch-{order}"
+
+    @app.step(retry=RetryPolicy(max_attempts=2, initial_interval="10ms"))
+    async def refund(order: str) -> None:
+        if not fixed["refund"]:
+            raise ConnectionError("payment provider down")
+        undone.append(order)
+
+    @app.step
+    async def ship(order: str) -> None:
+        raise TerminalError("no courier")
+
+    @app.workflow
+    async def order_flow(ctx: WorkflowContext, order: str) -> None:
+        await ctx.step(charge, order, compensate=refund)
+        await ctx.step(ship, order)
+
+    proc, worker = ProcessorThread(app, tmp_path), WorkerThread(app)
+    try:
+        async with app.client() as client:
+            handle = await client.start(order_flow, "o1", run_id="o1")
+            with pytest.raises(RunFailedError) as parked:
+                await handle.result(timeout=60)
+            assert parked.value.status == "parked" and parked.value.error_type == "compensation_failed"
+            assert "refund" in parked.value.message and "payment provider down" in parked.value.message
+            fixed["refund"] = True
+            await client.resume("o1")
+            while (desc := await client.describe("o1")) is None or desc.status == "parked":
+                await asyncio.sleep(0.2)
+            with pytest.raises(RunFailedError) as failed:
+                await client.get_handle("o1").result(timeout=60)
+    finally:
+        worker.stop()
+        proc.stop()
+    assert failed.value.status == "failed" and "no courier" in failed.value.message
+    assert undone == ["o1"]
+    assert audit.compare(audit.rebuild(audit.history_events(app)), audit.live_states(app)) == []
