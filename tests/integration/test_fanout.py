@@ -26,9 +26,14 @@ async def test_fanout_of_1000_with_50_in_flight_survives_sigkill(
     proc = EngineProcess(
         "processor", APP_SPEC, env, "--instance-id", "f0", "--state-dir", str(tmp_path / "s"), log=log
     )
+    # A second instance shares the partitions (the issue asks for two).
+    other = EngineProcess(
+        "processor", APP_SPEC, env, "--instance-id", "f1", "--state-dir", str(tmp_path / "s1"), log=log
+    )
     work = EngineProcess("worker", APP_SPEC, env, "--concurrency", "200", log=log)
     app = App(unique_name, settings=settings(kafka_bootstrap))
     proc.start()
+    other.start()
     work.start()
     try:
         async with app.client() as client:
@@ -41,6 +46,7 @@ async def test_fanout_of_1000_with_50_in_flight_survives_sigkill(
             result = await handle.result(timeout=300)
     finally:
         proc.terminate()
+        other.terminate()
         work.terminate()
     assert result == [2 * i for i in range(1000)]  # fan-in in input order
     lines = [line.split() for line in side.read_text().splitlines()]

@@ -90,7 +90,8 @@ async def test_rate_limit_debounce_and_priority(
     async def search(ctx: WorkflowContext, event: dict) -> None:  # type: ignore[type-arg]
         await ctx.step(handle_search, event["i"])
 
-    proc, worker = ProcessorThread(app, tmp_path), WorkerThread(app, concurrency=100)
+    proc, proc2 = ProcessorThread(app, tmp_path, "a"), ProcessorThread(app, tmp_path, "b")
+    worker = WorkerThread(app, concurrency=100)
     try:
         async with app.client() as client:
             # Rate: 40 starts at once, at most 10 per second.
@@ -113,6 +114,7 @@ async def test_rate_limit_debounce_and_priority(
     finally:
         worker.stop()
         proc.stop()
+        proc2.stop()
     stamps.sort()
     assert len(stamps) == 40
     # The stage admits at most 10 per sliding second. Starts are recorded when the run's partition takes

@@ -28,9 +28,14 @@ async def test_failing_step_4_compensates_3_2_1_once_across_a_kill(
     proc = EngineProcess(
         "processor", APP_SPEC, env, "--instance-id", "g0", "--state-dir", str(tmp_path / "s"), log=log
     )
+    # A second instance shares the partitions (the issue asks for two).
+    other = EngineProcess(
+        "processor", APP_SPEC, env, "--instance-id", "g1", "--state-dir", str(tmp_path / "s1"), log=log
+    )
     work = EngineProcess("worker", APP_SPEC, env, log=log)
     app = App(unique_name, settings=settings(kafka_bootstrap))
     proc.start()
+    other.start()
     work.start()
     try:
         async with app.client() as client:
@@ -46,6 +51,7 @@ async def test_failing_step_4_compensates_3_2_1_once_across_a_kill(
                 assert info.value.status == "failed" and "card declined" in info.value.message
     finally:
         proc.terminate()
+        other.terminate()
         work.terminate()
     for i in range(5):
         done = [line.split()[1] for line in side.read_text().splitlines() if line.startswith(f"s{i} ")]
