@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from orchestrator import topology
 from orchestrator._engine import kafka
@@ -97,6 +105,7 @@ class Processor:
         self._running = False
         self._changelog_offsets: dict[tuple[str, int], int] = {}
         self._consumer: Consumer | None = None
+        self._fatal: Any = None
         self._producer: Producer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -118,7 +127,10 @@ class Processor:
                 f"{self.app.name}.processors",
                 # Static membership: a restarted instance takes its partitions back at once instead of
                 # waiting for its dead predecessor's session to time out.
-                **{"group.instance.id": f"processor-{self.config.instance_id}"},
+                **{
+                    "group.instance.id": f"processor-{self.config.instance_id}",
+                    "error_cb": self._on_client_error,
+                },
                 **self.config.consumer_overrides,
             )
         )
@@ -138,6 +150,11 @@ class Processor:
 
     def stop(self) -> None:
         self._running = False
+
+    def _on_client_error(self, err: Any) -> None:
+        """librdkafka's error callback: a fatal consumer error (e.g. fenced static member) stops the loop."""
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            self._fatal = err
 
     def _register_schedules(self) -> None:
         """Declare the app's schedules to the keyed stage (idempotent: unchanged schedules are kept)."""
@@ -206,9 +223,14 @@ class Processor:
             msgs.append(first)
             if self.config.max_batch > 1:
                 msgs.extend(self._consumer.consume(self.config.max_batch - 1, 0))
+        if self._fatal is not None:
+            raise ProcessorFencedError(
+                f"processor {self.config.instance_id}: fatal consumer error ({self._fatal.str()}); another "
+                "instance with the same id took its place. Stopping."
+            )
         for msg in msgs:
             err = msg.error()
-            if err is not None and err.fatal():
+            if err is not None and (err.fatal() or err.code() == KafkaError._FATAL):
                 raise ProcessorFencedError(
                     f"processor {self.config.instance_id}: fatal consumer error ({err.str()}); another "
                     "instance with the same id took its place. Stopping."
