@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from orchestrator import topology
-from orchestrator._engine import kafka
+from orchestrator._engine import audit, kafka
 from orchestrator._engine.admission import admit_routing, idempotency_routing
 from orchestrator._engine.events import (
     AdmitRequest,
@@ -36,8 +36,7 @@ from orchestrator._engine.events import (
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import RunOutcome, decode_outcome
-from orchestrator._engine.state import COMPLETED, PARKED, TERMINAL, RunState, decode_state
-from orchestrator._engine.store import RUN_PREFIX, run_key
+from orchestrator._engine.state import COMPLETED, PARKED, TERMINAL, RunState
 from orchestrator.app import App
 from orchestrator.errors import OrchestratorError, RunFailedError, RunTimeoutError, SchemaError
 from orchestrator.triggers import extract
@@ -342,32 +341,14 @@ class Client:
         return await asyncio.to_thread(self._list_runs, workflow, status)
 
     def _read_state(self, run_id: str) -> RunState | None:
-        key = run_key(run_id)
-        p = partition_for(run_id, self.app.settings.partitions)
-        last: bytes | None = None
-        found = False
-        for msg in read_partitions(self._bootstrap, topology.changelog_topic(self.app.name), [p]):
-            if msg.key() == key:
-                last, found = msg.value(), True
-        return decode_state(last) if found and last is not None else None
+        return audit.live_state(self.app, run_id)
 
     def _list_runs(self, workflow: str | None, status: str | None) -> list[RunDescription]:
-        latest: dict[bytes, bytes | None] = {}
-        topic = topology.changelog_topic(self.app.name)
-        for msg in read_partitions(self._bootstrap, topic, list(range(self.app.settings.partitions))):
-            key = msg.key()
-            if key is not None and key.startswith(RUN_PREFIX):
-                latest[key] = msg.value()
-        runs = []
-        for value in latest.values():
-            if value is None:
-                continue
-            try:
-                s = decode_state(value)
-            except SchemaError:
-                continue
-            if (workflow is None or s.workflow == workflow) and (status is None or s.status == status):
-                runs.append(RunDescription.from_state(s))
+        runs = [
+            RunDescription.from_state(s)
+            for s in audit.live_states(self.app).values()
+            if (workflow is None or s.workflow == workflow) and (status is None or s.status == status)
+        ]
         runs.sort(key=lambda r: r.created)
         return runs
 

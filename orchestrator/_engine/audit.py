@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import fastavro
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from orchestrator import topology
-from orchestrator._engine import kafka, wire
+from orchestrator._engine import wire
 from orchestrator._engine.events import Event, decode_event, to_record
 from orchestrator._engine.fold import apply
 from orchestrator._engine.partitioning import partition_for
@@ -49,7 +48,7 @@ def history_events(
         if state is not None:
             since_ms = state.created_ms if since_ms is None else max(since_ms, state.created_ms)
     count = 0
-    for msg in _read(app.settings.bootstrap_servers, topic, partitions, since_ms):
+    for msg in read_partitions(app.settings.bootstrap_servers, topic, partitions, since_ms=since_ms):
         if run_id is not None and msg.key() != run_id.encode():
             continue
         event = decode_event(msg.value())
@@ -57,36 +56,6 @@ def history_events(
         if progress is not None and count % 1000 == 0:
             progress(count)
         yield event
-
-
-def _read(bootstrap: str, topic: str, partitions: list[int], since_ms: int | None) -> Iterator[Any]:
-    if since_ms is None:
-        yield from read_partitions(bootstrap, topic, partitions)
-        return
-    consumer = Consumer(kafka.reader_config(bootstrap))
-    try:
-        wanted = [TopicPartition(topic, p, since_ms) for p in partitions]
-        starts = consumer.offsets_for_times(wanted, timeout=30)
-        assignment = []
-        for tp in starts:
-            _, high = kafka.watermarks(consumer, TopicPartition(topic, tp.partition))
-            if tp.offset >= 0 and tp.offset < high:
-                assignment.append(TopicPartition(topic, tp.partition, tp.offset))
-        if not assignment:
-            return
-        consumer.assign(assignment)
-        pending = {tp.partition for tp in assignment}
-        while pending:
-            for msg in consumer.consume(10_000, timeout=1.0):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                        continue
-                    raise KafkaException(err)
-                yield msg
-    finally:
-        consumer.close()
 
 
 def live_state(app: App, run_id: str) -> RunState | None:

@@ -15,18 +15,24 @@ from orchestrator._engine import kafka
 
 
 def read_partitions(
-    bootstrap: str, topic: str, partitions: list[int], timeout: float = 30.0
+    bootstrap: str, topic: str, partitions: list[int], timeout: float = 30.0, since_ms: int | None = None
 ) -> Iterator[Message]:
-    """Every committed record of ``partitions`` of ``topic`` from the beginning to the current end."""
+    """Every committed record of ``partitions`` of ``topic``, from the beginning (or from the first record
+    at or after ``since_ms``, found through Kafka's time index) to the current end."""
     consumer = Consumer(kafka.reader_config(bootstrap, **{"fetch.max.bytes": 52_428_800}))
     try:
+        starts: dict[int, int] = {}
+        if since_ms is not None:
+            wanted = [TopicPartition(topic, p, since_ms) for p in partitions]
+            starts = {tp.partition: tp.offset for tp in consumer.offsets_for_times(wanted, timeout=timeout)}
         pending = set()
         tps = []
         for p in partitions:
             low, high = kafka.watermarks(consumer, TopicPartition(topic, p), timeout)
-            if high > low:
+            start = starts.get(p, OFFSET_BEGINNING)
+            if high > low and (since_ms is None or 0 <= start < high):
                 pending.add(p)
-                tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+                tps.append(TopicPartition(topic, p, start))
         if not tps:
             return
         consumer.assign(tps)
