@@ -23,6 +23,24 @@ from orchestrator.topology import history_topic
 REPO = Path(__file__).resolve().parents[2]
 
 
+APP_SPEC = "tests.integration.apps.crash_app:app"
+"""The app the child-process tests run (``tests/integration/apps/crash_app.py``)."""
+
+
+def child_env(name: str, bootstrap: str, tmp: Path) -> dict[str, str]:
+    """Environment of a child processor/worker running ``APP_SPEC`` as app ``name``.
+
+    Steps log each execution to ``tmp/executions.log``; the ``gate`` step waits for ``tmp/gate``.
+    """
+    return {
+        "CRASH_APP_NAME": name,
+        "CRASH_SIDE_FILE": str(tmp / "executions.log"),
+        "CRASH_GATE_FILE": str(tmp / "gate"),
+        "ORCHESTRATOR_BOOTSTRAP_SERVERS": bootstrap,
+        "ORCHESTRATOR_PARTITIONS": "4",
+    }
+
+
 def settings(bootstrap: str, partitions: int = 4) -> Settings:
     return Settings(bootstrap_servers=bootstrap, partitions=partitions)
 

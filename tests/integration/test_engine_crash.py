@@ -13,22 +13,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from engine_support import EngineProcess, history, settings
+from engine_support import APP_SPEC, EngineProcess, child_env, history, settings
 
 from orchestrator import App
 from orchestrator._engine import events as ev
 
-APP_SPEC = "tests.integration.apps.crash_app:app"
 EXPECTED = 11111  # five() adds 1 + 10 + 100 + 1000 + 10000
-
-
-def _env(name: str, bootstrap: str, side: Path) -> dict[str, str]:
-    return {
-        "CRASH_APP_NAME": name,
-        "CRASH_SIDE_FILE": str(side),
-        "ORCHESTRATOR_BOOTSTRAP_SERVERS": bootstrap,
-        "ORCHESTRATOR_PARTITIONS": "4",
-    }
 
 
 def _executions(side: Path) -> dict[tuple[str, int], list[tuple[int, int, float]]]:
@@ -43,7 +33,7 @@ async def test_sigkill_processor_and_worker_repeatedly(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     side = tmp_path / "executions.log"
-    env = _env(unique_name, kafka_bootstrap, side)
+    env = child_env(unique_name, kafka_bootstrap, tmp_path)
     log = tmp_path / "engine.log"
     proc = EngineProcess(
         "processor",

@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 from confluent_kafka import Producer
-from engine_support import EngineProcess, ProcessorThread, WorkerThread, history, settings
+from engine_support import (
+    APP_SPEC,
+    EngineProcess,
+    ProcessorThread,
+    WorkerThread,
+    child_env,
+    history,
+    settings,
+)
 
 from orchestrator import App, ProcessorFencedError, RunFailedError, WorkflowContext
 from orchestrator._engine.events import Event, StartRun, StepCompleted, encode_event
@@ -17,18 +25,6 @@ from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import decode_dead_letter
 from orchestrator.topology import dlq_topic, inbox_topic, tasks_topic
-
-APP_SPEC = "tests.integration.apps.crash_app:app"
-
-
-def _env(name: str, bootstrap: str, tmp: Path) -> dict[str, str]:
-    return {
-        "CRASH_APP_NAME": name,
-        "CRASH_SIDE_FILE": str(tmp / "executions.log"),
-        "CRASH_GATE_FILE": str(tmp / "gate"),
-        "ORCHESTRATOR_BOOTSTRAP_SERVERS": bootstrap,
-        "ORCHESTRATOR_PARTITIONS": "4",
-    }
 
 
 async def _wait_for(predicate, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
@@ -45,7 +41,7 @@ def _lines(path: Path) -> list[str]:
 async def test_deleted_store_is_restored_from_changelog(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    env = _env(unique_name, kafka_bootstrap, tmp_path)
+    env = child_env(unique_name, kafka_bootstrap, tmp_path)
     state = tmp_path / "state"
     log = tmp_path / "engine.log"
     proc = EngineProcess(
@@ -80,7 +76,7 @@ async def test_deleted_store_is_restored_from_changelog(
 async def test_failover_between_two_processors(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    env = _env(unique_name, kafka_bootstrap, tmp_path)
+    env = child_env(unique_name, kafka_bootstrap, tmp_path)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     state = str(tmp_path / "state")
     a = EngineProcess("processor", APP_SPEC, env, "--instance-id", "fa", "--state-dir", state, log=log_a)

@@ -7,26 +7,23 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_support import EngineProcess, ProcessorThread, WorkerThread, history, settings
+from engine_support import (
+    APP_SPEC,
+    EngineProcess,
+    ProcessorThread,
+    WorkerThread,
+    child_env,
+    history,
+    settings,
+)
 
 from orchestrator import App, RunFailedError, WorkflowContext
-
-APP_SPEC = "tests.integration.apps.crash_app:app"
-
-
-def _env(name: str, bootstrap: str, tmp: Path) -> dict[str, str]:
-    return {
-        "CRASH_APP_NAME": name,
-        "CRASH_SIDE_FILE": str(tmp / "executions.log"),
-        "ORCHESTRATOR_BOOTSTRAP_SERVERS": bootstrap,
-        "ORCHESTRATOR_PARTITIONS": "4",
-    }
 
 
 async def test_sleep_survives_processor_sigkill(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    env = _env(unique_name, kafka_bootstrap, tmp_path)
+    env = child_env(unique_name, kafka_bootstrap, tmp_path)
     log = tmp_path / "engine.log"
     proc = EngineProcess(
         "processor", APP_SPEC, env, "--instance-id", "s0", "--state-dir", str(tmp_path / "s"), log=log
@@ -153,7 +150,7 @@ async def test_cancel_in_each_state(
 async def test_step_timeout_retries_after_worker_sigkill(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    env = _env(unique_name, kafka_bootstrap, tmp_path)
+    env = child_env(unique_name, kafka_bootstrap, tmp_path)
     log = tmp_path / "engine.log"
     proc = EngineProcess(
         "processor", APP_SPEC, env, "--instance-id", "t0", "--state-dir", str(tmp_path / "s"), log=log

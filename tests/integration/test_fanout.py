@@ -5,23 +5,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from engine_support import EngineProcess, history, settings
+from engine_support import APP_SPEC, EngineProcess, child_env, history, settings
 
 from orchestrator import App
-
-APP_SPEC = "tests.integration.apps.crash_app:app"
 
 
 async def test_fanout_of_1000_with_50_in_flight_survives_sigkill(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     side = tmp_path / "executions.log"
-    env = {
-        "CRASH_APP_NAME": unique_name,
-        "CRASH_SIDE_FILE": str(side),
-        "ORCHESTRATOR_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ORCHESTRATOR_PARTITIONS": "4",
-    }
+    env = child_env(unique_name, kafka_bootstrap, tmp_path)
     log = tmp_path / "engine.log"
     proc = EngineProcess(
         "processor", APP_SPEC, env, "--instance-id", "f0", "--state-dir", str(tmp_path / "s"), log=log

@@ -6,24 +6,17 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from engine_support import EngineProcess, history, settings
+from engine_support import APP_SPEC, EngineProcess, child_env, history, settings
 
 from orchestrator import App, RunFailedError
 from orchestrator._engine import audit
-
-APP_SPEC = "tests.integration.apps.crash_app:app"
 
 
 async def test_failing_step_4_compensates_3_2_1_once_across_a_kill(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     side = tmp_path / "executions.log"
-    env = {
-        "CRASH_APP_NAME": unique_name,
-        "CRASH_SIDE_FILE": str(side),
-        "ORCHESTRATOR_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ORCHESTRATOR_PARTITIONS": "4",
-    }
+    env = child_env(unique_name, kafka_bootstrap, tmp_path)
     log = tmp_path / "engine.log"
     proc = EngineProcess(
         "processor", APP_SPEC, env, "--instance-id", "g0", "--state-dir", str(tmp_path / "s"), log=log
