@@ -175,6 +175,13 @@ class Ours:
                     out[child.name] += t.user + t.system
                 except psutil.Error:
                     pass
+        out["broker"] = 0.0
+        for pid in self.broker_pids():
+            try:
+                t = psutil.Process(pid).cpu_times()
+                out["broker"] += t.user + t.system
+            except psutil.Error:
+                pass
         return out
 
     def load(
@@ -266,6 +273,9 @@ class Ours:
             },
             "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()},
         }
+        # the driver process's CPU over its whole life (start-up included): the load generator's share
+        driver_cpu = max((r.get("driver_cpu_s", 0.0) for r in results), default=0.0)
+        cost["cpu_ms_per_run"]["driver"] = round(driver_cpu * 1000 / runs, 2)
         cost["records_per_run"]["total"] = round(sum(cost["records_per_run"].values()), 2)
         cost["bytes_per_run"]["total"] = sum(cost["bytes_per_run"].values())
         return results, cost

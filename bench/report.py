@@ -200,6 +200,8 @@ def costs(data: dict[str, Any]) -> list[str]:
                 c["rocksdb_bytes_delta_per_run"],
                 c["cpu_ms_per_run"]["processor"],
                 c["cpu_ms_per_run"]["worker"],
+                c["cpu_ms_per_run"].get("broker", "-"),
+                c["cpu_ms_per_run"].get("driver", "-"),
                 c["peak_rss_mb"]["processor"],
                 c["peak_rss_mb"]["worker"],
             ]
@@ -212,6 +214,8 @@ def costs(data: dict[str, Any]) -> list[str]:
             "RocksDB B (delta)",
             "processor CPU ms",
             "worker CPU ms",
+            "broker CPU ms",
+            "load driver CPU ms",
             "processor RSS MB",
             "worker RSS MB",
         ],

@@ -365,7 +365,11 @@ class _OutcomeWatcher:
     """Tails the outcomes topic from where it stood when created, settling the futures of awaited runs."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        self._consumer = Consumer(kafka.reader_config(bootstrap, **{"enable.partition.eof": False}))
+        self._consumer = Consumer(
+            kafka.reader_config(
+                bootstrap, **{"enable.partition.eof": False, "fetch.wait.max.ms": kafka.TAIL_FETCH_WAIT_MS}
+            )
+        )
         tps = []
         for p in range(partitions):
             _, high = kafka.watermarks(self._consumer, TopicPartition(topic, p))

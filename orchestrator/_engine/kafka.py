@@ -17,6 +17,15 @@ from orchestrator import topology
 from orchestrator.app import App
 
 
+# How long the broker may hold a fetch that has nothing new for a tailing consumer. The broker answers a held
+# fetch as soon as records (or, for read_committed, a transaction marker) arrive, so this costs no latency;
+# a short value only makes every idle consumer re-ask ~100 times a second. Measured (bench, one processor,
+# one worker, 5-step runs): 10 ms kept the idle broker at 0.20 cores (0.02 with 500 ms), and at 256 callers
+# gave 297 runs/s against 464 with 500 ms. Readers that must notice the end of a partition (restore, replay)
+# keep a short wait: they get their end-of-partition answer only when a fetch returns.
+TAIL_FETCH_WAIT_MS = 500
+
+
 def base(bootstrap: str) -> dict[str, Any]:
     return {"bootstrap.servers": bootstrap, "client.dns.lookup": "use_all_dns_ips"}
 
@@ -29,7 +38,7 @@ def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
-        "fetch.wait.max.ms": 10,
+        "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS,
         "partition.assignment.strategy": "cooperative-sticky",
     }
     conf.update(extra)
