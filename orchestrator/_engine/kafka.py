@@ -16,7 +16,6 @@ from confluent_kafka.admin import AdminClient
 from orchestrator import topology
 from orchestrator.app import App
 
-
 # How long the broker may hold a fetch that has nothing new for a tailing consumer. The broker answers a held
 # fetch as soon as records (or, for read_committed, a transaction marker) arrive, so this costs no latency;
 # a short value only makes every idle consumer re-ask ~100 times a second. Measured (bench, one processor,
