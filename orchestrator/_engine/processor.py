@@ -38,6 +38,7 @@ from orchestrator._engine.restore import restore
 from orchestrator._engine.router import Router, RouterEffects
 from orchestrator._engine.sources import SourceError, translate
 from orchestrator._engine.state import RunState, decode_state, encode_state
+from orchestrator._engine.state_cache import StateCache
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
 from orchestrator.app import App
 from orchestrator.errors import ProcessorFencedError, SchemaError
@@ -55,7 +56,7 @@ class ProcessorConfig:
         state_dir: where this instance keeps its partition stores.
         max_batch: most inbox records per transaction (the throughput lever).
         max_wait_ms: longest idle wait before checking timers again (bounds timer lateness).
-        cache_size: live workflow instances kept in memory.
+        cache_size: live workflow instances, and decoded run states, kept in memory.
         timer_batch: most timers fired per transaction.
     """
 
@@ -97,6 +98,7 @@ class Processor:
         self.sources = sorted(app.source_topics)
         self.state_dir = (self.config.state_dir or s.state_dir) / app.name / self.config.instance_id
         self.cache = InstanceCache(self.config.cache_size)
+        self.states = StateCache(self.config.cache_size)
         self.decider = Decider(app, self.cache)
         self.router = Router(app)
         self.stores: dict[int, PartitionStore] = {}  # run stores, by inbox partition
@@ -179,6 +181,7 @@ class Processor:
                 store.close()
             stores.clear()
         self.cache.clear()
+        self.states.clear()
         log.info("processor %s stopped: %s", self.config.instance_id, self.stats)
 
     # -- rebalance ----------------------------------------------------------------------------------------
@@ -204,6 +207,7 @@ class Processor:
             if store is not None:
                 store.close()
         self.cache.clear()
+        self.states.clear()
         log.info("revoked partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def _store_sets(self) -> list[tuple[str, str, dict[int, PartitionStore]]]:
@@ -325,6 +329,7 @@ class Processor:
                 store.discard()
         self._changelog_offsets.clear()
         self.cache.clear()
+        self.states.clear()
         self._rewind()
 
     def _rewind(self) -> None:
@@ -362,6 +367,7 @@ class Processor:
         except Exception as exc:
             log.exception("internal error on %s", event.kind)
             self.cache.evict(event.run_id)
+            self.states.evict(event.run_id)  # it may be half-changed: the store has its last good bytes
             self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
             return
         if fx.dead_letter:
@@ -371,6 +377,8 @@ class Processor:
             log.debug("ignored %s for %s: %s", event.kind, event.run_id, fx.ignored)
         if new_state is not None and fx.history:  # every state change is recorded as history
             self._save(store, new_state, old_timers)
+        else:  # nothing recorded, so nothing may have changed: re-read the store's bytes next time
+            self.states.evict(event.run_id)
         self._emit(p, fx)
 
     def _handle_keyed(self, msg: Message, now_ms: int) -> None:
@@ -413,6 +421,7 @@ class Processor:
         except Exception:
             log.exception("internal error firing timer %s of %s; dropping the timer", tag, run_id)
             self.cache.evict(run_id)
+            self.states.evict(run_id)
             store.delete(key)
             return
         self.stats.timers += 1
@@ -434,14 +443,23 @@ class Processor:
         self.stats.timers += 1
         self._emit_routed(fx)
 
-    @staticmethod
-    def _load(store: PartitionStore, run_id: str) -> RunState | None:
+    def _load(self, store: PartitionStore, run_id: str) -> RunState | None:
+        state = self.states.get(run_id)
+        if state is not None:
+            return state
         raw = store.get(run_key(run_id))
-        return decode_state(raw) if raw is not None else None
+        if raw is None:
+            return None
+        state = decode_state(raw)
+        self.states.put(state)
+        return state
 
-    @staticmethod
-    def _save(store: PartitionStore, state: RunState, old_timers: set[tuple[int, str]]) -> None:
+    def _save(self, store: PartitionStore, state: RunState, old_timers: set[tuple[int, str]]) -> None:
         store.put(run_key(state.run_id), encode_state(state))
+        if state.terminal:  # ended runs are rarely touched again: keep room for live ones
+            self.states.evict(state.run_id)
+        else:
+            self.states.put(state)
         new_timers = timers_of(state)
         for due, tag in old_timers - new_timers:
             store.delete(timer_key(due, state.run_id, tag))

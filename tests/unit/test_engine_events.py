@@ -37,11 +37,13 @@ from orchestrator._engine.records import (
 )
 from orchestrator._engine.state import (
     AttemptRecord,
+    BufferedSignal,
     Resolution,
     RunState,
     StepRecord,
     decode_state,
     encode_state,
+    state_record,
 )
 from orchestrator.errors import SchemaError
 
@@ -235,6 +237,38 @@ def test_empty_run_state_round_trip() -> None:
     assert decoded == state
     assert decoded.steps == [] and decoded.resolutions == []
     assert not decoded.terminal
+
+
+def _many_steps_state() -> RunState:
+    state = _state()
+    state.signals = [BufferedSignal("approved", "k", b"{}", 77, "crm")]
+    state.steps += [
+        StepRecord(i, f"s{i}", "default", "completed", 1, b"[]", 10 * i, b"1") for i in range(3, 200)
+    ]
+    return state
+
+
+@pytest.mark.parametrize(
+    "state",
+    [_state(), RunState("r", "wf", "running", b"", 0, 0), _many_steps_state()],
+    ids=["steps", "empty", "200-steps-and-signals"],
+)
+def test_encode_state_writes_exactly_what_plain_avro_writes(state: RunState) -> None:
+    # The spliced encoding (cached step bytes) must be byte-identical to encoding the record in one go.
+    assert encode_state(state) == wire.encode(wire.RUN_STATE, state_record(state))
+    assert encode_state(state) == wire.encode(wire.RUN_STATE, state_record(state))  # from the step cache
+
+
+def test_encode_state_sees_steps_changed_in_place() -> None:
+    state = _state()
+    decode_state(encode_state(state))
+    step = state.steps[1]
+    step.status, step.attempt = "completed", 3
+    step.attempts.append(AttemptRecord(3, 3004, 3005, worker="w3"))
+    step.result = b"42"
+    assert decode_state(encode_state(state)) == state
+    step.attempts[0].message = "changed"
+    assert decode_state(encode_state(state)) == state
 
 
 def test_run_state_helpers() -> None:
