@@ -132,6 +132,11 @@ class Processor:
                 **{
                     "group.instance.id": f"processor-{self.config.instance_id}",
                     "error_cb": self._on_client_error,
+                    # Range assigns each topic's partitions on its own, so every instance gets its share of
+                    # the inbox. cooperative-sticky balances the total count across topics: with two
+                    # instances one took all four inbox partitions and the other only the keyed ones
+                    # (measured: a second processor added nothing). Co-partitioned inputs need range.
+                    "partition.assignment.strategy": "range",
                 },
                 **self.config.consumer_overrides,
             )

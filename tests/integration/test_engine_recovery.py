@@ -73,6 +73,12 @@ async def test_deleted_store_is_restored_from_changelog(
         assert kinds.count("StepCompleted") == 3 and kinds.count("RunCompleted") == 1, (run_id, kinds)
 
 
+def _owns_inbox(log: Path) -> bool:
+    """Whether the latest assignment (the last "assigned partitions" line of its log) has inbox partitions."""
+    lines = [line for line in log.read_text().splitlines() if "assigned partitions" in line]
+    return bool(lines) and ".inbox'" in lines[-1]
+
+
 async def test_failover_between_two_processors(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
@@ -87,9 +93,9 @@ async def test_failover_between_two_processors(
     b.start()
     work.start()
     try:
-        await _wait_for(
-            lambda: "assigned partitions" in log_a.read_text() and "assigned" in log_b.read_text()
-        )
+        # Each instance must own inbox partitions (not one all of the inbox, the other only the keyed
+        # stage's partitions): that is what makes a second processor share the work.
+        await _wait_for(lambda: _owns_inbox(log_a) and _owns_inbox(log_b))
         async with app.client() as client:
             handles = [await client.start("gated", i, run_id=f"f{i}") for i in range(40)]
             await _wait_for(lambda: len(_lines(tmp_path / "executions.log")) >= 40)
