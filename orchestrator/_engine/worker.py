@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import itertools
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +78,12 @@ class Worker:
         self.inbox = topology.inbox_topic(app.name)
         self.stats = WorkerStats()
         self._tracker = OffsetTracker()
+        # Results Kafka has acknowledged, appended by librdkafka's delivery callbacks (producer poll thread)
+        # and folded into the tracker before each commit: no event-loop wake-up per result.
+        self._delivered: deque[tuple[str, int, int]] = deque()
+        # Unique event ids without a uuid4 per result: a random prefix for this process, then a counter.
+        self._id_prefix = uuid.uuid4().hex[:8]
+        self._ids = itertools.count()
         self._running: dict[tuple[str, int, int], tuple[StepInfo, asyncio.Future[Any] | None]] = {}
         self._stop = threading.Event()
 
@@ -140,6 +148,8 @@ class Worker:
 
     # -- consumer-thread helpers --------------------------------------------------------------------------
     def _commit(self, consumer: Consumer) -> None:
+        while self._delivered:
+            self._tracker.finished(*self._delivered.popleft())
         offsets = self._tracker.committable()
         if not offsets:
             return
@@ -169,7 +179,7 @@ class Worker:
 
         def delivered(err: Any, _msg: Message) -> None:
             if err is None:
-                loop.call_soon_threadsafe(self._tracker.finished, topic, partition, offset)
+                self._delivered.append((topic, partition, offset))
             else:
                 log.error(
                     "result of %s[%d]@%d not delivered: %s; the step will run again",
@@ -208,7 +218,7 @@ class Worker:
         self.stats.started += 1
         if cmd.report_start:
             started = Event(
-                event_id=f"{cmd.idempotency_key}/{cmd.attempt}/started/{uuid.uuid4().hex[:8]}",
+                event_id=f"{cmd.idempotency_key}/{cmd.attempt}/started/{self._event_suffix()}",
                 run_id=cmd.run_id,
                 workflow=cmd.workflow,
                 timestamp_ms=_now_ms(),
@@ -217,13 +227,16 @@ class Worker:
             self._to_inbox(producer, started, None)
         body = await self._run_step(cmd, loop, pool)
         event = Event(
-            event_id=f"{cmd.idempotency_key}/{cmd.attempt}/{uuid.uuid4().hex[:8]}",
+            event_id=f"{cmd.idempotency_key}/{cmd.attempt}/{self._event_suffix()}",
             run_id=cmd.run_id,
             workflow=cmd.workflow,
             timestamp_ms=_now_ms(),
             body=body,
         )
         self._to_inbox(producer, event, delivered)
+
+    def _event_suffix(self) -> str:
+        return f"{self._id_prefix}{next(self._ids)}"
 
     def _to_inbox(self, producer: Producer, event: Event, on_delivery: Any) -> None:
         kwargs = {"on_delivery": on_delivery} if on_delivery is not None else {}
