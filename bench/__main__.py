@@ -47,6 +47,9 @@ def main() -> None:
         help="experiment: librdkafka producer setting for the processor (runs bench.processor_main)",
     )
     r.add_argument("--max-batch", type=int, default=500)
+    r.add_argument(
+        "--batch-linger-ms", type=int, default=0, help="processor: wait for more records before a transaction"
+    )
     r.add_argument("--worker-concurrency", type=int, default=64)
     r.add_argument("--write-markdown", action="store_true", help="rewrite the tables in BENCHMARKS.md")
     r.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data) afterwards")
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> None:
             "levels": args.levels,
             "partitions": args.partitions,
             "max_batch": args.max_batch,
+            "batch_linger_ms": args.batch_linger_ms,
             "worker_concurrency": args.worker_concurrency,
             "processors": args.processors,
             "processor_set": args.processor_set,
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> None:
             work / "ours",
             partitions=args.partitions,
             max_batch=args.max_batch,
+            batch_linger_ms=args.batch_linger_ms,
             worker_concurrency=args.worker_concurrency,
             processors=args.processors,
             processor_set=args.processor_set,

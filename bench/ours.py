@@ -29,6 +29,7 @@ class Ours:
         partitions: int,
         max_batch: int,
         worker_concurrency: int,
+        batch_linger_ms: int = 0,
         processors: int = 1,
         processor_set: list[str] | None = None,
     ) -> None:
@@ -40,6 +41,7 @@ class Ours:
         self.state_dir = work / "state"
         self.partitions = partitions
         self.max_batch = max_batch
+        self.batch_linger_ms = batch_linger_ms
         self.worker_concurrency = worker_concurrency
         self.port = 0
         self.processor: Child | None = None
@@ -100,6 +102,8 @@ class Ours:
             str(self.state_dir),
             "--max-batch",
             str(self.max_batch),
+            "--batch-linger-ms",
+            str(self.batch_linger_ms),
         ]
         if self.processor_set:  # an experiment: same Processor, with librdkafka overrides
             sets = [a for kv in self.processor_set for a in ("--set", kv)]

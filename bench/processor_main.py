@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("--instance-id", required=True)
     ap.add_argument("--state-dir", type=Path, required=True)
     ap.add_argument("--max-batch", type=int, default=500)
+    ap.add_argument("--batch-linger-ms", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="producer setting")
     ap.add_argument("--consumer-set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
@@ -30,6 +31,7 @@ def main() -> None:
         instance_id=args.instance_id,
         state_dir=args.state_dir,
         max_batch=args.max_batch,
+        batch_linger_ms=args.batch_linger_ms,
         producer_overrides=producer,
         consumer_overrides=consumer,
     )

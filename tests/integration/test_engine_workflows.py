@@ -188,3 +188,27 @@ async def test_many_runs_on_all_partitions(kafka_bootstrap: str, unique_name: st
             handles = [await client.start("chain", i, run_id=f"m{i}") for i in range(60)]
             results = await asyncio.gather(*(h.result(timeout=90) for h in handles))
     assert [r.value for r in results] == [((i + 1) * 2) ** 2 * 2 + 2 for i in range(60)]
+
+
+async def test_batch_linger_gathers_records_into_fewer_transactions(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    # The latency/throughput knob: with a linger, records that arrive together share one transaction.
+    app = _app(unique_name, kafka_bootstrap)
+    with engine(app, tmp_path, processor_config={"batch_linger_ms": 300}) as (proc,):
+        async with app.client() as client:
+            await (await client.start("chain", 0, run_id="warm-up")).result(timeout=90)  # partitions assigned
+            before_events, before_transactions = proc.stats.events, proc.stats.transactions
+            handles = []
+            for i in range(30):  # trickling in: 30 starts over ~0.6 s
+                handles.append(await client.start("chain", i, run_id=f"l{i}"))
+                await asyncio.sleep(0.02)
+            results = await asyncio.gather(*(h.result(timeout=90) for h in handles))
+        events = proc.stats.events - before_events
+        transactions = proc.stats.transactions - before_transactions
+    assert [r.value for r in results] == [((i + 1) * 2) ** 2 * 2 + 2 for i in range(30)]
+    # 30 runs x 6 inbox records (start + 5 step results). Without a linger, the trickle takes more than 40
+    # transactions (each start alone, results in small groups); with 300 ms, about 2 per 0.6 s of starts
+    # and then whole waves of results.
+    assert events == 180
+    assert transactions <= 20, (events, transactions)
