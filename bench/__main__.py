@@ -61,7 +61,19 @@ def main() -> None:
         "capacity", help="RSS with many sleeping runs, recovery after SIGKILL, replay events/s"
     )
     c.add_argument("--runs", type=int, default=10_000)
+    cp = sub.add_parser("cpu-path", help="CPU per run of the processor's and worker's code, no Kafka")
+    cp.add_argument("--runs", type=int, default=3000)
+    cp.add_argument("--in-flight", type=int, default=256)
+    cp.add_argument("--repeats", type=int, default=5)
+    cp.add_argument("--tuned-gc", action="store_true", help="GC settings of the CLI's engine commands")
+    cp.add_argument("--baseline", action="store_true", help="no state cache, plain Avro state encoding")
     args = ap.parse_args()
+    if args.cmd == "cpu-path":
+        from bench import cpu_path
+
+        out = cpu_path.main(args.runs, args.in_flight, args.repeats, args.tuned_gc, args.baseline)
+        print(json.dumps(out))
+        return
     if args.cmd == "capacity":
         from bench import capacity
 
