@@ -15,7 +15,7 @@ from bench.infra import REPO, BenchError, free_port, log
 from bench.ours import Ours, clean
 from bench.peers.runners import PEERS
 
-LEVELS = [1, 8, 32]
+LEVELS = [1, 8, 32, 128, 256]
 WORKFLOWS = ["five", "one", "twenty", "five_10ms"]
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     r.add_argument(
         "--watcher-experiment",
         type=float,
-        default=5.0,
+        default=0.0,
         metavar="MS",
         help="also run ours with the client's outcome-watcher wait capped at MS (0: skip)",
     )
