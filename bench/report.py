@@ -306,8 +306,9 @@ def write_markdown(data: dict[str, Any], path: Path, out_dir: Path | None = None
         "one workflow, awaits its result, starts the next. "
         f"Ours: {data['settings']['partitions']} partitions, "
         f"{data['settings'].get('processors', 1)} processor(s) (--max-batch "
-        f"{data['settings']['max_batch']}), one worker "
-        f"(--concurrency {data['settings']['worker_concurrency']}).",
+        f"{data['settings']['max_batch']}, --batch-linger-ms {data['settings'].get('batch_linger_ms', 0)}), "
+        f"one worker (--concurrency {data['settings']['worker_concurrency']}); before the first level, "
+        f"{data['settings'].get('system_warmup_s', 0):g} s of load warm the broker's JIT up.",
         "",
         "Versions:",
         "",
