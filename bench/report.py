@@ -332,8 +332,9 @@ def write_markdown(data: dict[str, Any], path: Path, out_dir: Path | None = None
         "### Ours: cost per run",
         "",
         "Records / bytes written per run to each engine topic (end-offset deltas, so transaction markers "
-        "count; bytes are segment-file growth, lz4-compressed batches), RocksDB growth, CPU time of "
-        "processor and worker per run, peak RSS. Averaged over every run of the variant's three levels.",
+        "count; bytes are segment-file growth, lz4-compressed batches), RocksDB growth, CPU time per run of "
+        "processor, worker, broker and the load driver (its whole life, start-up included), peak RSS. "
+        "Averaged over every run of the variant's levels.",
         "",
         *costs(data),
         "",
