@@ -17,9 +17,10 @@ from __future__ import annotations
 import shutil
 import struct
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
 RUN_PREFIX = b"r/"
 TIMER_PREFIX = b"t/"
@@ -45,12 +46,39 @@ def parse_timer_key(key: bytes) -> tuple[int, str, str]:
     return due, run_id.decode(), tag.decode()
 
 
+# One memory budget for every store of the process, however many partitions it owns. RocksDB's defaults
+# give each store up to 2 x 64 MB of memtables: a processor's RSS grew to ~390 MB under load with 8 stores
+# and would grow with the partition count. Memtables share one 64 MB limit (a store flushes early when the
+# process is over it), reads share one 32 MB block cache, and a bloom filter answers "no such run" (every
+# new run's first read) without touching the files.
+MEMTABLES_BYTES = 64 << 20
+BLOCK_CACHE_BYTES = 32 << 20
+WRITE_BUFFER_BYTES = 8 << 20
+
+
+@cache
+def _shared() -> tuple[Cache, WriteBufferManager]:
+    return Cache(BLOCK_CACHE_BYTES), WriteBufferManager(MEMTABLES_BYTES, False)
+
+
+def _options() -> Options:
+    block_cache, memtables = _shared()
+    options = Options(raw_mode=True)
+    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    options.set_write_buffer_manager(memtables)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    table.set_block_cache(block_cache)
+    options.set_block_based_table_factory(table)
+    return options
+
+
 class PartitionStore:
     def __init__(self, path: Path, partition: int) -> None:
         self.path = path
         self.partition = partition
         path.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(path), options=Options(raw_mode=True))
+        self._db = Rdict(str(path), options=_options())
         self._overlay: dict[bytes, bytes | None] = {}
 
     # -- reads and buffered writes ------------------------------------------------------------------------
