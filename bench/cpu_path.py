@@ -46,7 +46,7 @@ class _Path:
         state: RunState | None = None if self.baseline else self.states.get(event.run_id)
         if state is None and event.run_id in self.store:
             state = decode_state(self.store[event.run_id])
-            self.states.put(state)
+            self.states.put(state.run_id, state)
         if state is not None:
             timers_of(state)
         new_state, fx = self.decider.handle(state, event, now_ms)
@@ -56,7 +56,7 @@ class _Path:
             if new_state.terminal:
                 self.states.evict(new_state.run_id)
             else:
-                self.states.put(new_state)
+                self.states.put(new_state.run_id, new_state)
         for e in fx.history:
             encode_event(e)
         for o in fx.outcomes:

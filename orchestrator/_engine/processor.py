@@ -472,7 +472,7 @@ class Processor:
         if raw is None:
             return None
         state = decode_state(raw)
-        self.states.put(state)
+        self.states.put(state.run_id, state)
         return state
 
     def _save(self, store: PartitionStore, state: RunState, old_timers: set[tuple[int, str]]) -> None:
@@ -480,7 +480,7 @@ class Processor:
         if state.terminal:  # ended runs are rarely touched again: keep room for live ones
             self.states.evict(state.run_id)
         else:
-            self.states.put(state)
+            self.states.put(state.run_id, state)
         new_timers = timers_of(state)
         for due, tag in old_timers - new_timers:
             store.delete(timer_key(due, state.run_id, tag))
