@@ -18,7 +18,7 @@ import fastavro
 
 from orchestrator import topology
 from orchestrator._engine import wire
-from orchestrator._engine.events import Event, decode_event, to_record
+from orchestrator._engine.events import Event, decode_event, event_record, to_record
 from orchestrator._engine.fold import apply
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
@@ -203,15 +203,7 @@ def export_avro(events: Iterator[Event], out: BinaryIO) -> int:
         nonlocal count
         for event in events:
             count += 1
-            yield {
-                "event_id": event.event_id,
-                "run_id": event.run_id,
-                "workflow": event.workflow,
-                "workflow_version": event.workflow_version,
-                "seq": event.seq,
-                "timestamp_ms": event.timestamp_ms,
-                "body": ("orchestrator.v1." + event.kind, to_record(event.body)),
-            }
+            yield event_record(event)
 
     fastavro.writer(out, schema, records(), codec="deflate")
     return count

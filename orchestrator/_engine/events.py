@@ -350,8 +350,9 @@ def _to_dict(obj: Any) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in _field_names(cls)}
 
 
-def encode_event(event: Event) -> bytes:
-    record = {
+def event_record(event: Event) -> dict[str, Any]:
+    """The event as the Avro record dict of the Event schema (the body as a named union branch)."""
+    return {
         "event_id": event.event_id,
         "run_id": event.run_id,
         "workflow": event.workflow,
@@ -360,7 +361,10 @@ def encode_event(event: Event) -> bytes:
         "timestamp_ms": event.timestamp_ms,
         "body": (_NS + type(event.body).__name__, _to_dict(event.body)),
     }
-    return wire.encode(wire.EVENT, record)
+
+
+def encode_event(event: Event) -> bytes:
+    return wire.encode(wire.EVENT, event_record(event))
 
 
 def decode_event(data: bytes | None) -> Event:
