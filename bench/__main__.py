@@ -16,7 +16,7 @@ from bench.ours import Ours, clean
 from bench.peers.runners import PEERS
 
 LEVELS = [1, 8, 32, 128, 256]
-WORKFLOWS = ["five", "one", "twenty", "five_10ms"]
+WORKFLOWS = ["five", "one", "twenty", "five_10ms", "five_local"]
 
 
 def main() -> None:
@@ -190,6 +190,17 @@ def run(args: argparse.Namespace) -> None:
                 data["rss_mb"][name] = peer.rss_mb()
                 data["results"] += results
                 _show(results)
+                if "five_local" in args.workflows and peer.in_process_steps:
+                    # Compared with our local steps: the peer's own way of running steps in-process.
+                    data.setdefault("in_process", {})[name] = {
+                        "workflow": peer.in_process_workflow,
+                        "how": peer.in_process_steps,
+                    }
+                    if peer.in_process_workflow != "five":
+                        log(f"{name}: {peer.in_process_workflow} ({peer.in_process_steps})")
+                        results = peer.load(peer.in_process_workflow, args.levels, warmup, duration)
+                        data["results"] += results
+                        _show(results)
             except (BenchError, OSError) as exc:
                 data["failures"][name] = str(exc)
                 log(f"{name} FAILED: {exc}")

@@ -1,4 +1,5 @@
-"""The bench app: 1-, 5- and 20-step workflows of trivial steps, and 5 steps that each sleep 10 ms.
+"""The bench app: 1-, 5- and 20-step workflows of trivial steps, 5 steps that each sleep 10 ms, and 5 local
+trivial steps (run inside the processor, as Temporal's local activities).
 
 Step bodies are the same in every peer's app (``bench/peers/*_app.py``): ``x + 1``, async.
 Settings (bootstrap servers, partitions) come from ``ORCHESTRATOR_*`` env vars set by the harness.
@@ -21,6 +22,11 @@ async def inc(x: int) -> int:
 @app.step
 async def inc_10ms(x: int) -> int:
     await asyncio.sleep(0.01)
+    return x + 1
+
+
+@app.step(local=True)
+async def inc_local(x: int) -> int:
     return x + 1
 
 
@@ -48,6 +54,11 @@ async def twenty(ctx: WorkflowContext, x: int) -> int:
 @app.workflow
 async def five_10ms(ctx: WorkflowContext, x: int) -> int:
     return await _chain(ctx, inc_10ms, x, 5)
+
+
+@app.workflow
+async def five_local(ctx: WorkflowContext, x: int) -> int:
+    return await _chain(ctx, inc_local, x, 5)
 
 
 @app.workflow

@@ -206,7 +206,8 @@ def emit(res: LoadResult, **extra: Any) -> None:
     sys.stdout.flush()
 
 
-STEPS = {"one": 1, "five": 5, "twenty": 20, "five_10ms": 5}
-"""Workflow variants: name -> steps. Every step body is ``x + 1`` (``five_10ms`` sleeps 10 ms first)."""
+STEPS = {"one": 1, "five": 5, "twenty": 20, "five_10ms": 5, "five_local": 5}
+"""Workflow variants: name -> steps. Every step body is ``x + 1`` (``five_10ms`` sleeps 10 ms first;
+``five_local`` runs its steps in-process: our local steps, Temporal's local activities)."""
 
 __all__ = ["STEPS", "LoadResult", "asdict", "emit", "parse_args", "run_async", "run_open", "run_threads"]

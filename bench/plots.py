@@ -20,6 +20,19 @@ def main(path: Path) -> None:
     for s in systems:
         pts = sorted((r["concurrency"], r["runs_per_s"]) for r in res if r["system"] == s)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
+    for s, wf in [
+        ("ours", "five_local"),
+        *((n, p["workflow"]) for n, p in data.get("in_process", {}).items()),
+    ]:
+        if wf == "five":
+            continue  # already drawn: that peer's steps run in-process anyway
+        pts = sorted(
+            (r["concurrency"], r["runs_per_s"])
+            for r in data["results"]
+            if (r["system"], r["workflow"]) == (s, wf)
+        )
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", linestyle="--", label=f"{s} ({wf})")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent callers (runs in flight)")
     ax.set_ylabel("completed runs/s")

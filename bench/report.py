@@ -122,6 +122,61 @@ def comparison(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def local_comparison(data: dict[str, Any]) -> list[str]:
+    """Our local steps against each peer's own way of running steps in the workflow's process."""
+    peers = data.get("in_process") or {}
+    ours_local = [r for r in data["results"] if r["system"] == "ours" and r["workflow"] == "five_local"]
+    if not ours_local or not peers:
+        return []
+    lines = [
+        "Each peer in its own in-process form: "
+        + "; ".join(f"{name}: {p['how']} (`{p['workflow']}`)" for name, p in peers.items())
+        + ". Celery has no in-process steps and is left out.",
+        "",
+    ]
+    rows = []
+    for c in data["settings"]["levels"]:
+        ours = next((r for r in ours_local if r["concurrency"] == c), None)
+        if ours is None:
+            continue
+        theirs = [
+            r
+            for r in data["results"]
+            if r["system"] in peers
+            and r["workflow"] == peers[r["system"]]["workflow"]
+            and r["concurrency"] == c
+        ]
+        top = max(theirs, key=lambda r: r["runs_per_s"], default=None)
+        rows.append(
+            [
+                c,
+                ours["runs_per_s"],
+                ours["p50_ms"],
+                ours["p99_ms"],
+                *[
+                    next((f"{r['runs_per_s']:.1f}" for r in theirs if r["system"] == name), "-")
+                    for name in peers
+                ],
+                f"{top['system']} {top['runs_per_s']:.1f}" if top else "-",
+                _ratio(ours["runs_per_s"], top and top["runs_per_s"]),
+            ]
+        )
+    lines += _table(
+        [
+            "callers",
+            "ours runs/s",
+            "ours p50 ms",
+            "ours p99 ms",
+            *[f"{n} runs/s" for n in peers],
+            "best peer",
+            "ours / best",
+        ],
+        rows,
+    )
+    lines.append("")
+    return lines
+
+
 def ours_variants(data: dict[str, Any]) -> list[str]:
     keys = [
         "system",
@@ -268,6 +323,7 @@ def profile(data: dict[str, Any]) -> list[str]:
 
 def text_tables(data: dict[str, Any]) -> str:
     parts = ["", "== 5-step trivial workflow, all systems ==", *comparison(data)]
+    parts += ["== 5 in-process steps: our local steps vs the peers' ==", *local_comparison(data)]
     parts += ["== ours, every variant ==", *ours_variants(data)]
     parts += ["", "== ours, hops (mean / p90 ms) ==", *breakdown(data)]
     parts += ["", "== ours, cost per run ==", *costs(data)]
@@ -317,7 +373,10 @@ def write_markdown(data: dict[str, Any], path: Path, out_dir: Path | None = None
         "### 5-step trivial workflow, every system, same run",
         "",
         *comparison(data),
-        "### Ours: every variant (1, 5, 20 trivial steps; 5 steps of 10 ms)",
+        "### 5 trivial steps run in-process: our local steps vs each peer's equivalent, same run",
+        "",
+        *local_comparison(data),
+        "### Ours: every variant (1, 5, 20 trivial steps; 5 steps of 10 ms; 5 local steps)",
         "",
         *ours_variants(data),
         "",

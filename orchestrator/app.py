@@ -39,6 +39,7 @@ class StepDefinition:
     param_hints: tuple[Any, ...]
     schedule_to_start_ms: int = 0
     admission: Admission | None = None
+    local: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class App:
         timeout: Duration | None = None,
         schedule_to_start_timeout: Duration | None = None,
         admission: Admission | None = None,
+        local: bool = False,
     ) -> Any:
         """Register a step (async or plain function). Usable as ``@app.step`` or ``@app.step(...)``.
 
@@ -103,12 +105,24 @@ class App:
         ``schedule_to_start_timeout`` limits how long an attempt may wait for a worker to pick it up.
         ``admission`` limits the step's executions across all runs (concurrency, rate, priority), keyed by
         a field of its first argument; attempts wait in the keyed stage until admitted.
+
+        ``local=True`` runs the step inside the processor, in the transaction that scheduled it, instead of
+        sending it to a worker (Temporal's local activities): no Kafka round trip per step, so a chain of
+        local steps costs about one hop. Its result is recorded like any other, but only when that
+        transaction commits: a processor crash before then runs the attempt again, and the processor waits
+        for it, so keep local steps short and idempotent (validation, pure computation, a fast lookup).
+        Retries, timeouts, compensation and replay work as for worker steps; ``queue`` is not used.
         """
 
         def register(func: F) -> F:
             step_name = name or func.__name__
             if step_name in self.steps and self.steps[step_name].fn is not func:
                 raise ValueError(f"step {step_name!r} is registered twice")
+            if local and admission is not None:
+                raise ValueError(
+                    f"step {step_name!r}: a local step cannot have an admission limit (it runs at once, "
+                    "inside the processor, and cannot wait for a slot); drop local=True or the admission"
+                )
             params, ret = _hints(func)
             self.steps[step_name] = StepDefinition(
                 name=step_name,
@@ -123,6 +137,7 @@ class App:
                     to_millis(schedule_to_start_timeout) if schedule_to_start_timeout is not None else 0
                 ),
                 admission=admission,
+                local=local,
             )
             func.__orchestrator_step__ = step_name  # type: ignore[attr-defined]
             return func
@@ -225,7 +240,8 @@ class App:
 
     @property
     def queues(self) -> set[str]:
-        return {s.queue for s in self.steps.values()} | {DEFAULT_QUEUE}
+        """Task queues workers serve (local steps run in the processor and need none)."""
+        return {s.queue for s in self.steps.values() if not s.local} | {DEFAULT_QUEUE}
 
     def client(self) -> Client:
         from orchestrator.client import Client

@@ -28,6 +28,10 @@ from bench.infra import (
 class Peer:
     name = ""
     version = ""
+    in_process_steps = ""
+    """How this peer runs steps in the process that runs the workflow, for comparing with our local steps:
+    the workflow variant that does it and what it is called ("" when the peer has no such thing)."""
+    in_process_workflow = "five"
 
     def __init__(self, work: Path) -> None:
         self.work = work / self.name
@@ -81,6 +85,7 @@ class Peer:
 
 
 class Restate(Peer):
+    in_process_steps = "ctx.run (runs in the handler; journaled by the server)"
     name = "restate"
 
     def start(self) -> None:
@@ -212,6 +217,8 @@ class CeleryRedis(Peer):
 
 class Temporal(Peer):
     name = "temporal"
+    in_process_steps = "local activities"
+    in_process_workflow = "five_local"
 
     def __init__(self, work: Path, in_memory: bool = True) -> None:
         super().__init__(work)
@@ -269,6 +276,7 @@ class Temporal(Peer):
 
 
 class Dbos(Peer):
+    in_process_steps = "steps (run in the workflow's process; checkpointed to Postgres)"
     name = "dbos"
 
     def start(self) -> None:

@@ -66,12 +66,23 @@ class Five10ms:
         return await _chain(inc_10ms, x, 5)
 
 
+@workflow.defn(name="five_local")
+class FiveLocal:
+    """Local activities: run in the workflow worker, recorded with the workflow task (no task queue hop)."""
+
+    @workflow.run
+    async def run(self, x: int) -> int:
+        for _ in range(5):
+            x = await workflow.execute_local_activity(inc, x, start_to_close_timeout=timedelta(seconds=30))
+        return x
+
+
 async def serve(endpoint: str) -> None:
     client = await Client.connect(endpoint)
     worker = Worker(
         client,
         task_queue=QUEUE,
-        workflows=[One, Five, Twenty, Five10ms],
+        workflows=[One, Five, Twenty, Five10ms, FiveLocal],
         activities=[inc, inc_10ms],
         max_concurrent_activities=64,
         max_concurrent_workflow_tasks=64,

@@ -32,6 +32,7 @@ from orchestrator._engine import kafka
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import Event, ScheduleRegister, decode_event, encode_event
 from orchestrator._engine.instance_cache import InstanceCache
+from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import DeadLetter, encode_command, encode_dead_letter, encode_outcome
 from orchestrator._engine.restore import restore
@@ -44,6 +45,10 @@ from orchestrator.app import App
 from orchestrator.errors import ProcessorFencedError, SchemaError
 
 log = logging.getLogger("orchestrator.processor")
+
+LOCAL_STEPS_PER_INPUT = 64
+"""Local step attempts folded in while handling one input; the result of the next goes through the inbox,
+so a workflow looping over local steps makes durable progress and cannot hold a batch forever."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class ProcessorStats:
     ignored: int = 0
     aborts: int = 0
     restored_records: int = 0
+    local_steps: int = 0
 
 
 class Processor:
@@ -105,6 +111,7 @@ class Processor:
         self.states = StateCache(self.config.cache_size)
         self.decider = Decider(app, self.cache)
         self.router = Router(app)
+        self.local_steps = LocalSteps(app, f"processor:{self.config.instance_id}")
         self.stores: dict[int, PartitionStore] = {}  # run stores, by inbox partition
         self.keyed_stores: dict[int, PartitionStore] = {}  # keyed-stage stores, by keyed partition
         self.stats = ProcessorStats()
@@ -191,6 +198,7 @@ class Processor:
             stores.clear()
         self.cache.clear()
         self.states.clear()
+        self.local_steps.close()
         log.info("processor %s stopped: %s", self.config.instance_id, self.stats)
 
     # -- rebalance ----------------------------------------------------------------------------------------
@@ -385,6 +393,8 @@ class Processor:
             state = self._load(store, event.run_id)
             old_timers = timers_of(state) if state is not None else set()
             new_state, fx = self.decider.handle(state, event, now_ms)
+            if new_state is not None:
+                self._run_local(new_state, fx)
         except Exception as exc:
             log.exception("internal error on %s", event.kind)
             self.cache.evict(event.run_id)
@@ -439,6 +449,7 @@ class Processor:
         old_timers = timers_of(state)
         try:
             fx = self.decider.fire_timer(state, tag, now_ms)
+            self._run_local(state, fx)
         except Exception:
             log.exception("internal error firing timer %s of %s; dropping the timer", tag, run_id)
             self.cache.evict(run_id)
@@ -463,6 +474,26 @@ class Processor:
             return
         self.stats.timers += 1
         self._emit_routed(fx)
+
+    def _run_local(self, state: RunState, fx: Effects) -> None:
+        """Run the local steps among ``fx``'s commands, folding each result in as if a worker had sent it."""
+        budget = LOCAL_STEPS_PER_INPUT
+        while fx.commands:
+            local = [cmd for _, cmd in fx.commands if self.local_steps.is_local(cmd)]
+            if not local:
+                return
+            fx.commands = [(q, cmd) for q, cmd in fx.commands if not self.local_steps.is_local(cmd)]
+            for cmd in local:
+                if cmd.cancel:
+                    continue  # a local attempt is never running when its run is cancelled
+                result = self.local_steps.run(cmd)
+                self.stats.local_steps += 1
+                if budget <= 0:
+                    fx.inbox.append(result)  # handled in a later batch, like a worker's result
+                    continue
+                budget -= 1
+                _, more = self.decider.handle(state, result, _now_ms())
+                fx.extend(more)
 
     def _load(self, store: PartitionStore, run_id: str) -> RunState | None:
         state = self.states.get(run_id)

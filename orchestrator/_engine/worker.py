@@ -27,14 +27,14 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from orchestrator import topology
-from orchestrator._engine import kafka
+from orchestrator._engine import attempts, kafka
 from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted, encode_event
 from orchestrator._engine.offsets import OffsetTracker
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import DeadLetter, StepCommand, decode_command, encode_dead_letter
-from orchestrator.app import App, StepDefinition
+from orchestrator.app import App
 from orchestrator.context import StepInfo, _current_step
-from orchestrator.errors import PayloadTooLargeError, SchemaError, TerminalError, UnknownStepError
+from orchestrator.errors import SchemaError
 
 log = logging.getLogger("orchestrator.worker")
 
@@ -201,7 +201,7 @@ class Worker:
                 msg.value(),
                 "SchemaError",
                 str(exc),
-                _now_ms(),
+                attempts.now_ms(),
                 f"worker:{self.config.worker_id}",
             )
             producer.produce(
@@ -221,19 +221,12 @@ class Worker:
                 event_id=f"{cmd.idempotency_key}/{cmd.attempt}/started/{self._event_suffix()}",
                 run_id=cmd.run_id,
                 workflow=cmd.workflow,
-                timestamp_ms=_now_ms(),
-                body=StepStarted(cmd.position, cmd.attempt, _now_ms(), self.config.worker_id),
+                timestamp_ms=attempts.now_ms(),
+                body=StepStarted(cmd.position, cmd.attempt, attempts.now_ms(), self.config.worker_id),
             )
             self._to_inbox(producer, started, None)
         body = await self._run_step(cmd, loop, pool)
-        event = Event(
-            event_id=f"{cmd.idempotency_key}/{cmd.attempt}/{self._event_suffix()}",
-            run_id=cmd.run_id,
-            workflow=cmd.workflow,
-            timestamp_ms=_now_ms(),
-            body=body,
-        )
-        self._to_inbox(producer, event, delivered)
+        self._to_inbox(producer, attempts.result_event(cmd, body, self._event_suffix()), delivered)
 
     def _event_suffix(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
@@ -262,19 +255,13 @@ class Worker:
     async def _run_step(
         self, cmd: StepCommand, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
     ) -> StepCompleted | StepFailed:
-        started = _now_ms()
+        started = attempts.now_ms()
         worker = self.config.worker_id
-        definition: StepDefinition | None = self.app.steps.get(cmd.step)
         try:
-            if definition is None:
-                raise UnknownStepError(
-                    f"this worker has no step {cmd.step!r} (queue served: {', '.join(self.queues)}); "
-                    "deploy the code that registers it"
-                )
-            args = self.app.data.decode(cmd.args, _args_type(definition, cmd.args, self.app))
-            info = StepInfo(
-                cmd.run_id, cmd.workflow, cmd.step, cmd.position, cmd.attempt, cmd.idempotency_key
-            )
+            where = f"this worker (queues served: {', '.join(self.queues)})"
+            definition = attempts.definition_of(self.app, cmd, where)
+            args = attempts.arguments(self.app, definition, cmd)
+            info = attempts.step_info(cmd)
             token = _current_step.set(info)
             running_key = (cmd.run_id, cmd.position, cmd.attempt)
             try:
@@ -290,35 +277,16 @@ class Worker:
                 except asyncio.CancelledError:
                     if not info.cancelled.is_set():
                         raise  # the worker itself is being cancelled
-                    raise StepCancelledError("the run was cancelled while this step ran") from None
+                    raise attempts.StepCancelledError("the run was cancelled while this step ran") from None
             finally:
                 self._running.pop(running_key, None)
                 _current_step.reset(token)
-            data = self.app.data.encode(result, what=f"result of step {cmd.step!r}")
+            body = attempts.completed(self.app, cmd, result, started, worker)
             self.stats.completed += 1
-            return StepCompleted(cmd.position, cmd.attempt, data, started, _now_ms(), worker)
+            return body
         except Exception as exc:  # noqa: BLE001 - every step failure is reported, none crashes the worker
             self.stats.failed += 1
-            retryable = not isinstance(exc, TerminalError | PayloadTooLargeError | StepCancelledError)
-            error_type = getattr(exc, "error_type", None) or type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                error_type = "StepTimeout"
-            message = str(exc) or repr(exc)
-            log.info(
-                "step %s of %s attempt %d failed: %s: %s",
-                cmd.step,
-                cmd.run_id,
-                cmd.attempt,
-                error_type,
-                message,
-            )
-            return StepFailed(
-                cmd.position, cmd.attempt, error_type, message[:4000], retryable, started, _now_ms(), worker
-            )
-
-
-class StepCancelledError(Exception):
-    """Reported for an attempt stopped because its run was cancelled or its attempt timed out."""
+            return attempts.failed(cmd, exc, started, worker)
 
 
 def _task_done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
@@ -332,15 +300,3 @@ def _poll_batch(consumer: Consumer, limit: int, timeout: float) -> list[Message]
     if first is None:
         return []
     return [first, *consumer.consume(limit - 1, 0)] if limit > 1 else [first]
-
-
-def _args_type(definition: StepDefinition, raw: bytes, app: App) -> Any:
-    """``tuple[A, B, ...]`` of the step's parameter annotations, for as many arguments as were sent."""
-    count = len(app.data.decode(raw)) if raw else 0
-    hints = list(definition.param_hints[:count])
-    hints += [Any] * (count - len(hints))
-    return tuple.__class_getitem__(tuple(h if h is not None else Any for h in hints))
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -175,3 +175,24 @@ async def saga(ctx: WorkflowContext, order: str) -> str:
         await ctx.step(book, order, compensate=unbook)
     await ctx.step(pay, order)  # step 4 fails
     return "unreachable"
+
+
+@app.step(local=True)
+def l1(x: int) -> int:
+    """A local step: runs inside the processor, so a processor kill is what may repeat it."""
+    _log_execution()
+    return x + 2
+
+
+@app.step(local=True)
+async def l2(x: int) -> int:
+    _log_execution()
+    await asyncio.sleep(0)
+    return x + 20
+
+
+@app.workflow
+async def local_mix(ctx: WorkflowContext, x: int) -> int:
+    x = await ctx.step(l1, x)
+    x = await ctx.step(s1, x)  # a worker step between the local ones: the run crosses Kafka in between
+    return await ctx.step(l2, x)
