@@ -364,7 +364,7 @@ def event_record(event: Event) -> dict[str, Any]:
 
 
 def encode_event(event: Event) -> bytes:
-    return wire.encode(wire.EVENT, event_record(event))
+    return wire.encoder(wire.EVENT)(event)
 
 
 def decode_event(data: bytes | None) -> Event:

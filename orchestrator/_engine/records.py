@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator._engine import wire
-from orchestrator._engine.events import to_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +48,7 @@ class DeadLetter:
 
 
 def encode_command(cmd: StepCommand) -> bytes:
-    return wire.encode(wire.STEP_COMMAND, to_record(cmd))
+    return wire.encoder(wire.STEP_COMMAND)(cmd)
 
 
 def decode_command(data: bytes | None) -> StepCommand:
@@ -57,7 +56,7 @@ def decode_command(data: bytes | None) -> StepCommand:
 
 
 def encode_outcome(outcome: RunOutcome) -> bytes:
-    return wire.encode(wire.RUN_OUTCOME, to_record(outcome))
+    return wire.encoder(wire.RUN_OUTCOME)(outcome)
 
 
 def decode_outcome(data: bytes | None) -> RunOutcome:
@@ -65,7 +64,7 @@ def decode_outcome(data: bytes | None) -> RunOutcome:
 
 
 def encode_dead_letter(letter: DeadLetter) -> bytes:
-    return wire.encode(wire.DEAD_LETTER, to_record(letter))
+    return wire.encoder(wire.DEAD_LETTER)(letter)
 
 
 def decode_dead_letter(data: bytes | None) -> DeadLetter:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import fastavro
 
+from orchestrator._engine.avro_writer import compile_encoder, compile_writer, zigzag
 from orchestrator._resources import resource_dir
 from orchestrator.errors import SchemaError
 
@@ -61,12 +63,22 @@ def registry() -> SchemaRegistry:
 
 
 def encode(name: str, record: dict[str, Any]) -> bytes:
+    """``record`` (a dict, fastavro's conventions) in the current version of schema ``name``, with header."""
     reg = registry()
     sid = reg.current[name]
     buf = io.BytesIO()
     buf.write(_HEADER.pack(0, sid))
     fastavro.schemaless_writer(buf, reg.by_id[sid], record)
     return buf.getvalue()
+
+
+@cache
+def encoder(name: str) -> Callable[[Any], bytes]:
+    """Encodes an object whose attributes are the fields of schema ``name`` (our record dataclasses), with
+    header: the bytes `encode` writes for the same values, about twice as fast (`avro_writer`)."""
+    reg = registry()
+    sid = reg.current[name]
+    return compile_encoder(reg.raw[sid], attrs=True, prefix=_HEADER.pack(0, sid))
 
 
 @dataclass(frozen=True)
@@ -80,26 +92,25 @@ class SplitWriter:
     """
 
     header: bytes
-    head: Any
-    item: Any
-    tail: Any
+    head: Callable[[bytearray, Any], None]
+    item: Callable[[bytearray, Any], None]
+    tail: Callable[[bytearray, Any], None]
 
     def item_bytes(self, item: dict[str, Any]) -> bytes:
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, self.item, item)
-        return buf.getvalue()
+        out = bytearray()
+        self.item(out, item)
+        return bytes(out)
 
     def write(self, head: dict[str, Any], items: list[bytes], tail: dict[str, Any]) -> bytes:
-        buf = io.BytesIO()
-        buf.write(self.header)
-        fastavro.schemaless_writer(buf, self.head, head)
+        out = bytearray(self.header)
+        self.head(out, head)
         if items:
-            buf.write(_zigzag(len(items)))
+            out += zigzag(len(items))
             for item in items:
-                buf.write(item)
-        buf.write(b"\x00")
-        fastavro.schemaless_writer(buf, self.tail, tail)
-        return buf.getvalue()
+                out += item
+        out += b"\x00"
+        self.tail(out, tail)
+        return bytes(out)
 
 
 @cache
@@ -118,21 +129,10 @@ def split_writer(name: str, array_field: str) -> SplitWriter:
     item = {**item_type, "namespace": item_type.get("namespace", namespace)}
     return SplitWriter(
         _HEADER.pack(0, sid),
-        fastavro.parse_schema(head, named_schemas={}),
-        fastavro.parse_schema(item, named_schemas={}),
-        fastavro.parse_schema(tail, named_schemas={}),
+        compile_writer(head, attrs=False),
+        compile_writer(item, attrs=False),
+        compile_writer(tail, attrs=False),
     )
-
-
-def _zigzag(n: int) -> bytes:
-    """Avro's long: zig-zag, then base-128 varint."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z & ~0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 def decode(data: bytes | None, expected: str | None = None) -> tuple[str, dict[str, Any]]:
