@@ -153,13 +153,14 @@ def run(args: argparse.Namespace) -> None:
             data["rss_mb"]["ours"] = max(
                 c["peak_rss_mb"]["processor"] + c["peak_rss_mb"]["worker"] for c in data["costs"]
             )
-            five = [r for r in data["results"] if r["system"] == "ours" and r["workflow"] == "five"]
-            if five:
-                half = max(r["runs_per_s"] for r in five) / 2
-                log(f"ours: five, open loop at half of peak load ({half:.1f} runs/s)")
-                results, _ = ours.load("five", [1], warmup, duration, rate=half)
-                data["results"] += results
-                _show(results)
+            for wf in ("five", "five_local"):
+                closed = [r for r in data["results"] if r["system"] == "ours" and r["workflow"] == wf]
+                if closed:
+                    half = max(r["runs_per_s"] for r in closed) / 2
+                    log(f"ours: {wf}, open loop at half of peak load ({half:.1f} runs/s)")
+                    results, _ = ours.load(wf, [1], warmup, duration, rate=half)
+                    data["results"] += results
+                    _show(results)
             if args.watcher_experiment:
                 log(f"ours: five with the client's outcome wait capped at {args.watcher_experiment} ms")
                 results, _ = ours.load(
