@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,15 @@ def child_env(name: str, bootstrap: str, tmp: Path) -> dict[str, str]:
         "ORCHESTRATOR_BOOTSTRAP_SERVERS": bootstrap,
         "ORCHESTRATOR_PARTITIONS": "4",
     }
+
+
+def executions(side: Path) -> dict[tuple[str, int], list[tuple[int, int, float]]]:
+    """(run id, position) -> [(attempt, pid, time)] of every step execution ``crash_app`` logged."""
+    out: dict[tuple[str, int], list[tuple[int, int, float]]] = defaultdict(list)
+    for line in side.read_text().splitlines():
+        run_id, position, attempt, pid, ts = line.split()[:5]
+        out[(run_id, int(position))].append((int(attempt), int(pid), float(ts)))
+    return out
 
 
 def settings(bootstrap: str, partitions: int = 4) -> Settings:

@@ -10,23 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import defaultdict
 from pathlib import Path
 
-from engine_support import APP_SPEC, EngineProcess, child_env, history, settings
+from engine_support import APP_SPEC, EngineProcess, child_env, executions, history, settings
 
 from orchestrator import App
 from orchestrator._engine import events as ev
 
 EXPECTED = 11111  # five() adds 1 + 10 + 100 + 1000 + 10000
-
-
-def _executions(side: Path) -> dict[tuple[str, int], list[tuple[int, int, float]]]:
-    out: dict[tuple[str, int], list[tuple[int, int, float]]] = defaultdict(list)
-    for line in side.read_text().splitlines():
-        run_id, position, attempt, pid, ts = line.split()
-        out[(run_id, int(position))].append((int(attempt), int(pid), float(ts)))
-    return out
 
 
 async def test_sigkill_processor_and_worker_repeatedly(
@@ -93,9 +84,9 @@ async def test_sigkill_processor_and_worker_repeatedly(
         assert [e.kind for e in events].count("RunCompleted") == 1
         assert [e.seq for e in events] == list(range(len(events))), run_id
     # A step ran more than once only when a worker running it was killed before its offset was committed.
-    executions = _executions(side)
-    assert len(executions) == runs * 5
-    repeated = {k: v for k, v in executions.items() if len(v) > 1}
+    done = executions(side)
+    assert len(done) == runs * 5
+    repeated = {k: v for k, v in done.items() if len(v) > 1}
     for key, runs_of_step in repeated.items():
         earlier = sorted(runs_of_step, key=lambda x: x[2])[:-1]
         assert all(pid in killed_worker_pids for _, pid, _ in earlier), (

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from engine_support import APP_SPEC, EngineProcess, child_env, engine, history, settings
+from engine_support import APP_SPEC, EngineProcess, child_env, engine, executions, history, settings
 
 from orchestrator import App, RetryPolicy, RunFailedError, WorkflowContext, step_info
 from orchestrator._engine import audit
@@ -157,14 +157,6 @@ def _lines(path: Path) -> int:
     return len(path.read_bytes().splitlines()) if path.exists() else 0
 
 
-def _executions(side: Path) -> dict[tuple[str, int], list[tuple[int, float]]]:
-    out: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
-    for line in side.read_text().splitlines():
-        run_id, position, _attempt, pid, ts = line.split()
-        out[(run_id, int(position))].append((int(pid), float(ts)))
-    return out
-
-
 async def test_sigkill_of_the_processor_repeats_only_uncommitted_local_steps(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
@@ -207,12 +199,12 @@ async def test_sigkill_of_the_processor_repeats_only_uncommitted_local_steps(
         completions = [e.body.position for e in events if isinstance(e.body, ev.StepCompleted)]
         assert sorted(completions) == [0, 1, 2], (run_id, [e.kind for e in events])
         assert [e.seq for e in events] == list(range(len(events))), run_id
-    executions = _executions(side)
-    assert len(executions) == runs * 3
-    repeated = [k for k, done in executions.items() if len(done) > 1]
+    ran = executions(side)
+    assert len(ran) == runs * 3
+    repeated = [k for k, done in ran.items() if len(done) > 1]
     print(f"processor kills={len(killed)} repeated step executions={len(repeated)} of {runs * 3}")
-    for (run_id, position), done in executions.items():
+    for (run_id, position), done in ran.items():
         if position == 1 or len(done) == 1:
             continue
-        earlier = sorted(done, key=lambda x: x[1])[:-1]  # every execution but the recorded (last) one
-        assert all(pid in killed for pid, _ in earlier), (run_id, position, done, killed)
+        earlier = sorted(done, key=lambda x: x[2])[:-1]  # every execution but the recorded (last) one
+        assert all(pid in killed for _, pid, _ in earlier), (run_id, position, done, killed)
