@@ -54,9 +54,8 @@ class LocalSteps:
 
     def _call(self, definition: StepDefinition, args: tuple[Any, ...], timeout: float | None) -> Any:
         if definition.is_async:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-            return self._loop.run_until_complete(asyncio.wait_for(definition.fn(*args), timeout))
+            coro = definition.fn(*args)
+            return self._complete(coro if timeout is None else asyncio.wait_for(coro, timeout))
         if timeout is None:
             return definition.fn(*args)
         # A plain function cannot be interrupted: as on a worker, the attempt fails at its timeout and the
@@ -65,6 +64,27 @@ class LocalSteps:
             self._pool = ThreadPoolExecutor(4, thread_name_prefix="orchestrator-local-step")
         ctx = contextvars.copy_context()
         return self._pool.submit(ctx.run, definition.fn, *args).result(timeout)
+
+    def _complete(self, awaitable: Any) -> Any:
+        """``loop.run_until_complete`` without its per-call set-up and tear-down (stop callback, async-gen
+        hooks, running-loop checks): 11 -> 6 us per step, which was a sixth of the processor's CPU on a
+        chain of local steps (py-spy). The task runs on this instance's own loop, as the current task, so
+        ``asyncio.timeout``, ``to_thread`` and sleeps behave as on a worker."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        loop = self._loop
+        task = loop.create_task(awaitable)
+        previous = asyncio._get_running_loop()
+        asyncio._set_running_loop(loop)
+        try:
+            while not task.done():
+                loop._run_once()  # type: ignore[attr-defined]
+        finally:
+            asyncio._set_running_loop(previous)
+        try:
+            return task.result()
+        except asyncio.CancelledError:
+            raise attempts.StepCancelledError("the local step was cancelled") from None
 
     def close(self) -> None:
         if self._loop is not None:
