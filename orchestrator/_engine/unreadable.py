@@ -178,6 +178,11 @@ class Skipped:
     def __len__(self) -> int:
         return len(self.records)
 
-    def run_ids(self) -> set[str]:
-        """Runs (record keys of run-keyed topics) that have at least one skipped record."""
-        return {k for k in (u.where.key_text for u in self.records) if k is not None}
+    def keys(self, topic: str | None = None) -> set[str]:
+        """The (text) keys of the records skipped (in ``topic``): on the history topic, run ids."""
+        chosen = (u for u in self.records if topic is None or u.where.topic == topic)
+        return {k for k in (u.where.key_text for u in chosen) if k is not None}
+
+    def first(self, key: str) -> Unreadable | None:
+        """The first record skipped with ``key``."""
+        return next((u for u in self.records if u.where.key_text == key), None)

@@ -12,13 +12,18 @@ from typing import Annotated, Any
 import typer
 from confluent_kafka import Producer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from orchestrator import topology
-from orchestrator._engine import audit, kafka
+from orchestrator._engine import audit, kafka, wire
+from orchestrator._engine.events import Event
 from orchestrator._engine.reader import read_partitions
-from orchestrator._engine.records import decode_dead_letter
+from orchestrator._engine.records import DeadLetter, decode_dead_letter
+from orchestrator._engine.unreadable import Unreadable, decoded
+from orchestrator.app import App
+from orchestrator.cli._unreadable import EXIT_DIFFERENCES, EXIT_UNREADABLE, SkipReport, stderr
 from orchestrator.cli.engine import AppOption, _app, _fail, runs_app
 
 console = Console()
@@ -42,24 +47,44 @@ def _when(ms: int) -> str:
 
 def history(
     run_id: str,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='One JSON object per event; unreadable records as {"type": "unreadable", ...}.'
+        ),
+    ] = False,
     app_spec: AppOption = None,
 ) -> None:
-    """Every event of RUN_ID in order, with times, inputs and outputs, attempts, durations and errors."""
+    """Every event of RUN_ID in order, with times, inputs and outputs, attempts, durations and errors.
+
+    Unreadable records of the run are shown where they are and skipped. Exit codes: 0 all read; 2 no such
+    run; 3 unreadable records were skipped.
+    """
     app = _app(app_spec)
-    events = list(audit.history_events(app, run_id=run_id))
-    if not events:
+    report = SkipReport(quiet=True)  # shown in place, in the table or the JSON Lines
+    rows: list[Event | Unreadable] = []
+    # The reader calls back before it yields the next event, so rows keep the topic's order.
+    skipped = report.collector(also=rows.append)
+    rows.extend(audit.history_events(app, run_id=run_id, on_unreadable=skipped))
+    if not rows:
         raise _fail(f"no history for run {run_id!r} in app {app.name!r}")
     if as_json:
-        for event in events:
-            sys.stdout.write(json.dumps(audit.event_json(event)) + "\n")
-        return
-    table = Table("seq", "time (UTC)", "event", "details")
-    for event in events:
-        body = audit.event_json(event)["body"]
-        details = ", ".join(f"{k}={_short(v)}" for k, v in body.items() if k not in ("idempotency_key",))
-        table.add_row(str(event.seq), _when(event.timestamp_ms), event.kind, details)
-    console.print(table)
+        for row in rows:
+            out = row.as_json() if isinstance(row, Unreadable) else audit.event_json(row)
+            sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        table = Table("seq", "time (UTC)", "event", "details")
+        for row in rows:
+            if isinstance(row, Unreadable):
+                what = f"{row.where}: {row.reason}: {row.detail}"
+                table.add_row("?", "", "[red]unreadable[/red]", escape(what))
+                continue
+            body = audit.event_json(row)["body"]
+            details = ", ".join(f"{k}={_short(v)}" for k, v in body.items() if k not in ("idempotency_key",))
+            table.add_row(str(row.seq), _when(row.timestamp_ms), row.kind, escape(details))
+        console.print(table)
+    report.print_summary()
+    raise typer.Exit(report.exit_code())
 
 
 def _short(value: Any) -> str:
@@ -78,11 +103,17 @@ def export(
     until: Annotated[str | None, typer.Option(help="Up to this time (ISO).")] = None,
     app_spec: AppOption = None,
 ) -> None:
-    """Export history events (a run, a workflow, or a time range), streaming, to JSON Lines or Avro."""
+    """Export history events (a run, a workflow, or a time range), streaming, to JSON Lines or Avro.
+
+    The file holds events only: unreadable records are reported on stderr (topic, partition, offset,
+    why), left out of the file, and counted at the end. Exit codes: 0 every record exported; 2 usage
+    error; 3 unreadable records were skipped.
+    """
     app = _app(app_spec)
     if fmt not in ("jsonl", "avro"):
         raise _fail("--format is jsonl or avro")
     until_ms = _ms(until)
+    report = SkipReport()
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as bar:
@@ -93,13 +124,16 @@ def export(
 
         events = (
             e
-            for e in audit.history_events(app, run_id=run_id, since_ms=_ms(since), progress=progress)
+            for e in audit.history_events(
+                app, run_id=run_id, since_ms=_ms(since), progress=progress, on_unreadable=report.collector()
+            )
             if (workflow is None or e.workflow == workflow)
             and (until_ms is None or e.timestamp_ms <= until_ms)
         )
         with out.open("wb") as fh:
             count = audit.export_jsonl(events, fh) if fmt == "jsonl" else audit.export_avro(events, fh)
-    console.print(f"wrote {count} events to {out} ({fmt})")
+    console.print(f"wrote {count} events to {out} ({fmt}); {report.summary()}")
+    raise typer.Exit(report.exit_code())
 
 
 def replay(
@@ -115,48 +149,84 @@ def replay(
 ) -> None:
     """Rebuild every run's state from the history topic alone and compare it with the live state.
 
-    Exit code 1 when anything differs (or, with --check, when any run would diverge): usable in CI.
+    Unreadable records (and events that do not fold into their run) are reported on stderr and skipped;
+    a run with one is listed as not verifiable, never as a difference. Exit codes: 0 every run matched;
+    1 a difference (or, with --check, a run that would diverge); 2 usage error; 3 no difference, but
+    unreadable records were skipped. Usable in CI.
     """
     app = _app(app_spec)
+    report = SkipReport()
     if check is not None:
-        new_app = _app(check)
-        states = audit.live_states(app)
-        if open_only:
-            states = {k: v for k, v in states.items() if v.status in ("running", "parked")}
-        if sample is not None:
-            states = dict(list(states.items())[:sample])
-        divergences = audit.check_code(new_app, states)
-        table = Table("run id", "workflow", "first difference")
-        for dv in divergences:
-            table.add_row(dv.run_id, dv.workflow, dv.message)
-        console.print(table)
-        console.print(f"checked {len(states)} run(s): {len(divergences)} would diverge")
-        raise typer.Exit(1 if divergences else 0)
+        raise typer.Exit(_check(app, _app(check), open_only, sample, report))
     if at is not None:
         if run_id is None:
             raise _fail("--at needs a RUN_ID")
-        state = audit.rebuild(audit.history_events(app, run_id=run_id), until_ms=_ms(at)).get(run_id)
-        if state is None:
-            raise _fail(f"run {run_id!r} did not exist at {at}")
-        console.print(f"[bold]{run_id}[/bold] at {at}: status={state.status}, steps:")
-        for s in state.steps:
-            console.print(f"  #{s.position} {s.kind} {s.step}: {s.status} (attempt {s.attempt})")
-        return
+        raise typer.Exit(_at(app, run_id, at, report))
+    since_ms = _ms(since)
     started = datetime.now(tz=UTC)
-    replayed = audit.rebuild(audit.history_events(app, since_ms=_ms(since)))
+    history_skips = report.collector()
+    records = audit.history_records(app, since_ms=since_ms, on_unreadable=history_skips)
+    rebuilt = audit.rebuild(records, skipped=history_skips, window=since_ms is not None)
     seconds = (datetime.now(tz=UTC) - started).total_seconds()
-    live = audit.live_states(app)
-    if since is not None:
-        live = {k: v for k, v in live.items() if k in replayed}
-    diffs = audit.compare(replayed, live)
-    for d in diffs[:200]:
+    live_skips = report.collector()
+    live = audit.live_states(app, on_unreadable=live_skips)
+    live_unreadable = {k: f"live state: {v}" for k, v in audit.changelog_run_ids(live_skips).items()}
+    if since_ms is not None:
+        window = set(rebuilt) | set(rebuilt.unverifiable)
+        live = {k: v for k, v in live.items() if k in window}
+        live_unreadable = {k: v for k, v in live_unreadable.items() if k in window}
+    verdict = audit.judge(rebuilt, live, live_unreadable)
+    for d in verdict.differences[:200]:
         console.print(f"[red]{d.run_id}[/red] {d.field}: replayed={_short(d.replayed)} live={_short(d.live)}")
-    events = sum(s.next_seq for s in replayed.values())
+    for rid, why in sorted(verdict.unverifiable.items())[:200]:
+        console.print(f"[yellow]{escape(rid)}[/yellow] not verifiable: {escape(why)}")
+    events = sum(s.next_seq for s in rebuilt.values())
+    before = f", {len(rebuilt.began_before)} began before --since" if rebuilt.began_before else ""
     console.print(
-        f"replayed {len(replayed)} run(s), {events} events in {seconds:.2f}s "
-        f"({events / seconds if seconds else 0:.0f} events/s): {len(diffs)} difference(s)"
+        f"replayed {len(rebuilt)} run(s), {events} events in {seconds:.2f}s "
+        f"({events / seconds if seconds else 0:.0f} events/s): {len(verdict.differences)} difference(s), "
+        f"{len(verdict.unverifiable)} run(s) not verifiable{before}; {report.summary()}"
     )
-    raise typer.Exit(1 if diffs else 0)
+    raise typer.Exit(EXIT_DIFFERENCES if verdict.differences else report.exit_code())
+
+
+def _check(app: App, new_app: App, open_only: bool, sample: int | None, report: SkipReport) -> int:
+    """``replay --check``: re-execute new code against the recorded runs; the exit code."""
+    states = audit.live_states(app, on_unreadable=report.collector())
+    if open_only:
+        states = {k: v for k, v in states.items() if v.status in ("running", "parked")}
+    if sample is not None:
+        states = dict(list(states.items())[:sample])
+    divergences = audit.check_code(new_app, states)
+    table = Table("run id", "workflow", "first difference")
+    for dv in divergences:
+        table.add_row(dv.run_id, dv.workflow, escape(dv.message))
+    console.print(table)
+    console.print(f"checked {len(states)} run(s): {len(divergences)} would diverge; {report.summary()}")
+    return EXIT_DIFFERENCES if divergences else report.exit_code()
+
+
+def _at(app: App, run_id: str, at: str, report: SkipReport) -> int:
+    """``replay RUN_ID --at TIME``: the run as it stood then; the exit code."""
+    skipped = report.collector()
+    records = audit.history_records(app, run_id=run_id, on_unreadable=skipped)
+    rebuilt = audit.rebuild(records, until_ms=_ms(at), skipped=skipped)
+    why = rebuilt.unverifiable.get(run_id)
+    if why is not None:
+        console.print(f"[yellow]{escape(run_id)}[/yellow] not verifiable: {escape(why)}")
+        report.print_summary()
+        return EXIT_UNREADABLE
+    state = rebuilt.get(run_id)
+    if state is None:
+        report.print_summary()
+        if report.records:
+            return EXIT_UNREADABLE
+        raise _fail(f"run {run_id!r} did not exist at {at}")
+    console.print(f"[bold]{run_id}[/bold] at {at}: status={state.status}, steps:")
+    for s in state.steps:
+        console.print(f"  #{s.position} {s.kind} {s.step}: {s.status} (attempt {s.attempt})")
+    report.print_summary()
+    return report.exit_code()
 
 
 @runs_app.command("resume")
@@ -225,31 +295,44 @@ def runs_rerun(
 dlq_app = typer.Typer(help="The dead-letter topic: list, inspect, re-drive.", no_args_is_help=True)
 
 
-def _letters(app_spec: str | None) -> list[tuple[int, Any]]:
+def _letters(app_spec: str | None, report: SkipReport) -> list[tuple[int, DeadLetter]]:
+    """Every readable dead letter with its offset; unreadable ones go to ``report``."""
     app = _app(app_spec)
     topic = topology.dlq_topic(app.name)
+    msgs = read_partitions(app.settings.bootstrap_servers, topic, [0])
     return [
-        (m.offset() or 0, decode_dead_letter(m.value()))
-        for m in read_partitions(app.settings.bootstrap_servers, topic, [0])
+        (where.offset, letter)
+        for where, letter in decoded(msgs, decode_dead_letter, wire.DEAD_LETTER, report.collector())
     ]
 
 
 @dlq_app.command("list")
 def dlq_list(app_spec: AppOption = None) -> None:
-    """Every dead letter with where it came from and why."""
+    """Every dead letter with where it came from and why.
+
+    Exit codes: 0 all read; 3 unreadable records were skipped (each reported on stderr).
+    """
+    report = SkipReport()
     table = Table("offset", "time (UTC)", "from", "error", "reason")
-    letters = _letters(app_spec)
+    letters = _letters(app_spec, report)
     for offset, d in letters:
         source = f"{d.source_topic}[{d.source_partition}]@{d.source_offset}"
-        table.add_row(str(offset), _when(d.timestamp_ms), source, d.error_type, d.reason[:120])
+        table.add_row(
+            str(offset), _when(d.timestamp_ms), escape(source), d.error_type, escape(d.reason[:120])
+        )
     console.print(table)
-    console.print(f"{len(letters)} dead letter(s)")
+    console.print(f"{len(letters)} dead letter(s); {report.summary()}")
+    raise typer.Exit(report.exit_code())
 
 
 @dlq_app.command("show")
 def dlq_show(offset: int, app_spec: AppOption = None) -> None:
-    """One dead letter in full."""
-    for off, d in _letters(app_spec):
+    """One dead letter in full.
+
+    Exit codes: 0 shown; 2 no dead letter at OFFSET; 3 the record at OFFSET is unreadable (reported).
+    """
+    report = SkipReport(quiet=True)
+    for off, d in _letters(app_spec, report):
         if off == offset:
             console.print_json(
                 data={
@@ -262,6 +345,10 @@ def dlq_show(offset: int, app_spec: AppOption = None) -> None:
                 }
             )
             return
+    bad = next((b for b in report.records if b.where.offset == offset), None)
+    if bad is not None:
+        stderr.print(f"[red]unreadable[/red] {escape(str(bad))}")
+        raise typer.Exit(EXIT_UNREADABLE)
     raise _fail(f"no dead letter at offset {offset}")
 
 
@@ -270,14 +357,20 @@ def dlq_redrive(
     offsets: Annotated[list[int] | None, typer.Argument(help="Offsets to re-drive (default: all).")] = None,
     app_spec: AppOption = None,
 ) -> None:
-    """Produce dead letters back to the topic and partition they came from (after a fix)."""
+    """Produce dead letters back to the topic and partition they came from (after a fix).
+
+    An unreadable dead letter cannot be re-driven (where it came from is inside it): it is reported and
+    left in place. Exit codes: 0 all re-driven; 3 unreadable records were skipped.
+    """
     app = _app(app_spec)
+    report = SkipReport()
+    chosen = [(o, d) for o, d in _letters(app_spec, report) if not offsets or o in offsets]
     producer = Producer(kafka.producer_config(app.settings.bootstrap_servers))
-    chosen = [(o, d) for o, d in _letters(app_spec) if not offsets or o in offsets]
     for _, d in chosen:
         producer.produce(d.source_topic, d.value, d.key, partition=d.source_partition)
     producer.flush(30)
-    console.print(f"re-drove {len(chosen)} record(s)")
+    console.print(f"re-drove {len(chosen)} record(s); {report.summary()}")
+    raise typer.Exit(report.exit_code())
 
 
 def register(app: typer.Typer) -> None:

@@ -75,7 +75,9 @@ def test_decoded_reports_bad_records_with_coordinates_and_carries_on() -> None:
         ("app.history", 2, 2, ur.JUNK),
         ("app.history", 2, 4, ur.JUNK),
     ]
-    assert skipped.run_ids() == {"r"}  # a key that is not text names no run
+    assert (
+        skipped.keys("app.history") == {"r"} and skipped.keys("other") == set()
+    )  # a key that is not text names no run
     assert "app.history[2]@2 (key 'r'): junk bytes" in str(skipped.records[0])
     as_json = skipped.records[1].as_json()
     assert as_json["type"] == "unreadable" and as_json["key"] == "ff" and as_json["offset"] == 4
