@@ -21,12 +21,6 @@ EXIT_USAGE = 2
 EXIT_UNREADABLE = 3
 """Unreadable records were skipped (each reported); everything that could be read was fine."""
 
-EXIT_CODES_HELP = (
-    "Exit codes: 0 everything read (and, for replay, matched); 1 replay differences or --check "
-    "divergences; 2 usage error; 3 unreadable records were skipped, each reported on stderr "
-    "(runs they belong to are not verifiable)."
-)
-
 stderr = Console(stderr=True)
 
 

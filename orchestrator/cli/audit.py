@@ -239,24 +239,32 @@ def runs_resume(
     reason: str = "resumed from the CLI",
     app_spec: AppOption = None,
 ) -> None:
-    """Resume a parked run after a fix (or all parked runs)."""
-    app = _app(app_spec)
+    """Resume a parked run after a fix (or all parked runs).
 
-    async def go() -> list[str]:
+    Exit codes: 0 done; 2 usage error; 3 with --all-parked, unreadable run states were skipped (reported).
+    """
+    app = _app(app_spec)
+    if not run_id and not all_parked:
+        raise _fail("name a RUN_ID or pass --all-parked")
+    report = SkipReport()
+    ids = [run_id] if run_id else _run_ids(app, workflow, "parked", report)
+
+    async def go() -> None:
         async with app.client() as client:
-            ids = (
-                [run_id]
-                if run_id
-                else [r.run_id for r in await client.list_runs(workflow=workflow, status="parked")]
-            )
-            if not run_id and not all_parked:
-                raise _fail("name a RUN_ID or pass --all-parked")
             for rid in ids:
                 await client.resume(rid, reason)
-            return ids
 
-    ids: list[str] = asyncio.run(go())
+    asyncio.run(go())
     console.print(f"asked to resume {len(ids)} run(s)")
+    report.print_summary()
+    raise typer.Exit(report.exit_code())
+
+
+def _run_ids(app: App, workflow: str | None, status: str, report: SkipReport) -> list[str]:
+    """Ids of the runs of ``workflow`` (or all) in ``status``, oldest first; unreadable states reported."""
+    states = audit.live_states(app, on_unreadable=report.collector())
+    chosen = [s for s in states.values() if s.status == status and workflow in (None, s.workflow)]
+    return [s.run_id for s in sorted(chosen, key=lambda s: s.created_ms)]
 
 
 @runs_app.command("rerun")
@@ -272,24 +280,25 @@ def runs_rerun(
     reason: str = "re-run from the CLI",
     app_spec: AppOption = None,
 ) -> None:
-    """Re-run a failed run from its failed step; completed steps keep their recorded results."""
-    app = _app(app_spec)
+    """Re-run a failed run from its failed step; completed steps keep their recorded results.
 
-    async def go() -> list[str]:
+    Exit codes: 0 done; 2 usage error; 3 with --all-failed, unreadable run states were skipped (reported).
+    """
+    app = _app(app_spec)
+    if not run_id and not all_failed:
+        raise _fail("name a RUN_ID or pass --all-failed")
+    report = SkipReport()
+    ids = [run_id] if run_id else _run_ids(app, workflow, "failed", report)
+
+    async def go() -> None:
         async with app.client() as client:
-            if not run_id and not all_failed:
-                raise _fail("name a RUN_ID or pass --all-failed")
-            ids = (
-                [run_id]
-                if run_id
-                else [r.run_id for r in await client.list_runs(workflow=workflow, status="failed")]
-            )
             for rid in ids:
                 await client.rerun(rid, from_position, reason)
-            return ids
 
-    ids: list[str] = asyncio.run(go())
+    asyncio.run(go())
     console.print(f"asked to re-run {len(ids)} run(s)")
+    report.print_summary()
+    raise typer.Exit(report.exit_code())
 
 
 dlq_app = typer.Typer(help="The dead-letter topic: list, inspect, re-drive.", no_args_is_help=True)

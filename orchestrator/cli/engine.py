@@ -17,8 +17,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from orchestrator._engine import audit
 from orchestrator._engine.loading import load_app
 from orchestrator.app import App
+from orchestrator.cli._unreadable import SkipReport
 from orchestrator.client import RunDescription
 
 console = Console()
@@ -193,14 +195,22 @@ def runs_list(
     limit: int = 50,
     app_spec: AppOption = None,
 ) -> None:
-    """List runs (newest last), read from the processors' changelog."""
+    """List runs (newest last), read from the processors' changelog.
+
+    A run whose latest state record is unreadable is reported on stderr and left out. Exit codes: 0 all
+    read; 3 unreadable records were skipped.
+    """
     app = _app(app_spec)
-
-    async def go() -> list[RunDescription]:
-        async with app.client() as client:
-            return await client.list_runs(workflow=workflow, status=status)
-
-    runs: list[RunDescription] = asyncio.run(go())
+    report = SkipReport()
+    states = audit.live_states(app, on_unreadable=report.collector())
+    runs = sorted(
+        (
+            RunDescription.from_state(s)
+            for s in states.values()
+            if (workflow is None or s.workflow == workflow) and (status is None or s.status == status)
+        ),
+        key=lambda r: r.created,
+    )
     table = Table("run id", "workflow", "status", "steps", "created", "updated", "error")
     for r in runs[-limit:]:
         table.add_row(
@@ -213,21 +223,25 @@ def runs_list(
             r.error_type,
         )
     console.print(table)
-    console.print(f"{len(runs)} run(s)")
+    console.print(f"{len(runs)} run(s); {report.summary()}")
+    raise typer.Exit(report.exit_code())
 
 
 @runs_app.command("show")
 def runs_show(run_id: str, app_spec: AppOption = None) -> None:
-    """One run: state, result or error, and every step with its attempts."""
+    """One run: state, result or error, and every step with its attempts.
+
+    Exit codes: 0 shown; 2 no such run; 3 the run's latest state record is unreadable (reported).
+    """
     app = _app(app_spec)
-
-    async def go() -> RunDescription | None:
-        async with app.client() as client:
-            return await client.describe(run_id)
-
-    desc: RunDescription | None = asyncio.run(go())
-    if desc is None:
+    report = SkipReport()
+    state = audit.live_state(app, run_id, on_unreadable=report.collector())
+    if state is None:
+        if report.records:
+            report.print_summary()
+            raise typer.Exit(report.exit_code())
         raise _fail(f"no run {run_id!r} in app {app.name!r}")
+    desc = RunDescription.from_state(state)
     console.print(f"[bold]{desc.run_id}[/bold]  workflow={desc.workflow}  status={_status(desc.status)}")
     console.print(f"created {desc.created.isoformat()}  updated {desc.updated.isoformat()}")
     if desc.error_type:
