@@ -199,6 +199,20 @@ def rebuild(
     return Rebuilt(states, broken, began_before)
 
 
+def rebuild_history(
+    app: App,
+    skipped: Skipped,
+    *,
+    run_id: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> Rebuilt:
+    """`rebuild` over `history_records`, wired so that a record skipped while reading makes its run not
+    verifiable (the two calls apart must share one ``skipped``; this cannot get that wrong)."""
+    records = history_records(app, run_id=run_id, since_ms=since_ms, on_unreadable=skipped)
+    return rebuild(records, until_ms, skipped=skipped, window=since_ms is not None)
+
+
 def _unknown_where(event: Event) -> Where:
     return Where("(unknown topic)", -1, -1, event.run_id.encode())
 

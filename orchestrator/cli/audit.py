@@ -164,9 +164,7 @@ def replay(
         raise typer.Exit(_at(app, run_id, at, report))
     since_ms = _ms(since)
     started = datetime.now(tz=UTC)
-    history_skips = report.collector()
-    records = audit.history_records(app, since_ms=since_ms, on_unreadable=history_skips)
-    rebuilt = audit.rebuild(records, skipped=history_skips, window=since_ms is not None)
+    rebuilt = audit.rebuild_history(app, report.collector(), since_ms=since_ms)
     seconds = (datetime.now(tz=UTC) - started).total_seconds()
     live_skips = report.collector()
     live = audit.live_states(app, on_unreadable=live_skips)
@@ -208,9 +206,7 @@ def _check(app: App, new_app: App, open_only: bool, sample: int | None, report: 
 
 def _at(app: App, run_id: str, at: str, report: SkipReport) -> int:
     """``replay RUN_ID --at TIME``: the run as it stood then; the exit code."""
-    skipped = report.collector()
-    records = audit.history_records(app, run_id=run_id, on_unreadable=skipped)
-    rebuilt = audit.rebuild(records, until_ms=_ms(at), skipped=skipped)
+    rebuilt = audit.rebuild_history(app, report.collector(), run_id=run_id, until_ms=_ms(at))
     why = rebuilt.unverifiable.get(run_id)
     if why is not None:
         console.print(f"[yellow]{escape(run_id)}[/yellow] not verifiable: {escape(why)}")
