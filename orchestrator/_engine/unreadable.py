@@ -112,7 +112,7 @@ def classify(data: bytes | None, expected: str, exc: BaseException) -> tuple[str
         )
     name = reg.names[sid]
     if name != expected:
-        return WRONG_TYPE, f"a {name} record (schema id {sid}) where a {expected} belongs"
+        return WRONG_TYPE, f"a record of type {name} (schema id {sid}) where {expected} belongs"
     try:
         _, record = wire.decode(data, expected)
     except SchemaError as wire_exc:
