@@ -163,8 +163,10 @@ def rebuild(
     states: dict[str, RunState] = {}
     broken: dict[str, str] = {}
     began_before: set[str] = set()
+    topics: set[str] = set()
     for item in records:
         where, event = item if isinstance(item, tuple) else (_unknown_where(item), item)
+        topics.add(where.topic)
         run_id = event.run_id
         if run_id in broken or run_id in began_before:
             continue
@@ -176,7 +178,7 @@ def rebuild(
             began_before.add(run_id)
             continue
         if event.seq != expected:
-            earlier = skipped.first(run_id)
+            earlier = skipped.first(run_id, where.topic)
             if earlier is not None:  # the hole is an unreadable record, reported already
                 broken[run_id] = f"unreadable record {earlier}"
                 states.pop(run_id, None)
@@ -192,9 +194,10 @@ def rebuild(
         skipped(Unreadable(where, NOT_FOLDING, why))
         broken[run_id] = f"{where}: {why}"
         states.pop(run_id, None)
-    for run_id in skipped.keys(None) & set(states):
-        broken[run_id] = f"unreadable record {skipped.first(run_id)}"
-        del states[run_id]
+    for topic in topics:  # the topics the events came from: other topics' keys are not run ids
+        for run_id in skipped.keys(topic) & set(states):
+            broken[run_id] = f"unreadable record {skipped.first(run_id, topic)}"
+            del states[run_id]
     _store(states, store_dir)
     return Rebuilt(states, broken, began_before)
 

@@ -118,7 +118,10 @@ def classify(data: bytes | None, expected: str, exc: BaseException) -> tuple[str
     except SchemaError as wire_exc:
         cause = wire_exc.__cause__ if wire_exc.__cause__ is not None else wire_exc
         if isinstance(cause, EOFError):
-            return TRUNCATED, f"{name} record (schema id {sid}, {len(data)} bytes) ends before its last field"
+            return TRUNCATED, (
+                f"{name} record (schema id {sid}, {len(data)} bytes) ends before its last field "
+                "(cut off, or a length inside it is corrupt)"
+            )
         return BAD_AVRO, f"{name} record (schema id {sid}): {type(cause).__name__}: {cause}"
     # The Avro was fine: turning the record into our type failed.
     body = record.get("body") if name == wire.EVENT else None
@@ -183,6 +186,7 @@ class Skipped:
         chosen = (u for u in self.records if topic is None or u.where.topic == topic)
         return {k for k in (u.where.key_text for u in chosen) if k is not None}
 
-    def first(self, key: str) -> Unreadable | None:
-        """The first record skipped with ``key``."""
-        return next((u for u in self.records if u.where.key_text == key), None)
+    def first(self, key: str, topic: str | None = None) -> Unreadable | None:
+        """The first record skipped with ``key`` (in ``topic``)."""
+        chosen = (u for u in self.records if topic is None or u.where.topic == topic)
+        return next((u for u in chosen if u.where.key_text == key), None)

@@ -108,3 +108,12 @@ def test_judge_compares_only_verifiable_runs() -> None:
     }
     assert sorted(report.unverifiable) == ["hole", "live-unreadable"]
     assert report.compared == 3  # "same", "differs" and "only-live" (which has no history)
+
+
+def test_skipped_records_of_other_topics_do_not_make_a_run_unverifiable() -> None:
+    h = History()
+    h.run("r/x")  # a run id that looks like a changelog key
+    skipped = Skipped()
+    skipped(Unreadable(Where("app.changelog", 0, 3, b"r/x"), JUNK, "junk"))  # run "x"'s live state
+    rebuilt = audit.rebuild(h.records(skipped), skipped=skipped)
+    assert list(rebuilt) == ["r/x"] and not rebuilt.unverifiable

@@ -61,6 +61,7 @@ def test_each_kind_of_bad_record_gets_its_own_reason(monkeypatch: pytest.MonkeyP
     assert _reason(b"\x00" + struct.pack(">I", 99_999) + good[5:]) == ur.UNKNOWN_SCHEMA
     assert _reason(good[: len(good) - 4]) == ur.TRUNCATED
     assert _reason(command) == ur.WRONG_TYPE
+    assert _reason(good[:5] + b"\xff" * 30) == ur.BAD_AVRO  # a negative string length
     # A body branch the schema has but this reader cannot turn into an event.
     monkeypatch.delitem(ev.BODY_TYPES, "orchestrator.v1.StartRun")
     assert _reason(_unknown_event_type()) == ur.UNKNOWN_EVENT
