@@ -183,8 +183,7 @@ def rebuild(
                 broken[run_id] = f"unreadable record {earlier}"
                 states.pop(run_id, None)
                 continue
-            what = f"seq {expected}" if event.seq == expected + 1 else f"seq {expected}..{event.seq - 1}"
-            why = f"{event.kind} at seq {event.seq}: {what} of the run is missing from the history"
+            why = f"{event.kind} at seq {event.seq}: " + _seq_problem(expected, event.seq)
         else:
             try:
                 states[run_id] = fold.apply(state, event)
@@ -200,6 +199,13 @@ def rebuild(
             del states[run_id]
     _store(states, store_dir)
     return Rebuilt(states, broken, began_before)
+
+
+def _seq_problem(expected: int, got: int) -> str:
+    if got < expected:
+        return f"the run's history is already at seq {expected} (a duplicate, or out of order)"
+    missing = f"seq {expected}" if got == expected + 1 else f"seq {expected}..{got - 1}"
+    return f"{missing} of the run is missing from the history"
 
 
 def rebuild_history(

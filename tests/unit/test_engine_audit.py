@@ -56,6 +56,8 @@ def test_good_runs_rebuild_while_broken_ones_are_reported_not_verifiable() -> No
     h.add("gap", ev.RunStarted(input=b"1"))
     h.add("gap", ev.StepScheduled(0, "s", "default", 1, b"", "k"))
     h.add("gap", ev.RunCompleted(b"2"), seq=3)  # seq 2 is nowhere
+    h.run("twice")
+    h.add("twice", ev.RunCompleted(b"2"), seq=3)  # seq 3 again
     h.add("bad-fold", ev.RunStarted(input=b"1"))
     h.add("bad-fold", ev.StepCompleted(4, 1, b"2", 1, 2))  # position 4 was never scheduled
     h.add("bad-fold", ev.RunCompleted(b"2"))  # not folded: the run is already broken
@@ -70,15 +72,16 @@ def test_good_runs_rebuild_while_broken_ones_are_reported_not_verifiable() -> No
     rebuilt = audit.rebuild(h.records(skipped), skipped=skipped)
     assert sorted(rebuilt) == ["good", "good2"]
     assert rebuilt["good"].status == "completed" and rebuilt["good"].next_seq == 4
-    assert sorted(rebuilt.unverifiable) == ["bad-fold", "gap", "hole", "no-start", "tail"]
+    assert sorted(rebuilt.unverifiable) == ["bad-fold", "gap", "hole", "no-start", "tail", "twice"]
+    assert "already at seq 4" in rebuilt.unverifiable["twice"]
     assert "RunStarted" in rebuilt.unverifiable["no-start"]
     assert "seq 2" in rebuilt.unverifiable["gap"]
     assert "position 4" in rebuilt.unverifiable["bad-fold"]
     assert f"{TOPIC}[0]@" in rebuilt.unverifiable["hole"] and JUNK in rebuilt.unverifiable["hole"]
     # Every event that did not fold is reported once, where it is; the hole's gap is explained already.
     folds = [(u.where.key_text, u.reason) for u in skipped.records if u.reason == NOT_FOLDING]
-    assert folds == [("no-start", NOT_FOLDING), ("gap", NOT_FOLDING), ("bad-fold", NOT_FOLDING)]
-    assert len(skipped) == 6
+    assert [run_id for run_id, _ in folds] == ["no-start", "gap", "twice", "bad-fold"]
+    assert len(skipped) == 7
 
 
 def test_with_a_time_window_runs_that_began_before_it_are_left_out_not_reported() -> None:
