@@ -24,7 +24,16 @@ from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.state import RunState, decode_state, encode_state
 from orchestrator._engine.store import RUN_PREFIX, PartitionStore, run_key
-from orchestrator._engine.unreadable import NOT_FOLDING, OnUnreadable, Skipped, Unreadable, Where, decoded
+from orchestrator._engine.unreadable import (
+    NOT_A_SCHEDULE,
+    NOT_FOLDING,
+    OnUnreadable,
+    Skipped,
+    Unreadable,
+    Where,
+    decoded,
+    skip_or_raise,
+)
 from orchestrator.app import App
 
 
@@ -106,6 +115,40 @@ def live_states(app: App, *, on_unreadable: OnUnreadable | None = None) -> dict[
     current = (m for m in latest.values() if m.value() is not None)
     states = decoded(current, decode_state, wire.RUN_STATE, on_unreadable)
     return {(where.key or b"")[len(RUN_PREFIX) :].decode(errors="replace"): state for where, state in states}
+
+
+_SCHEDULE_FIELDS = ("workflow", "cron", "timezone", "missed", "next_ms", "paused")
+
+
+def schedules(app: App, *, on_unreadable: OnUnreadable | None = None) -> list[dict[str, Any]]:
+    """Every schedule as the keyed stage holds it (its changelog, compacted), sorted by workflow.
+
+    A schedule record that is not the JSON object the router writes goes to ``on_unreadable`` (without a
+    callback: `SchemaError`), and the others are still listed.
+    """
+    latest: dict[bytes, Message] = {}
+    topic = topology.keyed_changelog_topic(app.name)
+    for msg in read_partitions(app.settings.bootstrap_servers, topic, list(range(app.settings.partitions))):
+        key = msg.key()
+        if key is not None and key.startswith(b"c/"):
+            latest[key] = msg
+    out: list[dict[str, Any]] = []
+    for msg in latest.values():
+        value = msg.value()
+        if not value:
+            continue
+        try:
+            schedule = json.loads(value)
+            missing = [f for f in _SCHEDULE_FIELDS if f not in schedule]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            skip_or_raise(
+                Unreadable(Where.of(msg), NOT_A_SCHEDULE, f"{type(exc).__name__}: {exc}"), on_unreadable
+            )
+            continue
+        out.append(schedule)
+    return sorted(out, key=lambda s: str(s["workflow"]))
 
 
 def changelog_run_ids(skipped: Skipped) -> dict[str, Unreadable]:

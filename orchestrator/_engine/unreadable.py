@@ -31,6 +31,7 @@ TRUNCATED = "truncated Avro"
 BAD_AVRO = "Avro does not match its schema"
 UNKNOWN_EVENT = "unknown event type"
 NOT_FOLDING = "does not fold into its run"
+NOT_A_SCHEDULE = "not a schedule"
 
 _HEADER = struct.Struct(">bI")
 

@@ -311,19 +311,20 @@ schedules_app = typer.Typer(help="List, pause and resume schedules.", no_args_is
 
 @schedules_app.command("list")
 def schedules_list(app_spec: AppOption = None) -> None:
-    """Every schedule with its next tick."""
+    """Every schedule with its next tick.
+
+    Exit codes: 0 all read; 3 unreadable schedule records were skipped (each reported on stderr).
+    """
     app = _app(app_spec)
-
-    async def go() -> list[dict[str, Any]]:
-        async with app.client() as client:
-            return await client.list_schedules()
-
-    rows: list[dict[str, Any]] = asyncio.run(go())
+    report = SkipReport()
+    rows = audit.schedules(app, on_unreadable=report.collector())
     table = Table("workflow", "cron", "timezone", "missed", "next tick (UTC)", "paused")
     for s in rows:
         nxt = datetime.fromtimestamp(s["next_ms"] / 1000, tz=UTC).isoformat(timespec="seconds")
         table.add_row(s["workflow"], s["cron"], s["timezone"], s["missed"], nxt, "yes" if s["paused"] else "")
     console.print(table)
+    report.print_summary()
+    raise typer.Exit(report.exit_code())
 
 
 def _pause(workflow: str, paused: bool, app_spec: str | None) -> None:

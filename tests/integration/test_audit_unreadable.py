@@ -25,6 +25,7 @@ from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.state import RunState, encode_state
 from orchestrator._engine.unreadable import (
     JUNK,
+    NOT_A_SCHEDULE,
     NOT_FOLDING,
     TRUNCATED,
     UNKNOWN_SCHEMA,
@@ -33,7 +34,13 @@ from orchestrator._engine.unreadable import (
 )
 from orchestrator.cli import app as cli
 from orchestrator.cli._unreadable import EXIT_OK, EXIT_UNREADABLE
-from orchestrator.topology import changelog_topic, dlq_topic, history_topic, inbox_topic
+from orchestrator.topology import (
+    changelog_topic,
+    dlq_topic,
+    history_topic,
+    inbox_topic,
+    keyed_changelog_topic,
+)
 
 GOOD = ("u0", "u3", "u5")
 
@@ -48,6 +55,10 @@ def _app(name: str, bootstrap: str) -> App:
     @app.workflow
     async def two_steps(ctx: WorkflowContext, i: int) -> int:
         return await ctx.step(double, await ctx.step(double, i))
+
+    @app.workflow(schedule="0 9 1 1 *")  # registered when the processor starts, never due in the test
+    async def yearly(ctx: WorkflowContext) -> None:
+        return None
 
     @app.workflow
     async def waits(ctx: WorkflowContext, i: int) -> int:
@@ -116,8 +127,10 @@ async def test_audit_commands_report_unreadable_records_and_carry_on(
             assert await waiting.result(timeout=60) == 110
             dlq = dlq_topic(app.name)
             _until(lambda: any(read_partitions(kafka_bootstrap, dlq, [0])), "the dead letter")
+            _until(lambda: audit.schedules(app), "the schedule")
     bad.put("dlq-junk", dlq, b"\x00\x00", None, 0)
     bad.put("state-junk", changelog_topic(app.name), b"junk", "r/u4", partition_for("u4", parts))
+    bad.put("schedule-junk", keyed_changelog_topic(app.name), b"{not json", "c/weekly", 0)
 
     module = types.ModuleType(f"audit_unreadable_{unique_name}")
     module.app = app  # type: ignore[attr-defined]
@@ -209,3 +222,8 @@ async def test_audit_commands_report_unreadable_records_and_carry_on(
     junk_offset = bad.landed["dlq-junk"].rsplit("@", 1)[1]
     assert run("dlq", "show", junk_offset).exit_code == EXIT_UNREADABLE
     assert run("dlq", "show", "0").exit_code == EXIT_OK
+
+    # schedules list: the real schedule listed, the junk one reported.
+    listed = run("schedules", "list")
+    assert listed.exit_code == EXIT_UNREADABLE and reported(listed, "schedule-junk", NOT_A_SCHEDULE)
+    assert "yearly" in listed.stdout and "0 9 1 1 *" in listed.stdout
