@@ -116,7 +116,7 @@ def classify(data: bytes | None, expected: str, exc: BaseException) -> tuple[str
         return WRONG_TYPE, f"a record of type {name} (schema id {sid}) where {expected} belongs"
     try:
         _, record = wire.decode(data, expected)
-    except SchemaError as wire_exc:
+    except Exception as wire_exc:  # noqa: BLE001 - explaining a failure must not fail itself
         cause = wire_exc.__cause__ if wire_exc.__cause__ is not None else wire_exc
         if isinstance(cause, EOFError):
             return TRUNCATED, (

@@ -3,6 +3,7 @@ its coordinates, the good runs still come out right, and the exit code says reco
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import sys
@@ -96,13 +97,11 @@ def _event(run_id: str, seq: int, body: object) -> bytes:
     return encode_event(Event(f"{run_id}/{seq}", run_id, "two_steps", int(time.time() * 1000), body, seq=seq))
 
 
-async def test_audit_commands_report_unreadable_records_and_carry_on(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app = _app(unique_name, kafka_bootstrap)
+async def _real_runs_among_bad_records(app: App, bad: Bad, state_dir: Path) -> None:
+    """Six completed runs and one (mid) with junk in the middle of its history, among bad records, a dead
+    letter and a schedule; the engine is stopped on return."""
     history, parts = history_topic(app.name), app.settings.partitions
-    bad = Bad(kafka_bootstrap)
-    with engine(app, tmp_path):
+    with engine(app, state_dir):
         async with app.client() as client:
             handles = [await client.start("two_steps", i, run_id=f"u{i}") for i in range(6)]
             waiting = await client.start("waits", 5, run_id="mid")
@@ -126,9 +125,19 @@ async def test_audit_commands_report_unreadable_records_and_carry_on(
             await client.signal("mid", "go", 100)
             assert await waiting.result(timeout=60) == 110
             dlq = dlq_topic(app.name)
-            _until(lambda: any(read_partitions(kafka_bootstrap, dlq, [0])), "the dead letter")
+            _until(lambda: any(read_partitions(app.settings.bootstrap_servers, dlq, [0])), "the dead letter")
             _until(lambda: audit.schedules(app), "the schedule")
-    bad.put("dlq-junk", dlq, b"\x00\x00", None, 0)
+
+
+def test_audit_commands_report_unreadable_records_and_carry_on(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not an async test: some commands (runs resume) run their own event loop, as from a shell.
+    app = _app(unique_name, kafka_bootstrap)
+    parts = app.settings.partitions
+    bad = Bad(kafka_bootstrap)
+    asyncio.run(_real_runs_among_bad_records(app, bad, tmp_path))
+    bad.put("dlq-junk", dlq_topic(app.name), b"\x00\x00", None, 0)
     bad.put("state-junk", changelog_topic(app.name), b"junk", "r/u4", partition_for("u4", parts))
     bad.put("schedule-junk", keyed_changelog_topic(app.name), b"{not json", "c/weekly", 0)
 
@@ -170,6 +179,11 @@ async def test_audit_commands_report_unreadable_records_and_carry_on(
     rebuilt = audit.rebuild_history(app, skipped)
     assert sorted(rebuilt) == ["u0", "u3", "u4", "u5"]
     assert sorted(rebuilt.unverifiable) == ["ghost", "mid", "u1", "u2"] and len(skipped) == 5
+
+    # replay --check with the same code: nothing diverges, the unreadable live state is reported.
+    checked = run("replay", "--check", spec)
+    assert checked.exit_code == EXIT_UNREADABLE and reported(checked, "state-junk", JUNK)
+    assert "0 would diverge" in said(checked.stdout)
 
     # replay RUN_ID --at: a good run shows, a run with a hole is not verifiable.
     now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 60))
@@ -214,6 +228,8 @@ async def test_audit_commands_report_unreadable_records_and_carry_on(
     assert all(r in listed.stdout for r in ("u0", "u5", "mid")) and "6 run(s)" in said(listed.stdout)
     assert run("runs", "show", "u4").exit_code == EXIT_UNREADABLE
     assert run("runs", "show", "u0").exit_code == EXIT_OK
+    resumed = run("runs", "resume", "--all-parked")  # there are none; the junk state is still reported
+    assert resumed.exit_code == EXIT_UNREADABLE and reported(resumed, "state-junk", JUNK)
 
     # dlq: the real dead letter listed, the junk one reported.
     letters = run("dlq", "list")
@@ -222,6 +238,8 @@ async def test_audit_commands_report_unreadable_records_and_carry_on(
     junk_offset = bad.landed["dlq-junk"].rsplit("@", 1)[1]
     assert run("dlq", "show", junk_offset).exit_code == EXIT_UNREADABLE
     assert run("dlq", "show", "0").exit_code == EXIT_OK
+    redriven = run("dlq", "redrive")  # the real letter goes back to the inbox; the junk one cannot
+    assert redriven.exit_code == EXIT_UNREADABLE and "re-drove 1 record(s)" in said(redriven.stdout)
 
     # schedules list: the real schedule listed, the junk one reported.
     listed = run("schedules", "list")
