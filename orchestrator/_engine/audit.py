@@ -1,7 +1,9 @@
 """Reading the history topic back: one run's events, exports, replay against the live state, code checks.
 
 The history topic is the system of record. Everything here only reads Kafka (``read_committed``) and never
-writes to the engine's topics, so it is safe to run against production.
+writes to the engine's topics, so it is safe to run against production. A record that cannot be read, or
+an event that does not fold into its run, is handed to an ``on_unreadable`` callback (`unreadable`) and
+the read goes on: an audit answers for everything readable and names exactly what it could not read.
 """
 
 from __future__ import annotations

@@ -182,7 +182,8 @@ def replay(
     before = f", {len(rebuilt.began_before)} began before --since" if rebuilt.began_before else ""
     console.print(
         f"replayed {len(rebuilt)} run(s), {events} events in {seconds:.2f}s "
-        f"({events / seconds if seconds else 0:.0f} events/s): {len(verdict.differences)} difference(s), "
+        f"({events / seconds if seconds else 0:.0f} events/s): {verdict.compared} compared, "
+        f"{len(verdict.differences)} difference(s), "
         f"{len(verdict.unverifiable)} run(s) not verifiable{before}; {report.summary()}"
     )
     raise typer.Exit(EXIT_DIFFERENCES if verdict.differences else report.exit_code())

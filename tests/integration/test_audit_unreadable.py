@@ -174,6 +174,7 @@ def test_audit_commands_report_unreadable_records_and_carry_on(
         assert f"{run_id} not verifiable" in out, (run_id, out)
     assert "0 difference(s), 5 run(s) not verifiable" in out and "6 unreadable record(s) skipped" in out
     assert "replayed 4 run(s)" in out  # u0, u3, u4 (whose live state is unreadable) and u5
+    assert "3 compared" in out  # u0, u3, u5
     # The same verdict from the library, for the record.
     skipped = Skipped()
     rebuilt = audit.rebuild_history(app, skipped)
