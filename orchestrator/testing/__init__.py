@@ -1,0 +1,13 @@
+"""Testing workflows without a broker: a test environment on a virtual clock, and a history replayer.
+
+``WorkflowEnvironment(app)`` runs an App's workflows in-process on the engine's own core (the decider and
+the keyed stage), executes steps with their real functions and retry policies (or fakes), and moves time
+only when the test does, skipping ahead while runs just wait for timers. ``Replayer(app)`` re-executes
+workflow code against histories exported with ``orchestrator export`` and reports where it would diverge,
+so a code change can be checked in CI before it meets open runs.
+"""
+
+from orchestrator.testing._environment import WorkflowEnvironment
+from orchestrator.testing._handle import WorkflowHandle
+
+__all__ = ["WorkflowEnvironment", "WorkflowHandle"]
