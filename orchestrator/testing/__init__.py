@@ -9,5 +9,15 @@ so a code change can be checked in CI before it meets open runs.
 
 from orchestrator.testing._environment import WorkflowEnvironment
 from orchestrator.testing._handle import WorkflowHandle
+from orchestrator.testing._history_file import HistoryFileError, read_events
+from orchestrator.testing._replayer import ReplayDivergence, Replayer, ReplayResult
 
-__all__ = ["WorkflowEnvironment", "WorkflowHandle"]
+__all__ = [
+    "HistoryFileError",
+    "ReplayDivergence",
+    "ReplayResult",
+    "Replayer",
+    "WorkflowEnvironment",
+    "WorkflowHandle",
+    "read_events",
+]
