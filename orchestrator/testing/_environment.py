@@ -238,23 +238,25 @@ class WorkflowEnvironment:
     # -- the loop -------------------------------------------------------------------------------------------
     async def _await_outcome(self, run_id: str, timeout: float | None) -> RunOutcome:
         limit = None if timeout is None else self.clock.now_ms + int(timeout * 1000)
-        idle = 0
         while True:
             async with self._lock:
                 await self._drain()
                 outcome = self._final_outcome(run_id)
                 if outcome is not None:
                     return outcome
+                progress = self._progress
+            # Nothing is left to handle now. Before moving time, let the test's other tasks run: one may be
+            # about to send what the run waits for (a signal must beat the wait's timeout, as it would live).
+            for _ in range(_IDLE_YIELDS):
+                await asyncio.sleep(0)
+            if self._progress != progress:
+                continue
+            async with self._lock:
                 due = self._next_due(skipping=True)
-                if due is not None and (limit is None or due <= limit):
+                if due is not None and (limit is None or due <= limit) and not self._queue:
                     await self._fire_due(due, skipping=True)
                     continue
-                progress = self._progress
-            if idle < _IDLE_YIELDS:  # another task of the test may be about to send what the run waits for
-                idle += 1
-                await asyncio.sleep(0)
-                if self._progress != progress:
-                    idle = 0
+            if self._queue:
                 continue
             if limit is not None:
                 self.clock.move_to(limit)
