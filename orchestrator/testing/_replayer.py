@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator._engine import events as ev
+from orchestrator._engine import state as st
 from orchestrator._engine.decider import Decider, Effects
 from orchestrator._engine.events import Event
-from orchestrator._engine.fold import fold
+from orchestrator._engine.fold import apply, fold
 from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.state import RunState
 from orchestrator.app import App
@@ -140,7 +141,6 @@ class _RunReplay:
         self.state: RunState | None = None
         self.pending: deque[Event] = deque()
         self.trusting = False  # accepting the rest of a start's reaction that a version marker explains
-        self.reacting_to = -1  # index of the input whose reaction is being compared
 
     def run(self) -> ReplayDivergence | None:
         if self.workflow not in self.app.workflows:
@@ -150,14 +150,56 @@ class _RunReplay:
                 divergence = self._step(i, recorded)
                 if divergence is not None:
                     return divergence
+            if self.pending:
+                extra = self.pending[0]
+                return ReplayDivergence(
+                    self.events[0].run_id,
+                    self.workflow,
+                    -1,
+                    _position(extra),
+                    "nothing more",
+                    describe(extra),
+                )
+            return self._recheck_open()
         finally:
             self.cache.clear()
-        if self.pending:
-            extra = self.pending[0]
-            return ReplayDivergence(
-                self.events[0].run_id, self.workflow, -1, _position(extra), "nothing more", describe(extra)
-            )
-        return None
+
+    def _recheck_open(self) -> ReplayDivergence | None:
+        """Re-execute a run that is still open against its whole record, as its next input would.
+
+        The reaction to the last input may have been taken on trust (a version marker), and an open run
+        has no later input whose re-execution would check it. Parking the folded state and resuming it
+        is how an operator makes a processor re-execute a run; the decider does the same here.
+        """
+        state = fold(self.events)
+        if state is None or state.status != st.RUNNING:
+            return None
+        last = self.events[-1]
+        park = Event(
+            f"{last.run_id}/replay-park",
+            last.run_id,
+            last.workflow,
+            last.timestamp_ms,
+            ev.RunParked("replay", "re-executing the open run"),
+            last.seq + 1,
+        )
+        state = apply(state, park)
+        resume = Event(
+            f"{last.run_id}/replay-resume",
+            last.run_id,
+            last.workflow,
+            last.timestamp_ms,
+            ev.ResumeRun("replay"),
+        )
+        self.cache.clear()
+        _, fx = self.decider.handle(state, resume, last.timestamp_ms)
+        decided = [e for e in fx.history if not isinstance(e.body, ev.RunResumed)]
+        if not decided:
+            return None
+        first = decided[0]
+        return ReplayDivergence(
+            last.run_id, self.workflow, -1, _position(first), "the run waiting as recorded", describe(first)
+        )
 
     def _step(self, i: int, recorded: Event) -> ReplayDivergence | None:
         if not self.pending:
@@ -173,7 +215,6 @@ class _RunReplay:
             if i > 0:  # the state as recorded, and no live instance: the code re-executes from the record
                 self.cache.clear()
                 self.state = fold(self.events[:i])
-            self.reacting_to = i
             fx = self._feed(stimulus.event, stimulus.tag, recorded.timestamp_ms)
             if not fx.history:
                 why = fx.dead_letter or fx.ignored or "no event"
@@ -185,9 +226,10 @@ class _RunReplay:
         if isinstance(recorded.body, ev.RunParked):  # the code of its time parked here; this code does not
             self._resync(i)
             return None
-        if isinstance(produced.body, ev.MarkerRecorded) and self.reacting_to == 0:
-            # A new run takes the new path of ``ctx.patched``; this one started before the change. The
-            # start's reaction is re-executed (and so checked) against the record at the run's next input.
+        if isinstance(produced.body, ev.MarkerRecorded):
+            # Code that reaches a ``ctx.patched`` point for the first time takes the new path; this run
+            # passed that point with the code of its time. What it did instead is checked when the code is
+            # re-executed against the record: at the run's next input, or at the end for an open run.
             self.pending.clear()
             self.trusting = True
             return None

@@ -585,3 +585,42 @@ def test_step_failures_inside_workflows_are_step_failed_errors() -> None:
             return await (await env.start(careful)).result()
 
     assert asyncio.run(go()) == "caught TerminalError"
+
+
+def marker_app(change: str) -> App:
+    """a, then a wait; ``change``: "" as recorded, "marked" (b before the wait, behind a marker),
+    "bad-old-branch" (marked, but the old branch no longer waits)."""
+    app = App("markers")
+
+    @app.step
+    def a() -> str:
+        return "a"
+
+    @app.step
+    def b() -> str:
+        return "b"
+
+    @app.workflow
+    async def flow(ctx: WorkflowContext) -> str:
+        await ctx.step(a)
+        if change and ctx.patched("b-first"):
+            await ctx.step(b)
+        elif change == "bad-old-branch":
+            await ctx.sleep("1h")
+        got = await ctx.wait_for_event("go")
+        return str(got.payload)
+
+    return app
+
+
+async def test_replay_takes_the_recorded_path_of_a_marker_after_the_start() -> None:
+    async with WorkflowEnvironment(marker_app("")) as env:
+        await env.start("flow", run_id="done")
+        await env.signal("done", "go", "x")
+        await env.start("flow", run_id="open")  # still waiting when "exported"
+        histories = {r: env.history(r) for r in env.run_ids()}
+    assert histories["open"][-1].kind == "WaitStarted"
+    assert Replayer(marker_app("marked")).replay(histories).ok
+    bad = Replayer(marker_app("bad-old-branch")).replay(histories)
+    assert sorted(d.run_id for d in bad.divergences) == ["done", "open"], bad.report()
+    assert all("non_determinism" in d.code and "position 1" in d.code for d in bad.divergences)
