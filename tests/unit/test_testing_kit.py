@@ -20,6 +20,16 @@ from typing import Any
 import pytest
 
 import orchestrator.testing
+from examples.test_approvals import (  # the README's example tests run with the unit suite
+    test_large_purchase_is_approved_then_followed_up_after_three_days,
+    test_purchase_without_approval_is_refused_and_budget_released,
+    test_small_purchase_skips_approval,
+)
+from examples.test_orders import (
+    test_flaky_warehouse_is_retried_by_policy,
+    test_order_ships_with_a_mocked_payment,
+    test_order_without_amount_fails_without_charging,
+)
 from orchestrator import (
     Admission,
     App,
@@ -39,6 +49,16 @@ from orchestrator.testing import HistoryFileError, Replayer, WorkflowEnvironment
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 QUICK = RetryPolicy(max_attempts=3, initial_interval="1m", backoff=2.0, max_interval="1h", jitter=0)
+
+
+EXAMPLES = (  # collected here too: ``./dev test`` runs pytest on tests/ only
+    test_order_ships_with_a_mocked_payment,
+    test_flaky_warehouse_is_retried_by_policy,
+    test_order_without_amount_fails_without_charging,
+    test_large_purchase_is_approved_then_followed_up_after_three_days,
+    test_purchase_without_approval_is_refused_and_budget_released,
+    test_small_purchase_skips_approval,
+)
 
 
 def test_public_surface() -> None:
