@@ -349,20 +349,25 @@ class WorkflowEnvironment:
                 out.append((due, ident, tag, key))
         return out
 
-    def _next_due(self, skipping: bool) -> int | None:
+    def _next_timer(self, skipping: bool) -> tuple[int, str, str, bytes | None] | None:
         timers = self._timers(skipping)
-        return min(t[0] for t in timers) if timers else None
+        return min(timers, key=lambda t: (t[0], t[1], t[2])) if timers else None
+
+    def _next_due(self, skipping: bool) -> int | None:
+        timer = self._next_timer(skipping)
+        return timer[0] if timer is not None else None
 
     async def _fire_due(self, due_ms: int, skipping: bool) -> None:
-        """Move the clock to ``due_ms`` and fire every timer due by then, oldest first."""
+        """Move the clock to ``due_ms`` and fire every timer due by then, oldest first.
+
+        The next timer is looked up again after each one: what a timer sets off may clear or add others.
+        """
         self.clock.move_to(due_ms)
-        for due, ident, tag, key in sorted(self._timers(skipping), key=lambda t: (t[0], t[1], t[2])):
-            if due > due_ms:
-                break
+        while (timer := self._next_timer(skipping)) is not None and timer[0] <= due_ms:
+            due, ident, tag, key = timer
             if key is None:
-                state = self._states[ident]
                 self._fired.add((due, ident, tag))
-                self._emit(self._decider.fire_timer(state, tag, self.clock.now_ms))
+                self._emit(self._decider.fire_timer(self._states[ident], tag, self.clock.now_ms))
             else:
                 self._keyed.delete(key)
                 self._routed(self._router.fire_timer(self._keyed_store, ident, tag, self.clock.now_ms))

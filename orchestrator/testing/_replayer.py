@@ -165,41 +165,37 @@ class _RunReplay:
             self.cache.clear()
 
     def _recheck_open(self) -> ReplayDivergence | None:
-        """Re-execute a run that is still open against its whole record, as its next input would.
+        """Re-execute a run that is still open (running or parked) against its whole record.
 
-        The reaction to the last input may have been taken on trust (a version marker), and an open run
-        has no later input whose re-execution would check it. Parking the folded state and resuming it
-        is how an operator makes a processor re-execute a run; the decider does the same here.
+        The reaction to the last input may have been taken on trust, and an open run has no later input
+        whose re-execution would check it. Resuming a parked run is how an operator makes a processor
+        re-execute it; the decider does the same here (a running run is parked first, on a copy). A
+        running run must then decide nothing new; a parked one may go on, but must not park again.
         """
         state = fold(self.events)
-        if state is None or state.status != st.RUNNING:
+        if state is None or state.ending or state.status not in (st.RUNNING, st.PARKED):
             return None
         last = self.events[-1]
-        park = Event(
-            f"{last.run_id}/replay-park",
-            last.run_id,
-            last.workflow,
-            last.timestamp_ms,
-            ev.RunParked("replay", "re-executing the open run"),
-            last.seq + 1,
-        )
-        state = apply(state, park)
-        resume = Event(
-            f"{last.run_id}/replay-resume",
-            last.run_id,
-            last.workflow,
-            last.timestamp_ms,
-            ev.ResumeRun("replay"),
-        )
+        was_running = state.status == st.RUNNING
+        if was_running:
+            park = ev.RunParked("replay", "re-executing the open run")
+            state = apply(state, self._synthetic(last, "park", park, last.seq + 1))
         self.cache.clear()
+        resume = self._synthetic(last, "resume", ev.ResumeRun("replay"), -1)
         _, fx = self.decider.handle(state, resume, last.timestamp_ms)
         decided = [e for e in fx.history if not isinstance(e.body, ev.RunResumed)]
-        if not decided:
-            return None
-        first = decided[0]
-        return ReplayDivergence(
-            last.run_id, self.workflow, -1, _position(first), "the run waiting as recorded", describe(first)
-        )
+        parked = [e for e in decided if isinstance(e.body, ev.RunParked)]
+        if parked or (was_running and decided):
+            first = parked[0] if parked else decided[0]
+            recorded = "the run waiting as recorded" if was_running else "a parked run, to be resumed"
+            return ReplayDivergence(
+                last.run_id, self.workflow, -1, _position(first), recorded, describe(first)
+            )
+        return None
+
+    @staticmethod
+    def _synthetic(last: Event, what: str, body: ev.Body, seq: int) -> Event:
+        return Event(f"{last.run_id}/replay-{what}", last.run_id, last.workflow, last.timestamp_ms, body, seq)
 
     def _step(self, i: int, recorded: Event) -> ReplayDivergence | None:
         if not self.pending:
@@ -226,10 +222,15 @@ class _RunReplay:
         if isinstance(recorded.body, ev.RunParked):  # the code of its time parked here; this code does not
             self._resync(i)
             return None
-        if isinstance(produced.body, ev.MarkerRecorded):
-            # Code that reaches a ``ctx.patched`` point for the first time takes the new path; this run
-            # passed that point with the code of its time. What it did instead is checked when the code is
-            # re-executed against the record: at the run's next input, or at the end for an open run.
+        if isinstance(produced.body, ev.MarkerRecorded) or ev.RetryScheduled in (
+            type(produced.body),
+            type(recorded.body),
+        ):
+            # Two differences that are not the code's: code that reaches a ``ctx.patched`` point for the
+            # first time takes the new path (this run passed it with the code of its time), and a changed
+            # retry policy decides past failures differently (a processor never decides them again). The
+            # rest of this reaction is taken as recorded; it is checked when the code is re-executed against
+            # the record: at the run's next input, or at the end for a run still open.
             self.pending.clear()
             self.trusting = True
             return None

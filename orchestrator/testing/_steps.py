@@ -30,7 +30,6 @@ class StepRunner:
     def __init__(self, app: App) -> None:
         self.app = app
         self._mocks: dict[str, Callable[..., Any]] = {}
-        self.calls: dict[str, int] = {}
 
     def mock(self, step: Callable[..., Any] | str, fake: Callable[..., Any]) -> None:
         """Run ``fake`` (sync or async, same arguments) instead of the registered function of ``step``."""
@@ -48,7 +47,6 @@ class StepRunner:
 
     async def run(self, cmd: StepCommand, now_ms: int) -> Event:
         """One attempt; every outcome, an exception included, is a result event (it never raises)."""
-        self.calls[cmd.step] = self.calls.get(cmd.step, 0) + 1
         body: StepCompleted | StepFailed
         try:
             definition = attempts.definition_of(self.app, cmd, "this test environment")

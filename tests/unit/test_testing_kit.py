@@ -80,10 +80,10 @@ class Calls:
     fail_first: int = 0
 
 
-def shop(calls: Calls, *, reorder: bool = False) -> App:
+def shop(calls: Calls, *, reorder: bool = False, attempts: int = 3) -> App:
     app = App("kit")
 
-    @app.step(retry=QUICK)
+    @app.step(retry=replace(QUICK, max_attempts=attempts))
     async def charge(amount: int) -> str:
         calls.log.append(f"charge:{step_info().attempt}")
         if calls.fail_first > 0:
@@ -644,3 +644,63 @@ async def test_replay_takes_the_recorded_path_of_a_marker_after_the_start() -> N
     bad = Replayer(marker_app("bad-old-branch")).replay(histories)
     assert sorted(d.run_id for d in bad.divergences) == ["done", "open"], bad.report()
     assert all("non_determinism" in d.code and "position 1" in d.code for d in bad.divergences)
+
+
+async def test_step_admission_lets_one_attempt_through_at_a_time() -> None:
+    app = App("step-limits")
+    running: list[str] = []
+
+    @app.step(admission=Admission(key="region", concurrency=1))
+    def call_region(job: dict[str, str]) -> str:
+        running.append(job["id"])
+        return job["id"]
+
+    @app.workflow
+    async def fan(ctx: WorkflowContext) -> list[str]:
+        jobs = [{"id": str(i), "region": "eu"} for i in range(3)]
+        return list(await asyncio.gather(*(ctx.step(call_region, job) for job in jobs)))
+
+    async with WorkflowEnvironment(app) as env:
+        assert await (await env.start(fan)).result() == ["0", "1", "2"]
+        assert running == ["0", "1", "2"]
+
+
+async def test_replay_is_not_fooled_by_a_retry_policy_change(calls: Calls) -> None:
+    calls.fail_first = 1  # recorded: a retry, then success
+    retried = await _recorded(calls, 1)
+    assert Replayer(shop(Calls([]), attempts=1)).replay(retried).ok  # fewer attempts now
+    async with WorkflowEnvironment(shop(Calls([], fail_first=1), attempts=1)) as env:
+        with contextlib.suppress(RunFailedError):
+            await (await env.start("order", 1, run_id="g")).result()
+        recorded_without_retry = env.history("g")
+    assert recorded_without_retry[-1].kind == "RunFailed"
+    assert Replayer(shop(Calls([]), attempts=3)).replay(recorded_without_retry).ok  # more attempts now
+
+
+async def test_replay_of_a_parked_run_says_whether_resuming_it_would_work() -> None:
+    app = App("parked")
+
+    @app.step
+    def a() -> int:
+        return 1
+
+    async def with_asyncio_sleep(ctx: WorkflowContext) -> int:
+        await ctx.step(a)
+        await asyncio.sleep(60)  # not durable: the engine parks the run (workflow_error)
+        return 1
+
+    async def fixed(ctx: WorkflowContext) -> int:
+        await ctx.step(a)
+        await ctx.sleep(60)
+        return 1
+
+    app.workflow(name="flow")(with_asyncio_sleep)
+    async with WorkflowEnvironment(app) as env:
+        with pytest.raises(RunFailedError, match="workflow_error"):
+            await (await env.start("flow", run_id="p1")).result()
+        history = env.history("p1")  # exported while parked
+    still_bad = Replayer(app).replay(history)
+    assert len(still_bad.divergences) == 1, still_bad.report()
+    assert "parked run" in still_bad.divergences[0].history and "asyncio" in still_bad.divergences[0].code
+    app.workflows["flow"] = replace(app.workflows["flow"], fn=fixed)
+    assert Replayer(app).replay(history).ok  # the fix: resuming the run re-executes it cleanly
