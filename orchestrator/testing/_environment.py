@@ -61,7 +61,7 @@ class WorkflowEnvironment:
 
     def __init__(self, app: App, *, start_time: datetime | None = None) -> None:
         self.app = app
-        self.clock = VirtualClock(start_time)
+        self._clock = VirtualClock(start_time)
         self._cache = InstanceCache()
         # A seeded generator: retry jitter, and so the times retries happen, are the same on every run.
         self._decider = Decider(app, self._cache, rng=random.Random(0))
@@ -95,24 +95,24 @@ class WorkflowEnvironment:
     # -- the clock ------------------------------------------------------------------------------------------
     def now(self) -> datetime:
         """The environment's current (virtual) time."""
-        return self.clock.now()
+        return self._clock.now()
 
     async def sleep(self, duration: Duration) -> None:
         """Move the clock forward by ``duration``, firing every timer due on the way, each at its time."""
-        await self.sleep_until_ms(self.clock.after(duration))
+        await self._sleep_until_ms(self._clock.after(duration))
 
     async def sleep_until(self, when: datetime) -> None:
         """Move the clock forward to ``when`` (timezone-aware), firing every timer due on the way."""
         if when.tzinfo is None:
             raise ValueError("sleep_until needs a timezone-aware datetime")
-        await self.sleep_until_ms(int(when.timestamp() * 1000))
+        await self._sleep_until_ms(int(when.timestamp() * 1000))
 
-    async def sleep_until_ms(self, target_ms: int) -> None:
+    async def _sleep_until_ms(self, target_ms: int) -> None:
         async with self._lock:
             await self._drain()
             while (due := self._next_due(skipping=False)) is not None and due <= target_ms:
                 await self._fire_due(due, skipping=False)
-            self.clock.move_to(target_ms)
+            self._clock.move_to(target_ms)
 
     # -- requests, as the client sends them -----------------------------------------------------------------
     async def start(
@@ -133,7 +133,7 @@ class WorkflowEnvironment:
         data = self.app.data.encode(input, what=f"input of workflow {name!r}")
         definition = self.app.workflows.get(name)
         admission = definition.admission if definition is not None else None
-        now = self.clock.now_ms
+        now = self._clock.now_ms
         async with self._lock:
             if admission is not None or idempotency_key:
                 key = str(extract(input, admission.key)) if admission is not None and admission.key else ""
@@ -187,7 +187,7 @@ class WorkflowEnvironment:
         raw_key = key.encode() if isinstance(key, str) else key
         msg = FakeMessage(topic, partition, offset, raw, raw_key)
         async with self._lock:
-            for routed in translate(self.app, cast(Message, msg), self.clock.now_ms):
+            for routed in translate(self.app, cast(Message, msg), self._clock.now_ms):
                 if routed.routing is None:
                     self._queue.append(("inbox", routed.event))
                 else:
@@ -237,7 +237,7 @@ class WorkflowEnvironment:
 
     # -- the loop -------------------------------------------------------------------------------------------
     async def _await_outcome(self, run_id: str, timeout: float | None) -> RunOutcome:
-        limit = None if timeout is None else self.clock.now_ms + int(timeout * 1000)
+        limit = None if timeout is None else self._clock.now_ms + int(timeout * 1000)
         while True:
             async with self._lock:
                 await self._drain()
@@ -259,7 +259,7 @@ class WorkflowEnvironment:
             if self._queue:
                 continue
             if limit is not None:
-                self.clock.move_to(limit)
+                self._clock.move_to(limit)
                 raise RunTimeoutError(
                     f"run {run_id!r} did not end within {timeout}s of virtual time: "
                     f"{waiting_on(self._states.get(run_id))}"
@@ -297,13 +297,13 @@ class WorkflowEnvironment:
             if kind == "inbox":
                 self._handle(item)
             elif kind == "keyed":
-                self._routed(self._router.handle(self._keyed_store, item, self.clock.now_ms))
+                self._routed(self._router.handle(self._keyed_store, item, self._clock.now_ms))
             else:
                 await self._execute(item)
 
     def _handle(self, event: Event) -> None:
         state = self._states.get(event.run_id)
-        new_state, fx = self._decider.handle(state, event, self.clock.now_ms)
+        new_state, fx = self._decider.handle(state, event, self._clock.now_ms)
         if new_state is not None:
             self._states[new_state.run_id] = new_state
         if fx.dead_letter:
@@ -314,8 +314,8 @@ class WorkflowEnvironment:
         if cmd.cancel:
             return  # attempts take no virtual time: none is ever running when its run is cancelled
         if cmd.report_start:
-            self._handle(self._steps.started(cmd, self.clock.now_ms))
-        self._queue.append(("inbox", await self._steps.run(cmd, self.clock.now_ms)))
+            self._handle(self._steps.started(cmd, self._clock.now_ms))
+        self._queue.append(("inbox", await self._steps.run(cmd, self._clock.now_ms)))
 
     def _emit(self, fx: Effects) -> None:
         for event in fx.history:
@@ -362,15 +362,15 @@ class WorkflowEnvironment:
 
         The next timer is looked up again after each one: what a timer sets off may clear or add others.
         """
-        self.clock.move_to(due_ms)
+        self._clock.move_to(due_ms)
         while (timer := self._next_timer(skipping)) is not None and timer[0] <= due_ms:
             due, ident, tag, key = timer
             if key is None:
                 self._fired.add((due, ident, tag))
-                self._emit(self._decider.fire_timer(self._states[ident], tag, self.clock.now_ms))
+                self._emit(self._decider.fire_timer(self._states[ident], tag, self._clock.now_ms))
             else:
                 self._keyed.delete(key)
-                self._routed(self._router.fire_timer(self._keyed_store, ident, tag, self.clock.now_ms))
+                self._routed(self._router.fire_timer(self._keyed_store, ident, tag, self._clock.now_ms))
             await self._drain()
 
     # -- helpers --------------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ class WorkflowEnvironment:
     async def _request(self, run_id: str, body: ev.Body) -> None:
         self._known(run_id)
         async with self._lock:
-            self._queue.append(("inbox", Event(self._event_id(), run_id, "", self.clock.now_ms, body)))
+            self._queue.append(("inbox", Event(self._event_id(), run_id, "", self._clock.now_ms, body)))
             await self._drain()
 
     def _known(self, run_id: str) -> None:
@@ -397,5 +397,5 @@ class WorkflowEnvironment:
         """Declare the app's schedules to the keyed stage, as a starting processor does."""
         for schedule in self.app.schedules.values():
             body = ev.ScheduleRegister(schedule.workflow, schedule.cron, schedule.timezone, schedule.missed)
-            event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, self.clock.now_ms, body)
-            self._routed(self._router.handle(self._keyed_store, event, self.clock.now_ms))
+            event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, self._clock.now_ms, body)
+            self._routed(self._router.handle(self._keyed_store, event, self._clock.now_ms))

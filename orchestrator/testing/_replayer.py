@@ -140,7 +140,7 @@ class _RunReplay:
         self.decider = Decider(app, self.cache, rng=random.Random(0))
         self.state: RunState | None = None
         self.pending: deque[Event] = deque()
-        self.trusting = False  # accepting the rest of a start's reaction that a version marker explains
+        self.trusting = False  # taking the rest of a reaction as recorded (a version marker, a policy change)
 
     def run(self) -> ReplayDivergence | None:
         if self.workflow not in self.app.workflows:
