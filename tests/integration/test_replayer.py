@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from engine_support import REPO, engine, settings
 
-from orchestrator import App, RetryPolicy, RunFailedError, WorkflowContext, step_info
+from orchestrator import App, Client, RetryPolicy, RunFailedError, WorkflowContext, step_info
 from orchestrator._engine.events import Event
 from orchestrator.testing import Replayer, read_events
 
@@ -60,11 +60,11 @@ def checkout_app(name: str, bootstrap: str, *, change: str = "") -> App:
     return app
 
 
-async def _until_waiting(client: object, run_id: str) -> None:
+async def _until_waiting(client: Client, run_id: str) -> None:
     """Until the run's approval wait is committed (the processor's pace, not a timing check)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        description = await client.describe(run_id)  # type: ignore[attr-defined]
+        description = await client.describe(run_id)
         if description is not None and any(s.status == "waiting" for s in description.steps):
             return
         await asyncio.sleep(0.1)
