@@ -16,6 +16,7 @@ import itertools
 import random
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, cast
 
@@ -46,6 +47,13 @@ from orchestrator.triggers import extract
 HOUSEKEEPING_TIMERS = frozenset({"tick", "expire", "idem-expire"})
 """Keyed-stage timers that time skipping leaves alone: schedule ticks (they would start runs forever) and
 expiries (they unblock nothing). ``sleep`` fires them like any other."""
+
+MAX_SKIPS = 10_000
+"""Times ``result`` skips to the next timer before it calls the run endless (a workflow sleeping in a
+``while True`` loop would otherwise hang the test)."""
+
+_IN_STEP: ContextVar[bool] = ContextVar("orchestrator_testing_in_step", default=False)
+"""Set while this environment runs a step, whose code may call the environment back."""
 
 _IDLE_YIELDS = 3
 """Event-loop turns ``result`` gives the test's other tasks (one about to signal, say) before it decides
@@ -108,6 +116,7 @@ class WorkflowEnvironment:
         await self._sleep_until_ms(int(when.timestamp() * 1000))
 
     async def _sleep_until_ms(self, target_ms: int) -> None:
+        _not_in_a_step("env.sleep")
         async with self._lock:
             await self._drain()
             while (due := self._next_due(skipping=False)) is not None and due <= target_ms:
@@ -134,22 +143,19 @@ class WorkflowEnvironment:
         definition = self.app.workflows.get(name)
         admission = definition.admission if definition is not None else None
         now = self._clock.now_ms
-        async with self._lock:
-            if admission is not None or idempotency_key:
-                key = str(extract(input, admission.key)) if admission is not None and admission.key else ""
-                priority = (
-                    float(admission.priority(input)) if admission is not None and admission.priority else 0.0
-                )
-                request = ev.AdmitRequest(name, run_id, data, key, priority, idempotency_key or "", "client")
-                self._queue.append(("keyed", Event(self._event_id(), run_id, name, now, request)))
-                await self._drain()
-                ack = self._acks.pop(run_id, None)
-                if ack is not None and ack.status == "duplicate":
-                    return WorkflowHandle(self, pydantic_core.from_json(ack.result or b'""'), name)
-                return WorkflowHandle(self, run_id, name)
-            start = ev.StartRun(input=data, requested_by="client")
-            self._queue.append(("inbox", Event(self._event_id(), run_id, name, now, start)))
-            await self._drain()
+        if admission is not None or idempotency_key:
+            key = str(extract(input, admission.key)) if admission is not None and admission.key else ""
+            priority = (
+                float(admission.priority(input)) if admission is not None and admission.priority else 0.0
+            )
+            request = ev.AdmitRequest(name, run_id, data, key, priority, idempotency_key or "", "client")
+            await self._submit(("keyed", Event(self._event_id(), run_id, name, now, request)))
+            ack = self._acks.pop(run_id, None)
+            if ack is not None and ack.status == "duplicate":
+                return WorkflowHandle(self, pydantic_core.from_json(ack.result or b'""'), name)
+            return WorkflowHandle(self, run_id, name)
+        start = ev.StartRun(input=data, requested_by="client")
+        await self._submit(("inbox", Event(self._event_id(), run_id, name, now, start)))
         return WorkflowHandle(self, run_id, name)
 
     def get_handle(self, run_id: str, workflow: str | None = None) -> WorkflowHandle:
@@ -186,13 +192,8 @@ class WorkflowEnvironment:
         self._offsets[(topic, partition)] = offset + 1
         raw_key = key.encode() if isinstance(key, str) else key
         msg = FakeMessage(topic, partition, offset, raw, raw_key)
-        async with self._lock:
-            for routed in translate(self.app, cast(Message, msg), self._clock.now_ms):
-                if routed.routing is None:
-                    self._queue.append(("inbox", routed.event))
-                else:
-                    self._queue.append(("keyed", routed.event))
-            await self._drain()
+        routed = translate(self.app, cast(Message, msg), self._clock.now_ms)
+        await self._submit(*(("inbox" if r.routing is None else "keyed", r.event) for r in routed))
 
     # -- steps ----------------------------------------------------------------------------------------------
     def mock_step(self, step: Callable[..., Any] | str, fake: Callable[..., Any]) -> None:
@@ -237,7 +238,9 @@ class WorkflowEnvironment:
 
     # -- the loop -------------------------------------------------------------------------------------------
     async def _await_outcome(self, run_id: str, timeout: float | None) -> RunOutcome:
+        _not_in_a_step("a run's result()")
         limit = None if timeout is None else self._clock.now_ms + int(timeout * 1000)
+        skips = 0
         while True:
             async with self._lock:
                 await self._drain()
@@ -254,6 +257,12 @@ class WorkflowEnvironment:
             async with self._lock:
                 due = self._next_due(skipping=True)
                 if due is not None and (limit is None or due <= limit) and not self._queue:
+                    skips += 1
+                    if skips > MAX_SKIPS:
+                        raise RunTimeoutError(
+                            f"run {run_id!r} has not ended after {MAX_SKIPS} skips to the next timer "
+                            f"(virtual time {self.now().isoformat()}): does it loop forever? Pass a timeout."
+                        )
                     await self._fire_due(due, skipping=True)
                     continue
             if self._queue:
@@ -315,7 +324,12 @@ class WorkflowEnvironment:
             return  # attempts take no virtual time: none is ever running when its run is cancelled
         if cmd.report_start:
             self._handle(self._steps.started(cmd, self._clock.now_ms))
-        self._queue.append(("inbox", await self._steps.run(cmd, self._clock.now_ms)))
+        token = _IN_STEP.set(True)
+        try:
+            result = await self._steps.run(cmd, self._clock.now_ms)
+        finally:
+            _IN_STEP.reset(token)
+        self._queue.append(("inbox", result))
 
     def _emit(self, fx: Effects) -> None:
         for event in fx.history:
@@ -381,8 +395,19 @@ class WorkflowEnvironment:
 
     async def _request(self, run_id: str, body: ev.Body) -> None:
         self._known(run_id)
+        await self._submit(("inbox", Event(self._event_id(), run_id, "", self._clock.now_ms, body)))
+
+    async def _submit(self, *work: tuple[str, Any]) -> None:
+        """Queue ``work`` and handle everything that follows from it.
+
+        From inside a step this environment is running (a fake that signals another run, say), the work is
+        only queued: the drain that runs the step handles it next, as Kafka would deliver it.
+        """
+        if _IN_STEP.get():
+            self._queue.extend(work)
+            return
         async with self._lock:
-            self._queue.append(("inbox", Event(self._event_id(), run_id, "", self._clock.now_ms, body)))
+            self._queue.extend(work)
             await self._drain()
 
     def _known(self, run_id: str) -> None:
@@ -399,3 +424,11 @@ class WorkflowEnvironment:
             body = ev.ScheduleRegister(schedule.workflow, schedule.cron, schedule.timezone, schedule.missed)
             event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, self._clock.now_ms, body)
             self._routed(self._router.handle(self._keyed_store, event, self._clock.now_ms))
+
+
+def _not_in_a_step(what: str) -> None:
+    if _IN_STEP.get():
+        raise RuntimeError(
+            f"{what} cannot be awaited inside a step: the environment is running that step and would wait "
+            "for itself. Signal, cancel, start or emit from a step instead; await results in the test."
+        )

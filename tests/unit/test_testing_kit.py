@@ -704,3 +704,44 @@ async def test_replay_of_a_parked_run_says_whether_resuming_it_would_work() -> N
     assert "parked run" in still_bad.divergences[0].history and "asyncio" in still_bad.divergences[0].code
     app.workflows["flow"] = replace(app.workflows["flow"], fn=fixed)
     assert Replayer(app).replay(history).ok  # the fix: resuming the run re-executes it cleanly
+
+
+async def test_a_step_can_call_the_environment_back(calls: Calls) -> None:
+    app = shop(calls)
+    async with WorkflowEnvironment(app) as env:
+        waiting = await env.start("approval", "S1", run_id="waiting")
+
+        async def approving_charge(amount: int) -> str:  # a fake service that answers another run
+            await env.signal("waiting", "approved", {"by": "fake"}, key="S1")
+            return "ch"
+
+        async def impatient_charge(amount: int) -> str:
+            return str(await waiting.result())  # would wait for itself
+
+        env.mock_step("charge", approving_charge)
+        await (await env.start("order", 1)).result()
+        assert await waiting.result() == "approved by fake"
+        env.mock_step("charge", impatient_charge)
+        with pytest.raises(RunFailedError, match="cannot be awaited inside a step"):
+            await (await env.start("order", 2)).result()
+
+
+async def test_an_endless_run_is_called_endless(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.testing import _environment
+
+    monkeypatch.setattr(_environment, "MAX_SKIPS", 20)
+    app = App("endless")
+
+    @app.step
+    def tick() -> None:
+        return None
+
+    @app.workflow
+    async def forever(ctx: WorkflowContext) -> None:
+        while True:
+            await ctx.step(tick)
+            await ctx.sleep("1h")
+
+    async with WorkflowEnvironment(app) as env:
+        with pytest.raises(RunTimeoutError, match="after 20 skips"):
+            await (await env.start(forever)).result()
