@@ -267,6 +267,11 @@ async def test_a_run_that_can_never_end_says_what_it_waits_for() -> None:
             await handle.result()
         with pytest.raises(RunTimeoutError, match="within 60s of virtual time"):
             await handle.result(timeout=60)
+    async with WorkflowEnvironment(shop(Calls([])), start_time=T0) as env:
+        sleeper = await env.start("subscription", 1)
+        with pytest.raises(RunTimeoutError, match=r"a timer due 2026-03-31T09:00:00\+00:00"):
+            await sleeper.result(timeout=3600)
+        assert env.now() == T0 + timedelta(hours=1)
 
 
 async def test_a_concurrent_task_can_send_what_a_result_waits_for(calls: Calls) -> None:
