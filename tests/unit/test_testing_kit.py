@@ -750,3 +750,31 @@ async def test_an_endless_run_is_called_endless(monkeypatch: pytest.MonkeyPatch)
     async with WorkflowEnvironment(app) as env:
         with pytest.raises(RunTimeoutError, match="after 20 skips"):
             await (await env.start(forever)).result()
+
+
+async def test_timeouts_in_the_environment_and_in_replay() -> None:
+    app = App("timeouts")
+
+    @app.step(timeout="50ms", retry=RetryPolicy(max_attempts=2, initial_interval="1s"))
+    async def slow_once() -> str:
+        if step_info().attempt == 1:
+            await asyncio.sleep(30)  # interrupted by the step's (real) timeout
+        return "done"
+
+    @app.workflow(timeout="1h")
+    async def bounded(ctx: WorkflowContext) -> str:
+        result = str(await ctx.step(slow_once))
+        await ctx.wait_for_event("never")
+        return result
+
+    async with WorkflowEnvironment(app) as env:
+        handle = await env.start(bounded, run_id="t")
+        with pytest.raises(RunFailedError) as failed:
+            await handle.result()
+        assert failed.value.error_type == "RunTimeout"
+        kinds = [e.kind for e in env.history("t")]
+        assert kinds.count("StepStarted") == 2 and "RetryScheduled" in kinds
+        description = env.describe("t")
+        assert description is not None and description.steps[0].attempt_errors[0].startswith("#1 StepTimeout")
+        history = env.history("t")
+    assert Replayer(app).replay(history).ok
