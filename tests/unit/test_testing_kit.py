@@ -778,3 +778,18 @@ async def test_timeouts_in_the_environment_and_in_replay() -> None:
         assert description is not None and description.steps[0].attempt_errors[0].startswith("#1 StepTimeout")
         history = env.history("t")
     assert Replayer(app).replay(history).ok
+
+
+async def test_replay_of_runs_started_by_topics_admission_and_schedules() -> None:
+    log: list[str] = []
+    async with WorkflowEnvironment(evented_app(log), start_time=T0) as env:
+        await env.emit("orders", {"id": "o-1"})
+        await env.emit("payments", {"order_id": "o-1", "cents": 5})
+        await env.emit("orders", {"id": "o-2"})  # times out
+        await env.start("limited", {"user": "u"}, run_id="j1")
+        await env.start("limited", {"user": "u"}, run_id="j2")
+        await env.sleep("1d")
+        histories = {r: env.history(r) for r in env.run_ids()}
+    assert len(histories) == 5 and all(h[-1].kind == "RunCompleted" for h in histories.values())
+    result = Replayer(evented_app([])).replay(histories)
+    assert result.ok and result.runs == 5, result.report()
