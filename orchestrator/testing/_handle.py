@@ -34,7 +34,8 @@ class WorkflowHandle:
     async def cancel(self, reason: str = "cancelled by request") -> None:
         await self.env.cancel(self.run_id, reason)
 
-    def describe(self) -> RunDescription | None:
+    async def describe(self) -> RunDescription | None:
+        """Async like the client's, so code written against a ``RunHandle`` works with this one."""
         return self.env.describe(self.run_id)
 
     @property

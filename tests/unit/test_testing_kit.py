@@ -155,7 +155,7 @@ async def test_steps_run_for_real_and_the_result_decodes(calls: Calls) -> None:
             "StepCompleted",
             "RunCompleted",
         ]
-        description = handle.describe()
+        description = await handle.describe()
         assert description is not None and [s.step for s in description.steps] == ["charge", "ship"]
         # The recorded history folds back to the state the environment holds, as replay would.
         state = fold(env.history("o1"))
