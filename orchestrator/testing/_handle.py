@@ -25,6 +25,10 @@ class WorkflowHandle:
         Raises ``RunFailedError`` when the run failed, was cancelled or parked (as the real client does),
         and ``RunTimeoutError`` when it has not ended after ``timeout`` seconds of *virtual* time, or can
         never end because it waits for something no timer will bring (a signal, an event).
+
+        Before each skip, the test's other tasks get a few event-loop turns (so a task signalling the run
+        wins against the wait's timeout); to send something at a chosen virtual time, ``env.sleep`` there
+        and send it before awaiting the result.
         """
         return await self.env.result(self.run_id, timeout)
 

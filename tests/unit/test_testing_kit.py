@@ -51,7 +51,9 @@ T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 QUICK = RetryPolicy(max_attempts=3, initial_interval="1m", backoff=2.0, max_interval="1h", jitter=0)
 
 
-EXAMPLES = (  # collected here too: ``./dev test`` runs pytest on tests/ only
+# Imported test functions are collected as tests of this module: ``./dev test`` runs pytest on tests/ only,
+# and the examples the README points to must not rot.
+EXAMPLES = (
     test_order_ships_with_a_mocked_payment,
     test_flaky_warehouse_is_retried_by_policy,
     test_order_without_amount_fails_without_charging,
