@@ -15,10 +15,10 @@ import asyncio
 import itertools
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast, overload
 
 import pydantic_core
 from confluent_kafka import Message
@@ -34,6 +34,7 @@ from orchestrator._engine.sources import translate
 from orchestrator._engine.store import PartitionStore
 from orchestrator.app import App
 from orchestrator.client import RunDescription
+from orchestrator.context import WorkflowContext
 from orchestrator.durations import Duration
 from orchestrator.errors import RunFailedError, RunTimeoutError
 from orchestrator.testing._clock import VirtualClock
@@ -43,6 +44,9 @@ from orchestrator.testing._steps import StepRunner
 from orchestrator.testing._store import MemoryStore
 from orchestrator.testing._waits import waiting_on
 from orchestrator.triggers import extract
+
+R = TypeVar("R")
+InputT = TypeVar("InputT")
 
 HOUSEKEEPING_TIMERS = frozenset({"tick", "expire", "idem-expire"})
 """Keyed-stage timers that time skipping leaves alone: schedule ticks (they would start runs forever) and
@@ -124,6 +128,36 @@ class WorkflowEnvironment:
             self._clock.move_to(target_ms)
 
     # -- requests, as the client sends them -----------------------------------------------------------------
+    @overload
+    async def start(
+        self,
+        workflow: Callable[[WorkflowContext, InputT], Awaitable[R]],
+        input: InputT,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
+    async def start(
+        self,
+        workflow: Callable[[WorkflowContext], Awaitable[R]],
+        input: None = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
+    async def start(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> WorkflowHandle[Any]: ...
+
     async def start(
         self,
         workflow: Callable[..., Any] | str,
@@ -131,7 +165,7 @@ class WorkflowEnvironment:
         *,
         run_id: str | None = None,
         idempotency_key: str | None = None,
-    ) -> WorkflowHandle:
+    ) -> WorkflowHandle[Any]:
         """Start a run (``run_id`` default: ``<workflow>-<n>``); the same run id twice is one run.
 
         As with the client, a workflow with an ``Admission`` or a start with ``idempotency_key`` goes
@@ -158,7 +192,7 @@ class WorkflowEnvironment:
         await self._submit(("inbox", Event(self._event_id(), run_id, name, now, start)))
         return WorkflowHandle(self, run_id, name)
 
-    def get_handle(self, run_id: str, workflow: str | None = None) -> WorkflowHandle:
+    def get_handle(self, run_id: str, workflow: str | None = None) -> WorkflowHandle[Any]:
         return WorkflowHandle(self, run_id, workflow)
 
     async def signal(self, run_id: str, name: str, payload: Any = None, *, key: str = "") -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from orchestrator._engine.events import Event
 from orchestrator.client import RunDescription
@@ -10,16 +10,19 @@ from orchestrator.client import RunDescription
 if TYPE_CHECKING:
     from orchestrator.testing._environment import WorkflowEnvironment
 
+R = TypeVar("R")
 
-class WorkflowHandle:
-    """One run in a ``WorkflowEnvironment``."""
+
+class WorkflowHandle(Generic[R]):
+    """One run in a ``WorkflowEnvironment``; ``R`` is the workflow's result type when it came from
+    ``env.start(workflow, ...)`` (``Any`` for a handle made from a run id)."""
 
     def __init__(self, env: WorkflowEnvironment, run_id: str, workflow: str | None) -> None:
         self.env = env
         self.run_id = run_id
         self.workflow = workflow
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | None = None) -> R:
         """The run's return value, skipping virtual time while the run only waits for timers.
 
         Raises ``RunFailedError`` when the run failed, was cancelled or parked (as the real client does),
@@ -30,7 +33,7 @@ class WorkflowHandle:
         wins against the wait's timeout); to send something at a chosen virtual time, ``env.sleep`` there
         and send it before awaiting the result.
         """
-        return await self.env.result(self.run_id, timeout)
+        return cast(R, await self.env.result(self.run_id, timeout))
 
     async def signal(self, name: str, payload: Any = None, *, key: str = "") -> None:
         await self.env.signal(self.run_id, name, payload, key=key)
