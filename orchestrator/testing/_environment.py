@@ -50,7 +50,8 @@ InputT = TypeVar("InputT")
 
 HOUSEKEEPING_TIMERS = frozenset({"tick", "expire", "idem-expire"})
 """Keyed-stage timers that time skipping leaves alone: schedule ticks (they would start runs forever) and
-expiries (they unblock nothing). ``sleep`` fires them like any other."""
+expiries (they unblock nothing). ``sleep`` fires them like any other; ticks that fell in time ``result``
+skipped are then late, and the schedule's ``missed`` policy decides, as after a processor outage."""
 
 MAX_SKIPS = 10_000
 """Times ``result`` skips to the next timer before it calls the run endless (a workflow sleeping in a
@@ -68,7 +69,8 @@ class WorkflowEnvironment:
     """Runs an App's workflows and steps in this process, on a virtual clock; no broker, no disk.
 
     Use it as ``async with WorkflowEnvironment(app) as env:``. ``start_time`` fixes the clock's start
-    (timezone-aware; default: now), so ``ctx.now()`` and schedules are reproducible.
+    (timezone-aware; default: now), so ``ctx.now()`` and schedules are reproducible. Schedules tick when
+    ``sleep`` moves the clock, not while ``result`` skips time.
     """
 
     def __init__(self, app: App, *, start_time: datetime | None = None) -> None:
