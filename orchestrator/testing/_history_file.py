@@ -28,7 +28,10 @@ class HistoryFileError(ValueError):
 
 
 def read_events(path: str | Path) -> list[Event]:
-    """Every event of an export file, in file order (per run, that is history order)."""
+    """Every event of an export file, in file order (per run, that is history order).
+
+    Also reads the output of ``orchestrator history RUN_ID --json`` saved to a file (the same JSON lines).
+    """
     path = Path(path)
     with path.open("rb") as fh:
         avro = fh.read(4) == _AVRO_MAGIC
