@@ -795,3 +795,33 @@ async def test_replay_of_runs_started_by_topics_admission_and_schedules() -> Non
     assert len(histories) == 5 and all(h[-1].kind == "RunCompleted" for h in histories.values())
     result = Replayer(evented_app([])).replay(histories)
     assert result.ok and result.runs == 5, result.report()
+
+
+async def test_rate_limits_and_debounce_go_through_the_keyed_stage() -> None:
+    app = App("rates")
+    inputs: list[int] = []
+
+    @app.step
+    def record(n: int) -> None:
+        inputs.append(n)
+
+    @app.workflow(admission=Admission(rate=1, per="1h", rate_mode="drop"))
+    async def once_an_hour(ctx: WorkflowContext, n: int) -> int:
+        return n
+
+    @app.workflow(admission=Admission(debounce="5m"))
+    async def settle(ctx: WorkflowContext, n: int) -> None:
+        await ctx.step(record, n)
+
+    async with WorkflowEnvironment(app, start_time=T0) as env:
+        assert await (await env.start(once_an_hour, 1)).result() == 1
+        with pytest.raises(RunFailedError) as refused:
+            await (await env.start(once_an_hour, 2)).result()
+        assert (refused.value.status, refused.value.error_type) == ("rejected", "RateLimited")
+        await env.sleep("1h")
+        assert await (await env.start(once_an_hour, 3)).result() == 3
+        # A burst of starts within the debounce period starts one run, with the last input.
+        for n in (1, 2, 3):
+            await env.start(settle, n, run_id=f"burst-{n}")
+        await env.sleep("10m")
+        assert inputs == [3]
