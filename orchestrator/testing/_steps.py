@@ -18,7 +18,7 @@ from orchestrator._engine import attempts
 from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted
 from orchestrator._engine.records import StepCommand
 from orchestrator.app import App
-from orchestrator.context import _current_step
+from orchestrator.context import StepInfo, _current_step
 
 WORKER = "testing"
 """Recorded as the worker of every attempt run by a test environment."""
@@ -62,7 +62,9 @@ class StepRunner:
         return replace(event, timestamp_ms=now_ms)
 
     @staticmethod
-    async def _call(fn: Callable[..., Any], args: tuple[Any, ...], info: Any, timeout: float | None) -> Any:
+    async def _call(
+        fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo, timeout: float | None
+    ) -> Any:
         """Call ``fn`` with ``step_info()`` set; a timeout is real (wall-clock) time, as on a worker."""
         token = _current_step.set(info)
         try:
