@@ -42,6 +42,7 @@ class WorkflowDecorator(Protocol):
 
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
 
+
 DEFAULT_QUEUE = "default"
 
 
