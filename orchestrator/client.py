@@ -296,8 +296,20 @@ class Client:
                 latest[key] = msg.value()
         return sorted((json.loads(v) for v in latest.values() if v), key=lambda s: str(s["workflow"]))
 
-    def get_handle(self, run_id: str, workflow: str | None = None) -> RunHandle[Any]:
-        return RunHandle(self, run_id, workflow)
+    @overload
+    def get_handle(self, run_id: str, workflow: Callable[..., Awaitable[R]]) -> RunHandle[R]: ...
+
+    @overload
+    def get_handle(self, run_id: str, workflow: str | None = None) -> RunHandle[Any]: ...
+
+    def get_handle(self, run_id: str, workflow: Callable[..., Any] | str | None = None) -> RunHandle[Any]:
+        """A handle on an existing run, e.g. one started elsewhere or a detached child.
+
+        Given the workflow function (rather than its name), the handle is typed by its result, so
+        ``await client.get_handle(run_id, wf).result()`` has ``wf``'s return type.
+        """
+        name = workflow if workflow is None or isinstance(workflow, str) else self.app.workflow_name(workflow)
+        return RunHandle(self, run_id, name)
 
     async def _produce(self, event: Event, *, topic: str | None = None, key: str | None = None) -> None:
         producer = self._ensure_producer()

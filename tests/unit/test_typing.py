@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,7 @@ PASSES = Snippet(
         reveal_type(await client.start(ping))  # orchestrator.client.RunHandle[bytes]
         reveal_type(await client.start("ship", {"id": "x"}))  # orchestrator.client.RunHandle[Any]
         reveal_type(client.get_handle("r"))  # orchestrator.client.RunHandle[Any]
+        reveal_type(client.get_handle("r", ship))  # orchestrator.client.RunHandle[float]
     """,  # noqa: E501 - a revealed signature is longer than a line
 )
 
@@ -253,7 +255,7 @@ def test_correct_code_passes_with_the_expected_types(
     mypy_output: dict[str, list[tuple[int, str, str]]],
 ) -> None:
     expected = _reveals(PASSES)
-    assert len(expected) == 18
+    assert len(expected) == 19
     assert mypy_output.get(PASSES.name, []) == expected
 
 
@@ -269,3 +271,11 @@ def test_wrong_code_fails_on_the_marked_lines(
     assert len(marked) == len(snippet.errors), "as many messages as the markers announce"
     expected = [(n, "error", message) for n, message in zip(marked, snippet.errors, strict=True)]
     assert mypy_output.get(snippet.name, []) == expected
+
+
+def test_ci_type_checks_the_typed_example() -> None:
+    """CI runs plain ``.venv/bin/mypy``: the example only proves something if the config names it."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert config["strict"] is True
+    assert {"orchestrator", "examples/typed_orders.py"} <= set(config["files"])
+    assert (REPO / "examples" / "typed_orders.py").is_file()
