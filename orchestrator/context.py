@@ -159,7 +159,9 @@ class WorkflowContext(ABC):
 
         Typing: ``input`` is checked against the child workflow's input parameter (omitted for a workflow
         that takes only ``ctx``); the awaited value is its result type, or ``str`` (the run id) when
-        detached. A workflow named by a string is unchecked.
+        detached. ``detach`` must be written as ``True`` or ``False``: with a ``bool`` variable no typed
+        variant applies (one returning ``R | str`` would make mypy give up on ``detach=True``, as the
+        workflow's ``Coroutine[Any, Any, R]`` type matches both). A workflow named by a string is unchecked.
         """
 
     @abstractmethod
