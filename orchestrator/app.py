@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
 R = TypeVar("R")
+CoroutineT = TypeVar("CoroutineT", bound=Coroutine[Any, Any, Any])
+"""What a workflow function returns: bound, so that a plain ``def`` is refused as at run time, and passed
+through whole, so that the decorated function's type is exactly the function's (writing
+``Coroutine[Any, Any, R]`` instead would put explicit ``Any`` in every workflow's type, which makes mypy give
+up (``Any``) on overloaded calls such as ``ctx.child``)."""
 
 
 class StepDecorator(Protocol):
@@ -40,7 +45,7 @@ class StepDecorator(Protocol):
 class WorkflowDecorator(Protocol):
     """What ``@app.workflow(...)`` returns; only ``async def`` functions are accepted, as at run time."""
 
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    def __call__(self, fn: Callable[P, CoroutineT], /) -> Callable[P, CoroutineT]: ...
 
 
 DEFAULT_QUEUE = "default"
@@ -197,7 +202,7 @@ class App:
     @overload
     def workflow(
         self,
-        fn: Callable[P, Coroutine[Any, Any, R]],
+        fn: Callable[P, CoroutineT],
         *,
         name: str | None = None,
         version: str = "",
@@ -208,7 +213,7 @@ class App:
         missed: str = "skip",
         admission: Admission | None = None,
         idempotency_window: Duration = "1d",
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    ) -> Callable[P, CoroutineT]: ...
 
     @overload
     def workflow(

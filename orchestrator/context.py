@@ -12,7 +12,7 @@ import random
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,7 +45,7 @@ class WorkflowContext(ABC):
     @abstractmethod
     def step(
         self,
-        fn: Callable[[*Ts], Awaitable[R]],
+        fn: Callable[[*Ts], Coroutine[Any, Any, R]],
         *args: *Ts,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
@@ -85,6 +85,9 @@ class WorkflowContext(ABC):
 
         Typing: ``args`` are checked against ``fn``'s positional parameters (and ``compensate``'s, since it
         receives the same ones), and the awaited value has ``fn``'s return type, an async step's unwrapped.
+        The async variant takes ``Coroutine``, not ``Awaitable``: both variants then see the same type for
+        ``fn``, so a step whose signature contains ``Any`` is not an ambiguous match (mypy would answer
+        ``Any``); and only ``async def`` steps are awaited by the engine anyway.
         """
 
     @overload
@@ -160,8 +163,9 @@ class WorkflowContext(ABC):
         Typing: ``input`` is checked against the child workflow's input parameter (omitted for a workflow
         that takes only ``ctx``); the awaited value is its result type, or ``str`` (the run id) when
         detached. ``detach`` must be written as ``True`` or ``False``: with a ``bool`` variable no typed
-        variant applies (one returning ``R | str`` would make mypy give up on ``detach=True``, as the
-        workflow's ``Coroutine[Any, Any, R]`` type matches both). A workflow named by a string is unchecked.
+        variant applies (a variant returning ``R | str`` would also match ``detach=True``, and mypy answers
+        ``Any`` when two variants match a call whose types contain ``Any``). A workflow named by a string is
+        unchecked.
         """
 
     @abstractmethod
@@ -203,7 +207,7 @@ class WorkflowContext(ABC):
     @overload
     async def map(
         self,
-        fn: Callable[[T], Awaitable[R]],
+        fn: Callable[[T], Coroutine[Any, Any, R]],
         items: Iterable[T],
         *,
         max_in_flight: int = 50,
