@@ -4,7 +4,8 @@ The same kind of app as ``examples/orders.py``, using every typed entry point: s
 and without decorator arguments, ``ctx.step`` with a compensation, ``ctx.map``, an attached and a detached
 child workflow, ``client.start`` and ``RunHandle.result``. pyproject's ``[tool.mypy]`` lists this file, so
 ``mypy --strict`` (CI's ``.venv/bin/mypy``) fails if a change to the public API loses one of these types:
-every variable below is annotated with the type the API must give it, and nothing is ``Any``.
+the values the API hands back are annotated with the type it must give them, and the file is checked with
+``disallow_any_expr``, so a call that quietly returned ``Any`` (which fits any annotation) fails too.
 
 Run it like the other example, against a broker (``orchestrator kafka start``):
 

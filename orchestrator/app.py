@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, get_type_hints, overload
+from typing import TYPE_CHECKING, Any, Never, ParamSpec, Protocol, TypeVar, get_type_hints, overload
 
 from orchestrator.converter import DataConverter, PayloadCodec, PayloadConverter
 from orchestrator.durations import Duration, to_millis
@@ -25,11 +25,12 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
 R = TypeVar("R")
-CoroutineT = TypeVar("CoroutineT", bound=Coroutine[Any, Any, Any])
+CoroutineT = TypeVar("CoroutineT", bound=Coroutine[object, Never, object])
 """What a workflow function returns: bound, so that a plain ``def`` is refused as at run time, and passed
 through whole, so that the decorated function's type is exactly the function's (writing
 ``Coroutine[Any, Any, R]`` instead would put explicit ``Any`` in every workflow's type, which makes mypy give
-up (``Any``) on overloaded calls such as ``ctx.child``)."""
+up (``Any``) on overloaded calls such as ``ctx.child``). The bound has no ``Any`` either (``object`` and
+``Never`` by variance), so that code checked with ``disallow_any_expr`` may write a bare ``@app.workflow``."""
 
 
 class StepDecorator(Protocol):

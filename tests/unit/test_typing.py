@@ -317,4 +317,6 @@ def test_ci_type_checks_the_typed_example() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
     assert config["strict"] is True
     assert {"orchestrator", "examples/typed_orders.py"} <= set(config["files"])
+    overrides = {m: o for o in config["overrides"] for m in o["module"]}
+    assert overrides["examples.typed_orders"]["disallow_any_expr"] is True
     assert (REPO / "examples" / "typed_orders.py").is_file()
