@@ -7,9 +7,9 @@ policies and task queues without any registry service.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, Never, ParamSpec, Protocol, TypeVar, get_type_hints, overload
 
 from orchestrator.converter import DataConverter, PayloadCodec, PayloadConverter
 from orchestrator.durations import Duration, to_millis
@@ -23,6 +23,31 @@ if TYPE_CHECKING:
     from orchestrator.client import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+CoroutineT = TypeVar("CoroutineT", bound=Coroutine[object, Never, object])
+"""What a workflow function returns: bound, so that a plain ``def`` is refused as at run time, and passed
+through whole, so that the decorated function's type is exactly the function's (writing
+``Coroutine[Any, Any, R]`` instead would put explicit ``Any`` in every workflow's type, which makes mypy give
+up (``Any``) on overloaded calls such as ``ctx.child``). The bound has no ``Any`` either (``object`` and
+``Never`` by variance), so that code checked with ``disallow_any_expr`` may write a bare ``@app.workflow``."""
+
+
+class StepDecorator(Protocol):
+    """What ``@app.step(...)`` returns: a decorator that hands back the function with its signature intact.
+
+    A protocol with a generic ``__call__`` (rather than ``Callable[[Callable[P, R]], Callable[P, R]]``) so
+    that each decorated function binds its own ``P`` and ``R``.
+    """
+
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+class WorkflowDecorator(Protocol):
+    """What ``@app.workflow(...)`` returns; only ``async def`` functions are accepted, as at run time."""
+
+    def __call__(self, fn: Callable[P, CoroutineT], /) -> Callable[P, CoroutineT]: ...
+
 
 DEFAULT_QUEUE = "default"
 
@@ -86,9 +111,37 @@ class App:
         self.schedules: dict[str, Schedule] = {}
 
     # -- registration -------------------------------------------------------------------------------------
+    @overload
     def step(
         self,
-        fn: F | None = None,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str = DEFAULT_QUEUE,
+        timeout: Duration | None = None,
+        schedule_to_start_timeout: Duration | None = None,
+        admission: Admission | None = None,
+        local: bool = False,
+    ) -> Callable[P, R]: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str = DEFAULT_QUEUE,
+        timeout: Duration | None = None,
+        schedule_to_start_timeout: Duration | None = None,
+        admission: Admission | None = None,
+        local: bool = False,
+    ) -> StepDecorator: ...
+
+    def step(
+        self,
+        fn: Callable[..., Any] | None = None,
         *,
         name: str | None = None,
         retry: RetryPolicy | None = None,
@@ -99,6 +152,9 @@ class App:
         local: bool = False,
     ) -> Any:
         """Register a step (async or plain function). Usable as ``@app.step`` or ``@app.step(...)``.
+
+        The function itself is returned, so it stays callable as before (handy in unit tests) and type
+        checkers keep its signature: ``ctx.step(fn, *args)`` is checked against it and typed by its result.
 
         ``timeout`` limits one attempt from its start to its result (start-to-close); an attempt over it
         is failed and retried by the policy, also when its worker died and the command is never redelivered.
@@ -144,9 +200,41 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    @overload
     def workflow(
         self,
-        fn: F | None = None,
+        fn: Callable[P, CoroutineT],
+        *,
+        name: str | None = None,
+        version: str = "",
+        timeout: Duration | None = None,
+        trigger: Trigger | list[Trigger] | None = None,
+        schedule: str | None = None,
+        timezone: str = "UTC",
+        missed: str = "skip",
+        admission: Admission | None = None,
+        idempotency_window: Duration = "1d",
+    ) -> Callable[P, CoroutineT]: ...
+
+    @overload
+    def workflow(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        version: str = "",
+        timeout: Duration | None = None,
+        trigger: Trigger | list[Trigger] | None = None,
+        schedule: str | None = None,
+        timezone: str = "UTC",
+        missed: str = "skip",
+        admission: Admission | None = None,
+        idempotency_window: Duration = "1d",
+    ) -> WorkflowDecorator: ...
+
+    def workflow(
+        self,
+        fn: Callable[..., Any] | None = None,
         *,
         name: str | None = None,
         version: str = "",
@@ -159,6 +247,9 @@ class App:
         idempotency_window: Duration = "1d",
     ) -> Any:
         """Register a workflow: ``async def wf(ctx: WorkflowContext, input: T) -> R``.
+
+        The function itself is returned with its signature, which is how ``client.start(wf, input)`` and
+        ``ctx.child(wf, input)`` check ``input`` against ``T`` and type the result as ``R``.
 
         ``timeout`` bounds the whole run: when it passes, the run fails with ``RunTimeout`` and its pending
         steps, timers and waits are cancelled. ``trigger`` starts runs from records of your own topics;

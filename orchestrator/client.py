@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar, cast, overload
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
@@ -38,10 +38,14 @@ from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import RunOutcome, decode_outcome
 from orchestrator._engine.state import COMPLETED, PARKED, TERMINAL, RunState
 from orchestrator.app import App
+from orchestrator.context import WorkflowContext
 from orchestrator.errors import OrchestratorError, RunFailedError, RunTimeoutError, SchemaError
 from orchestrator.triggers import extract
 
 log = logging.getLogger("orchestrator.client")
+
+R = TypeVar("R")
+InputT = TypeVar("InputT")
 
 
 @dataclass(frozen=True)
@@ -106,16 +110,22 @@ class RunDescription:
         )
 
 
-class RunHandle:
+class RunHandle(Generic[R]):
+    """A started (or looked-up) run. ``R`` is the workflow's result type when the handle came from
+    ``client.start(wf, ...)``; a handle made from a run id alone is ``RunHandle[Any]``."""
+
     def __init__(self, client: Client, run_id: str, workflow: str | None) -> None:
         self.client = client
         self.run_id = run_id
         self.workflow = workflow
 
-    async def result(self, timeout: float | None = None) -> Any:
-        """The run's return value; RunFailedError if it failed or was parked, RunTimeoutError on timeout."""
+    async def result(self, timeout: float | None = None) -> R:
+        """The run's return value; RunFailedError if it failed or was parked, RunTimeoutError on timeout.
+
+        The value is decoded with the workflow's return annotation, which is what ``R`` was taken from.
+        """
         outcome = await self.client._await_outcome(self.run_id, timeout)
-        return self.client._outcome_value(outcome)
+        return cast(R, self.client._outcome_value(outcome))
 
     async def describe(self) -> RunDescription | None:
         return await self.client.describe(self.run_id)
@@ -144,6 +154,39 @@ class Client:
         await self.close()
 
     # -- starting -----------------------------------------------------------------------------------------
+    @overload
+    async def start(
+        self,
+        workflow: Callable[[WorkflowContext, InputT], Awaitable[R]],
+        input: InputT,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float = 60.0,
+    ) -> RunHandle[R]: ...
+
+    @overload
+    async def start(
+        self,
+        workflow: Callable[[WorkflowContext], Awaitable[R]],
+        input: None = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float = 60.0,
+    ) -> RunHandle[R]: ...
+
+    @overload
+    async def start(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float = 60.0,
+    ) -> RunHandle[Any]: ...
+
     async def start(
         self,
         workflow: Callable[..., Any] | str,
@@ -152,12 +195,15 @@ class Client:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         timeout: float = 60.0,
-    ) -> RunHandle:
+    ) -> RunHandle[Any]:
         """Start a run. The same ``run_id`` twice gives one run; the second start returns its handle.
 
         With ``idempotency_key``, a second start with the same key within the workflow's
         ``idempotency_window`` (from any client) returns the handle of the first run instead of starting
         another. Workflows with an ``Admission`` are started through it (they may wait for a slot).
+
+        Typing: ``input`` is checked against the workflow's input parameter (omitted for a workflow that
+        takes only ``ctx``) and the handle's ``result()`` has its return type. By name, both are unchecked.
         """
         name = workflow if isinstance(workflow, str) else self.app.workflow_name(workflow)
         run_id = run_id or uuid.uuid4().hex
@@ -250,8 +296,20 @@ class Client:
                 latest[key] = msg.value()
         return sorted((json.loads(v) for v in latest.values() if v), key=lambda s: str(s["workflow"]))
 
-    def get_handle(self, run_id: str, workflow: str | None = None) -> RunHandle:
-        return RunHandle(self, run_id, workflow)
+    @overload
+    def get_handle(self, run_id: str, workflow: Callable[..., Awaitable[R]]) -> RunHandle[R]: ...
+
+    @overload
+    def get_handle(self, run_id: str, workflow: str | None = None) -> RunHandle[Any]: ...
+
+    def get_handle(self, run_id: str, workflow: Callable[..., Any] | str | None = None) -> RunHandle[Any]:
+        """A handle on an existing run, e.g. one started elsewhere or a detached child.
+
+        Given the workflow function (rather than its name), the handle is typed by its result, so
+        ``await client.get_handle(run_id, wf).result()`` has ``wf``'s return type.
+        """
+        name = workflow if workflow is None or isinstance(workflow, str) else self.app.workflow_name(workflow)
+        return RunHandle(self, run_id, name)
 
     async def _produce(self, event: Event, *, topic: str | None = None, key: str | None = None) -> None:
         producer = self._ensure_producer()

@@ -12,16 +12,22 @@ import random
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, TypeVarTuple, overload
 
 from orchestrator.durations import Duration
 from orchestrator.retry import RetryPolicy
 
 T = TypeVar("T")
+R = TypeVar("R")
+InputT = TypeVar("InputT")
+Ts = TypeVarTuple("Ts")
+"""The positional arguments of a step. A tuple of types, not a ParamSpec: step arguments travel as a list
+and are applied positionally, and ``ctx.step``'s own keyword options (``retry``, ``compensate``, ...) may not
+follow ``*args: P.args`` (PEP 612), while they may follow ``*args: *Ts``."""
 
 
 class WorkflowContext(ABC):
@@ -39,35 +45,35 @@ class WorkflowContext(ABC):
     @abstractmethod
     def step(
         self,
-        fn: Callable[..., Awaitable[T]],
-        *args: Any,
+        fn: Callable[[*Ts], Coroutine[Any, Any, R]],
+        *args: *Ts,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
         timeout: Duration | None = None,
-        compensate: Callable[..., Any] | None = None,
-    ) -> Awaitable[T]: ...
+        compensate: Callable[[*Ts], object] | None = None,
+    ) -> Awaitable[R]: ...
 
     @overload
     @abstractmethod
     def step(
         self,
-        fn: Callable[..., T],
-        *args: Any,
+        fn: Callable[[*Ts], R],
+        *args: *Ts,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
         timeout: Duration | None = None,
-        compensate: Callable[..., Any] | None = None,
-    ) -> Awaitable[T]: ...
+        compensate: Callable[[*Ts], object] | None = None,
+    ) -> Awaitable[R]: ...
 
     @abstractmethod
     def step(
         self,
-        fn: Callable[..., Any],
-        *args: Any,
+        fn: Callable[[*Ts], Any],
+        *args: *Ts,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
         timeout: Duration | None = None,
-        compensate: Callable[..., Any] | None = None,
+        compensate: Callable[[*Ts], object] | None = None,
     ) -> Awaitable[Any]:
         """Schedule a registered step on a worker; await it for its (recorded) result.
 
@@ -76,7 +82,68 @@ class WorkflowContext(ABC):
         for this call. ``compensate`` names a registered step that undoes this one (saga): if the run later
         fails or is cancelled, the compensations of its completed steps run newest first, with the same
         arguments, each durable and retried by its own policy.
+
+        Typing: ``args`` are checked against ``fn``'s positional parameters (and ``compensate``'s, since it
+        receives the same ones), and the awaited value has ``fn``'s return type, an async step's unwrapped.
+        The async variant takes ``Coroutine``, not ``Awaitable``: both variants then see the same type for
+        ``fn``, so a step whose signature contains ``Any`` is not an ambiguous match (mypy would answer
+        ``Any``); and only ``async def`` steps are awaited by the engine anyway.
         """
+
+    @overload
+    @abstractmethod
+    def child(
+        self,
+        workflow: Callable[[WorkflowContext, InputT], Awaitable[R]],
+        input: InputT,
+        *,
+        run_id: str | None = None,
+        detach: Literal[False] = False,
+    ) -> Awaitable[R]: ...
+
+    @overload
+    @abstractmethod
+    def child(
+        self,
+        workflow: Callable[[WorkflowContext], Awaitable[R]],
+        input: None = None,
+        *,
+        run_id: str | None = None,
+        detach: Literal[False] = False,
+    ) -> Awaitable[R]: ...
+
+    @overload
+    @abstractmethod
+    def child(
+        self,
+        workflow: Callable[[WorkflowContext, InputT], Awaitable[object]],
+        input: InputT,
+        *,
+        run_id: str | None = None,
+        detach: Literal[True],
+    ) -> Awaitable[str]: ...
+
+    @overload
+    @abstractmethod
+    def child(
+        self,
+        workflow: Callable[[WorkflowContext], Awaitable[object]],
+        input: None = None,
+        *,
+        run_id: str | None = None,
+        detach: Literal[True],
+    ) -> Awaitable[str]: ...
+
+    @overload
+    @abstractmethod
+    def child(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        detach: bool = False,
+    ) -> Awaitable[Any]: ...
 
     @abstractmethod
     def child(
@@ -92,6 +159,13 @@ class WorkflowContext(ABC):
         Attached (the default): await it for the child's result; a failed child raises StepFailedError here,
         and cancelling this run cancels the child. ``detach=True``: returns the child's run id at once and
         the child lives on its own. The default child run id is ``<this run id>/<position>``.
+
+        Typing: ``input`` is checked against the child workflow's input parameter (omitted for a workflow
+        that takes only ``ctx``); the awaited value is its result type, or ``str`` (the run id) when
+        detached. ``detach`` must be written as ``True`` or ``False``: with a ``bool`` variable no typed
+        variant applies (a variant returning ``R | str`` would also match ``detach=True``, and mypy answers
+        ``Any`` when two variants match a call whose types contain ``Any``). A workflow named by a string is
+        unchecked.
         """
 
     @abstractmethod
@@ -130,10 +204,32 @@ class WorkflowContext(ABC):
         kept until waited for).
         """
 
+    @overload
     async def map(
         self,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        items: Iterable[T],
+        *,
+        max_in_flight: int = 50,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> list[R]: ...
+
+    @overload
+    async def map(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        max_in_flight: int = 50,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> list[R]: ...
+
+    async def map(
+        self,
+        fn: Callable[[T], Any],
+        items: Iterable[T],
         *,
         max_in_flight: int = 50,
         retry: RetryPolicy | None = None,
@@ -143,7 +239,8 @@ class WorkflowContext(ABC):
 
         Deterministic like any other workflow code: the engine records which result came back when, so a
         re-execution issues the same steps in the same order. The first failed item raises its
-        ``StepFailedError`` (items already running still finish and are recorded).
+        ``StepFailedError`` (items already running still finish and are recorded). Typed like ``ctx.step``:
+        each item must fit ``fn``'s one parameter, and the result is a list of its return type.
         """
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
