@@ -3,6 +3,9 @@
 Results arrive on the outcomes topic, which a background thread tails from the moment the client is
 first used; a handle whose run may have ended earlier asks the changelog first. The client never talks to a
 processor directly: Kafka is the only thing between them.
+
+Records the client cannot read (junk bytes, a schema id from a newer engine, a record of the wrong type, a
+schedule that is not the router's JSON) never end a call: see `Client` for how they are reported.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from orchestrator import topology
-from orchestrator._engine import audit, kafka
+from orchestrator._engine import audit, kafka, wire
 from orchestrator._engine.admission import admit_routing, idempotency_routing
 from orchestrator._engine.events import (
     AdmitRequest,
@@ -34,12 +37,15 @@ from orchestrator._engine.events import (
     encode_event,
 )
 from orchestrator._engine.partitioning import partition_for
-from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import RunOutcome, decode_outcome
 from orchestrator._engine.state import COMPLETED, PARKED, TERMINAL, RunState
+from orchestrator._engine.unreadable import OnUnreadable as OnUnreadable
+from orchestrator._engine.unreadable import Unreadable as Unreadable
+from orchestrator._engine.unreadable import Where as Where
+from orchestrator._engine.unreadable import unreadable
 from orchestrator.app import App
 from orchestrator.context import WorkflowContext
-from orchestrator.errors import OrchestratorError, RunFailedError, RunTimeoutError, SchemaError
+from orchestrator.errors import OrchestratorError, RunFailedError, RunTimeoutError
 from orchestrator.triggers import extract
 
 log = logging.getLogger("orchestrator.client")
@@ -127,8 +133,9 @@ class RunHandle(Generic[R]):
         outcome = await self.client._await_outcome(self.run_id, timeout)
         return cast(R, self.client._outcome_value(outcome))
 
-    async def describe(self) -> RunDescription | None:
-        return await self.client.describe(self.run_id)
+    async def describe(self, *, on_unreadable: OnUnreadable | None = None) -> RunDescription | None:
+        """See `Client.describe`."""
+        return await self.client.describe(self.run_id, on_unreadable=on_unreadable)
 
     async def signal(self, name: str, payload: Any = None, *, key: str = "") -> None:
         await self.client.signal(self.run_id, name, payload, key=key)
@@ -137,9 +144,39 @@ class RunHandle(Generic[R]):
         await self.client.cancel(self.run_id, reason)
 
 
+def _log_unreadable(bad: Unreadable) -> None:
+    log.warning("skipped unreadable record %s", bad)
+
+
 class Client:
-    def __init__(self, app: App) -> None:
+    """Starts runs, signals and cancels them, awaits their results and reads their state from Kafka.
+
+    **Unreadable records.** The reads (`describe`, `list_runs`, `list_schedules`, `cancel_many`, and the
+    outcomes a waiting `RunHandle.result` tails) decode Kafka records themselves, so a record written by a
+    newer engine version or by a stray producer is a fact of life, not a bug in the caller. One such record
+    never ends a call: it is reported as an `Unreadable` (topic, partition, offset, key, a short reason and
+    a detail: enough to fetch it with any Kafka tool) and the call answers with everything else. A user of
+    Temporal's or Restate's client expects a list call to return the list, and a lookup to return the
+    thing or nothing, rather than to fail for the sake of one other record; so the return types stay plain
+    (no result wrapper to unpack on every call), and what was skipped goes to a callback:
+
+    - ``on_unreadable`` given to a call, else the one given to the client, gets each record as it is met
+      (e.g. a `list.append`, a metrics counter). It is the same callback the audit library takes, so a
+      tool can collect one report over client and audit reads alike. A callback that raises ends the
+      read with its exception: the way to ask for all or nothing.
+    - Without either, each record is logged as a warning on the ``orchestrator.client`` logger, once per
+      record. Not `warnings.warn`: that shows a message once per call site (not per record), and test
+      suites commonly turn warnings into errors, which would make one bad record crash the caller again.
+
+    What is left out: `list_runs` and `cancel_many` leave out runs whose latest state is unreadable (their
+    workflow and status are unknown, so a bulk cancel does not touch them); `describe` answers None for
+    such a run; `list_schedules` leaves out the record. A waiting `result()` skips an unreadable outcome
+    record and keeps waiting for its run's real one.
+    """
+
+    def __init__(self, app: App, *, on_unreadable: OnUnreadable | None = None) -> None:
         self.app = app
+        self._on_unreadable: OnUnreadable = on_unreadable if on_unreadable is not None else _log_unreadable
         self._bootstrap = app.settings.bootstrap_servers
         self._inbox = topology.inbox_topic(app.name)
         self._outcomes_topic = topology.outcomes_topic(app.name)
@@ -268,10 +305,19 @@ class Client:
         await self._produce(Event(uuid.uuid4().hex, run_id, "", int(time.time() * 1000), body))
 
     async def cancel_many(
-        self, *, workflow: str | None = None, status: str = "running", reason: str = "bulk cancel"
+        self,
+        *,
+        workflow: str | None = None,
+        status: str = "running",
+        reason: str = "bulk cancel",
+        on_unreadable: OnUnreadable | None = None,
     ) -> list[str]:
-        """Cancel every run matching the filter; returns the run ids asked to cancel."""
-        runs = await self.list_runs(workflow=workflow, status=status)
+        """Cancel every run matching the filter; returns the run ids asked to cancel.
+
+        A run whose latest state is unreadable is not cancelled (whether it matches the filter is unknown):
+        it goes to ``on_unreadable`` (see `Client`), so it can be checked and cancelled by id.
+        """
+        runs = await self.list_runs(workflow=workflow, status=status, on_unreadable=on_unreadable)
         for run in runs:
             await self.cancel(run.run_id, reason)
         return [r.run_id for r in runs]
@@ -283,18 +329,12 @@ class Client:
         event = Event(uuid.uuid4().hex, "", workflow, int(time.time() * 1000), body)
         await self._produce(event, topic=topology.keyed_topic(self.app.name), key=routing)
 
-    async def list_schedules(self) -> list[dict[str, Any]]:
-        """Every schedule as the keyed stage holds it: cron, timezone, missed policy, next tick, paused."""
-        return await asyncio.to_thread(self._list_schedules)
+    async def list_schedules(self, *, on_unreadable: OnUnreadable | None = None) -> list[dict[str, Any]]:
+        """Every schedule as the keyed stage holds it: cron, timezone, missed policy, next tick, paused.
 
-    def _list_schedules(self) -> list[dict[str, Any]]:
-        latest: dict[bytes, bytes | None] = {}
-        topic = topology.keyed_changelog_topic(self.app.name)
-        for msg in read_partitions(self._bootstrap, topic, list(range(self.app.settings.partitions))):
-            key = msg.key()
-            if key is not None and key.startswith(b"c/"):
-                latest[key] = msg.value()
-        return sorted((json.loads(v) for v in latest.values() if v), key=lambda s: str(s["workflow"]))
+        A schedule record that is not the keyed stage's JSON goes to ``on_unreadable`` (see `Client`).
+        """
+        return await asyncio.to_thread(audit.schedules, self.app, on_unreadable=self._report(on_unreadable))
 
     @overload
     def get_handle(self, run_id: str, workflow: Callable[..., Awaitable[R]]) -> RunHandle[R]: ...
@@ -354,7 +394,7 @@ class Client:
             if self._watcher is None:
                 kafka.ensure_topics(self.app)
                 self._watcher = _OutcomeWatcher(
-                    self._bootstrap, self._outcomes_topic, self.app.settings.partitions
+                    self._bootstrap, self._outcomes_topic, self.app.settings.partitions, self._on_unreadable
                 )
             return self._watcher
 
@@ -362,8 +402,15 @@ class Client:
     async def _await_outcome(self, run_id: str, timeout: float | None) -> RunOutcome:
         watcher = await asyncio.to_thread(self._ensure_watcher)
         fut = watcher.expect(run_id, asyncio.get_running_loop())
+        unreadable_state: list[Unreadable] = []
         if not fut.done() and not watcher.started_here(run_id):
-            desc = await asyncio.to_thread(self._read_state, run_id)
+
+            def note(bad: Unreadable) -> None:
+                unreadable_state.append(bad)
+                self._on_unreadable(bad)
+
+            # An unreadable state cannot say whether the run has ended: wait for its outcome meanwhile.
+            desc = await asyncio.to_thread(self._read_state, run_id, note)
             if desc is not None and (desc.status in TERMINAL or desc.status == PARKED):
                 watcher.forget(run_id)
                 return RunOutcome(
@@ -378,7 +425,13 @@ class Client:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
-            raise RunTimeoutError(f"run {run_id!r} did not end within {timeout}s") from None
+            why = (
+                f" (its committed state is unreadable, so whether it had ended already is unknown: "
+                f"{unreadable_state[0]})"
+                if unreadable_state
+                else ""
+            )
+            raise RunTimeoutError(f"run {run_id!r} did not end within {timeout}s{why}") from None
         finally:
             if fut.done():
                 watcher.forget(run_id)
@@ -391,20 +444,40 @@ class Client:
         return self.app.data.decode(outcome.result or b"null", hint)
 
     # -- looking --------------------------------------------------------------------------------------------
-    async def describe(self, run_id: str) -> RunDescription | None:
-        state = await asyncio.to_thread(self._read_state, run_id)
+    async def describe(
+        self, run_id: str, *, on_unreadable: OnUnreadable | None = None
+    ) -> RunDescription | None:
+        """The run as its processor last committed it; None when there is no such run, or when its latest
+        state record is unreadable (then reported to ``on_unreadable``, see `Client`)."""
+        state = await asyncio.to_thread(self._read_state, run_id, self._report(on_unreadable))
         return RunDescription.from_state(state) if state else None
 
-    async def list_runs(self, workflow: str | None = None, status: str | None = None) -> list[RunDescription]:
-        return await asyncio.to_thread(self._list_runs, workflow, status)
+    async def list_runs(
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        *,
+        on_unreadable: OnUnreadable | None = None,
+    ) -> list[RunDescription]:
+        """Every run (of ``workflow``, in ``status``) as last committed, oldest first.
 
-    def _read_state(self, run_id: str) -> RunState | None:
-        return audit.live_state(self.app, run_id)
+        A run whose latest state record is unreadable is left out and reported to ``on_unreadable`` (see
+        `Client`).
+        """
+        return await asyncio.to_thread(self._list_runs, workflow, status, self._report(on_unreadable))
 
-    def _list_runs(self, workflow: str | None, status: str | None) -> list[RunDescription]:
+    def _report(self, on_unreadable: OnUnreadable | None) -> OnUnreadable:
+        return on_unreadable if on_unreadable is not None else self._on_unreadable
+
+    def _read_state(self, run_id: str, on_unreadable: OnUnreadable) -> RunState | None:
+        return audit.live_state(self.app, run_id, on_unreadable=on_unreadable)
+
+    def _list_runs(
+        self, workflow: str | None, status: str | None, on_unreadable: OnUnreadable
+    ) -> list[RunDescription]:
         runs = [
             RunDescription.from_state(s)
-            for s in audit.live_states(self.app).values()
+            for s in audit.live_states(self.app, on_unreadable=on_unreadable).values()
             if (workflow is None or s.workflow == workflow) and (status is None or s.status == status)
         ]
         runs.sort(key=lambda r: r.created)
@@ -420,9 +493,16 @@ class Client:
 
 
 class _OutcomeWatcher:
-    """Tails the outcomes topic from where it stood when created, settling the futures of awaited runs."""
+    """Tails the outcomes topic from where it stood when created, settling the futures of awaited runs.
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    A record of an awaited run that does not decode is reported to ``on_unreadable`` and skipped: the run's
+    real outcome comes later on the same partition, and every waiting client still gets it. Should the
+    thread itself fail (the consumer, not a record), the waiting futures fail with the reason instead of
+    hanging until their timeouts.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, on_unreadable: OnUnreadable) -> None:
+        self._on_unreadable = on_unreadable
         self._consumer = Consumer(
             kafka.reader_config(
                 bootstrap, **{"enable.partition.eof": False, "fetch.wait.max.ms": kafka.TAIL_FETCH_WAIT_MS}
@@ -470,41 +550,64 @@ class _OutcomeWatcher:
             self._started.discard(run_id)
 
     def _run(self) -> None:
-        while not self._closed.is_set():
-            first = self._consumer.poll(0.1)  # wake on the first record, then take what is fetched
-            if first is None:
-                continue
-            for msg in [first, *self._consumer.consume(1000, timeout=0)]:
-                err = msg.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("outcome watcher: %s", err)
+        try:
+            while not self._closed.is_set():
+                first = self._consumer.poll(0.1)  # wake on the first record, then take what is fetched
+                if first is None:
                     continue
-                key = msg.key()
-                if key is None:
-                    continue
-                run_id = key.decode(errors="replace")
+                for msg in [first, *self._consumer.consume(1000, timeout=0)]:
+                    self._take(msg)
+        except Exception as exc:  # waiting clients must hear why, not hang until their timeouts
+            log.exception("outcome watcher stopped")
+            self._fail_all(OrchestratorError(f"the client's outcome watcher stopped: {exc!r}"))
+        finally:
+            self._consumer.close()
+
+    def _take(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("outcome watcher: %s", err)
+            return
+        key = msg.key()
+        if key is None:
+            return
+        run_id = key.decode(errors="replace")
+        with self._lock:
+            entry = self._futures.get(run_id)
+            ack = self._acks.get(run_id)
+        if entry is None and ack is None:
+            return
+        try:
+            outcome = decode_outcome(msg.value())
+        except Exception as exc:  # noqa: BLE001 - any way a record fails to decode is reported, not fatal
+            self._report(unreadable(msg, wire.RUN_OUTCOME, exc))
+            return
+        if outcome.status in ("accepted", "duplicate"):
+            if ack is not None:
                 with self._lock:
-                    entry = self._futures.get(run_id)
-                    ack = self._acks.get(run_id)
-                if entry is None and ack is None:
-                    continue
-                try:
-                    outcome = decode_outcome(msg.value())
-                except SchemaError:
-                    log.warning("undecodable outcome record at offset %s", msg.offset())
-                    continue
-                if outcome.status in ("accepted", "duplicate"):
-                    if ack is not None:
-                        with self._lock:
-                            self._acks.pop(run_id, None)
-                        ack[0].call_soon_threadsafe(_settle, ack[1], outcome)
-                    continue
-                if entry is None:
-                    continue
-                loop, fut = entry
-                loop.call_soon_threadsafe(_settle, fut, outcome)
-        self._consumer.close()
+                    self._acks.pop(run_id, None)
+                ack[0].call_soon_threadsafe(_settle, ack[1], outcome)
+            return
+        if entry is None:
+            return
+        loop, fut = entry
+        loop.call_soon_threadsafe(_settle, fut, outcome)
+
+    def _report(self, bad: Unreadable) -> None:
+        try:
+            self._on_unreadable(bad)
+        except Exception:  # a failing callback must not stop results for everyone else
+            log.exception("on_unreadable raised for %s", bad)
+
+    def _fail_all(self, error: OrchestratorError) -> None:
+        with self._lock:
+            waiting = [*self._futures.values(), *self._acks.values()]
+        for loop, fut in waiting:
+            try:
+                loop.call_soon_threadsafe(_fail, fut, error)
+            except RuntimeError:  # that loop is closed: nobody waits there any more
+                continue
 
     def close(self) -> None:
         self._closed.set()
@@ -514,6 +617,11 @@ class _OutcomeWatcher:
 def _settle(fut: asyncio.Future[RunOutcome], outcome: RunOutcome) -> None:
     if not fut.done():
         fut.set_result(outcome)
+
+
+def _fail(fut: asyncio.Future[RunOutcome], error: OrchestratorError) -> None:
+    if not fut.done():
+        fut.set_exception(error)
 
 
 def _dt(ms: int) -> datetime:

@@ -269,20 +269,29 @@ def runs_cancel(
     all_running: Annotated[bool, typer.Option("--all", help="Bulk: every running run.")] = False,
     app_spec: AppOption = None,
 ) -> None:
-    """Cancel one run, or in bulk by filter (--workflow NAME / --all)."""
+    """Cancel one run, or in bulk by filter (--workflow NAME / --all).
+
+    In bulk, a run whose latest state record is unreadable is not cancelled (its workflow and status are
+    unknown): it is reported on stderr, to be checked and cancelled by id. Exit codes: 0 done; 2 usage
+    error; 3 unreadable run states were skipped.
+    """
     app = _app(app_spec)
     if run_id is None and workflow is None and not all_running:
         raise _fail("name a RUN_ID, or a filter: --workflow NAME or --all")
+    report = SkipReport()
 
     async def go() -> list[str]:
         async with app.client() as client:
             if run_id is not None:
                 await client.cancel(run_id, reason)
                 return [run_id]
-            return await client.cancel_many(workflow=workflow, reason=reason)
+            skipped = report.collector()
+            return await client.cancel_many(workflow=workflow, reason=reason, on_unreadable=skipped)
 
     ids: list[str] = asyncio.run(go())
     console.print(f"asked to cancel {len(ids)} run(s)" + (f": {', '.join(ids[:20])}" if ids else ""))
+    report.print_summary()
+    raise typer.Exit(report.exit_code())
 
 
 def signal(
