@@ -517,6 +517,7 @@ class _OutcomeWatcher:
         self._started: set[str] = set()
         self._acks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[RunOutcome]]] = {}
         self._lock = threading.Lock()
+        self._stopped: OrchestratorError | None = None
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="orchestrator-outcomes")
         self._thread.start()
@@ -527,7 +528,7 @@ class _OutcomeWatcher:
         with self._lock:
             entry = self._futures.get(run_id)
             if entry is None:
-                entry = (loop, loop.create_future())
+                entry = (loop, self._future(loop))
                 self._futures[run_id] = entry
             if starting:
                 self._started.add(run_id)
@@ -536,9 +537,16 @@ class _OutcomeWatcher:
     def expect_ack(self, run_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future[RunOutcome]:
         """The admission stage's answer to an idempotent start (accepted, or duplicate of another run)."""
         with self._lock:
-            fut: asyncio.Future[RunOutcome] = loop.create_future()
+            fut = self._future(loop)
             self._acks[run_id] = (loop, fut)
             return fut
+
+    def _future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[RunOutcome]:
+        """A future for an outcome; already failed once the watcher has stopped (none would come)."""
+        fut: asyncio.Future[RunOutcome] = loop.create_future()
+        if self._stopped is not None:
+            fut.set_exception(self._stopped)
+        return fut
 
     def started_here(self, run_id: str) -> bool:
         """True when this watcher was tailing before the run was started through this client."""
@@ -602,6 +610,7 @@ class _OutcomeWatcher:
 
     def _fail_all(self, error: OrchestratorError) -> None:
         with self._lock:
+            self._stopped = error
             waiting = [*self._futures.values(), *self._acks.values()]
         for loop, fut in waiting:
             try:

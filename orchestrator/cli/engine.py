@@ -21,7 +21,7 @@ from orchestrator._engine import audit
 from orchestrator._engine.loading import load_app
 from orchestrator.app import App
 from orchestrator.cli._unreadable import SkipReport
-from orchestrator.client import RunDescription
+from orchestrator.client import Client, RunDescription
 
 console = Console()
 
@@ -162,7 +162,13 @@ def start(
     timeout: float = 60.0,
     app_spec: AppOption = None,
 ) -> None:
-    """Start a run of WORKFLOW."""
+    """Start a run of WORKFLOW.
+
+    With --wait, an unreadable record met on the outcomes topic under the run's id is reported on stderr
+    and skipped, and the wait goes on for the run's real outcome. Exit codes: 0 started (and, with --wait,
+    completed); 2 usage error, or the run failed or timed out; 3 completed, but unreadable records about
+    it were skipped.
+    """
     from orchestrator.errors import OrchestratorError
 
     app = _app(app_spec)
@@ -170,9 +176,10 @@ def start(
         value = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise _fail(f"--input is not JSON: {exc}") from exc
+    report = SkipReport()
 
     async def go() -> None:
-        async with app.client() as client:
+        async with Client(app, on_unreadable=report.collector()) as client:
             handle = await client.start(workflow, value, run_id=run_id)
             console.print(f"started run [bold]{handle.run_id}[/bold] of {workflow}")
             if wait:
@@ -182,7 +189,10 @@ def start(
     try:
         asyncio.run(go())
     except OrchestratorError as exc:
+        report.print_summary()
         raise _fail(str(exc)) from exc
+    report.print_summary()
+    raise typer.Exit(report.exit_code())
 
 
 runs_app = typer.Typer(help="Look at runs.", no_args_is_help=True)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import struct
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -22,7 +23,7 @@ from confluent_kafka import Producer
 from engine_support import engine, settings
 from typer.testing import CliRunner, Result
 
-from orchestrator import App, Client, RunFailedError, RunTimeoutError, WorkflowContext
+from orchestrator import App, Client, OrchestratorError, RunFailedError, RunTimeoutError, WorkflowContext
 from orchestrator._engine import audit
 from orchestrator._engine import events as ev
 from orchestrator._engine.events import Event, encode_event
@@ -267,3 +268,51 @@ def test_client_carries_on_past_unreadable_records(
         assert "asked to cancel 0 run(s)" in said(by_workflow.stdout)
         assert run("runs", "cancel", "--workflow", "two_steps").exit_code == EXIT_UNREADABLE  # c1's state
         assert run("runs", "cancel", "c0").exit_code == EXIT_OK  # one run by id reads nothing
+
+        # start --wait: junk about the run on the outcomes topic is reported, the result still comes.
+        helper = threading.Thread(target=_junk_then_signal, args=(app, bad, "s1"), daemon=True)
+        helper.start()
+        started = run("start", "waits", "--input", "1", "--run-id", "s1", "--wait")
+        helper.join(60)
+        assert started.exit_code == EXIT_UNREADABLE, started.output
+        assert "101" in started.stdout and bad.landed["s1-junk"] in said(started.stderr)
+        assert "1 unreadable record(s) skipped (1 junk bytes)" in said(started.stderr)
+        assert run("start", "two_steps", "--input", "2", "--wait").exit_code == EXIT_OK
+
+
+def _junk_then_signal(app: App, bad: Bad, run_id: str) -> None:
+    """Once ``run_id`` waits (so a client waiting for it is tailing the outcomes): junk keyed by it, then
+    the event that lets it end."""
+    _until(lambda: _waiting(app, run_id), f"{run_id} to wait")
+    p = partition_for(run_id, app.settings.partitions)
+    bad.put(f"{run_id}-junk", outcomes_topic(app.name), b"junk", run_id, p)
+
+    async def go() -> None:
+        async with app.client() as client:
+            await client.signal(run_id, "go", 100)
+
+    asyncio.run(go())
+
+
+def test_a_stopped_outcome_watcher_fails_waiting_results_instead_of_hanging(
+    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _app(unique_name, kafka_bootstrap)  # no engine: the run never ends, only the watcher matters
+
+    def broken(msg: Any) -> None:
+        raise RuntimeError("a bug in the watcher")
+
+    async def go() -> None:
+        async with app.client() as client:
+            handle = await client.start("holds", run_id="forever")
+            watcher = client._ensure_watcher()
+            monkeypatch.setattr(watcher, "_take", broken)
+            waiting = asyncio.ensure_future(handle.result(timeout=120))
+            p = partition_for("forever", app.settings.partitions)
+            Bad(kafka_bootstrap).put("any", outcomes_topic(app.name), b"x", "forever", p)
+            with pytest.raises(OrchestratorError, match=r"outcome watcher stopped.*a bug in the watcher"):
+                await waiting
+            with pytest.raises(OrchestratorError, match="outcome watcher stopped"):  # at once from now on
+                await client.get_handle("other").result(timeout=120)
+
+    asyncio.run(go())
