@@ -163,7 +163,9 @@ class Client:
     - ``on_unreadable`` given to a call, else the one given to the client, gets each record as it is met
       (e.g. a `list.append`, a metrics counter). It is the same callback the audit library takes, so a
       tool can collect one report over client and audit reads alike. A callback that raises ends the
-      read with its exception: the way to ask for all or nothing.
+      read with its exception: the way to ask for all or nothing. The client's callback also gets the
+      outcome records its results watcher skips, on that watcher's thread; there an exception is logged
+      instead, since the other results it waits for must still arrive.
     - Without either, each record is logged as a warning on the ``orchestrator.client`` logger, once per
       record. Not `warnings.warn`: that shows a message once per call site (not per record), and test
       suites commonly turn warnings into errors, which would make one bad record crash the caller again.
@@ -517,7 +519,7 @@ class _OutcomeWatcher:
         self._started: set[str] = set()
         self._acks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[RunOutcome]]] = {}
         self._lock = threading.Lock()
-        self._stopped: OrchestratorError | None = None
+        self._stopped: str | None = None
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="orchestrator-outcomes")
         self._thread.start()
@@ -545,7 +547,7 @@ class _OutcomeWatcher:
         """A future for an outcome; already failed once the watcher has stopped (none would come)."""
         fut: asyncio.Future[RunOutcome] = loop.create_future()
         if self._stopped is not None:
-            fut.set_exception(self._stopped)
+            fut.set_exception(OrchestratorError(self._stopped))
         return fut
 
     def started_here(self, run_id: str) -> bool:
@@ -567,7 +569,7 @@ class _OutcomeWatcher:
                     self._take(msg)
         except Exception as exc:  # waiting clients must hear why, not hang until their timeouts
             log.exception("outcome watcher stopped")
-            self._fail_all(OrchestratorError(f"the client's outcome watcher stopped: {exc!r}"))
+            self._fail_all(f"the client's outcome watcher stopped: {exc!r}")
         finally:
             self._consumer.close()
 
@@ -608,13 +610,13 @@ class _OutcomeWatcher:
         except Exception:  # a failing callback must not stop results for everyone else
             log.exception("on_unreadable raised for %s", bad)
 
-    def _fail_all(self, error: OrchestratorError) -> None:
+    def _fail_all(self, why: str) -> None:
         with self._lock:
-            self._stopped = error
+            self._stopped = why
             waiting = [*self._futures.values(), *self._acks.values()]
         for loop, fut in waiting:
             try:
-                loop.call_soon_threadsafe(_fail, fut, error)
+                loop.call_soon_threadsafe(_fail, fut, OrchestratorError(why))
             except RuntimeError:  # that loop is closed: nobody waits there any more
                 continue
 
