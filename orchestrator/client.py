@@ -427,13 +427,8 @@ class Client:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
-            why = (
-                f" (its committed state is unreadable, so whether it had ended already is unknown: "
-                f"{unreadable_state[0]})"
-                if unreadable_state
-                else ""
-            )
-            raise RunTimeoutError(f"run {run_id!r} did not end within {timeout}s{why}") from None
+            state = unreadable_state[0] if unreadable_state else None
+            raise RunTimeoutError(_timed_out(run_id, timeout, state, watcher.skipped(run_id))) from None
         finally:
             if fut.done():
                 watcher.forget(run_id)
@@ -520,6 +515,7 @@ class _OutcomeWatcher:
         self._acks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[RunOutcome]]] = {}
         self._lock = threading.Lock()
         self._stopped: str | None = None
+        self._skipped: dict[str, Unreadable] = {}
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="orchestrator-outcomes")
         self._thread.start()
@@ -558,6 +554,12 @@ class _OutcomeWatcher:
         with self._lock:
             self._futures.pop(run_id, None)
             self._started.discard(run_id)
+            self._skipped.pop(run_id, None)
+
+    def skipped(self, run_id: str) -> Unreadable | None:
+        """The first unreadable record met under awaited ``run_id``, if any (for a timeout to name)."""
+        with self._lock:
+            return self._skipped.get(run_id)
 
     def _run(self) -> None:
         try:
@@ -591,7 +593,11 @@ class _OutcomeWatcher:
         try:
             outcome = decode_outcome(msg.value())
         except Exception as exc:  # noqa: BLE001 - any way a record fails to decode is reported, not fatal
-            self._report(unreadable(msg, wire.RUN_OUTCOME, exc))
+            bad = unreadable(msg, wire.RUN_OUTCOME, exc)
+            if entry is not None:
+                with self._lock:
+                    self._skipped.setdefault(run_id, bad)
+            self._report(bad)
             return
         if outcome.status in ("accepted", "duplicate"):
             if ack is not None:
@@ -623,6 +629,19 @@ class _OutcomeWatcher:
     def close(self) -> None:
         self._closed.set()
         self._thread.join(10)
+
+
+def _timed_out(
+    run_id: str, timeout: float | None, state: Unreadable | None, outcome: Unreadable | None
+) -> str:
+    """What a result() timeout says, naming the unreadable records that may be why it saw no outcome."""
+    why = []
+    if state is not None:
+        why.append(f"its committed state is unreadable, so whether it had ended is unknown: {state}")
+    if outcome is not None:
+        why.append(f"a record on the outcomes topic under its id is unreadable (its outcome?): {outcome}")
+    about = f" ({'; '.join(why)})" if why else ""
+    return f"run {run_id!r} did not end within {timeout}s{about}"
 
 
 def _settle(fut: asyncio.Future[RunOutcome], outcome: RunOutcome) -> None:

@@ -316,3 +316,26 @@ def test_a_stopped_outcome_watcher_fails_waiting_results_instead_of_hanging(
                 await client.get_handle("other").result(timeout=120)
 
     asyncio.run(go())
+
+
+def test_a_result_timeout_names_the_unreadable_outcome_of_its_run(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    """E.g. a newer engine's outcome: skipped, so the wait times out, and the timeout says what it skipped."""
+    app = _app(unique_name, kafka_bootstrap)  # no engine: nothing but the unreadable record will come
+    seen = Skipped()
+
+    async def go() -> None:
+        async with Client(app, on_unreadable=seen) as client:
+            handle = await client.start("holds", run_id="newer")
+            outcome = encode_outcome(RunOutcome("newer", "holds", "completed", 1, b"null"))
+            p = partition_for("newer", app.settings.partitions)
+            bad = Bad(kafka_bootstrap)
+            bad.put("newer-outcome", outcomes_topic(app.name), _unknown_schema(outcome), "newer", p)
+            await asyncio.to_thread(_until, lambda: len(seen) == 1, "the watcher to skip it")
+            with pytest.raises(RunTimeoutError) as timed_out:
+                await handle.result(timeout=0.1)
+            assert bad.landed["newer-outcome"] in str(timed_out.value)
+            assert UNKNOWN_SCHEMA in str(timed_out.value)
+
+    asyncio.run(go())
