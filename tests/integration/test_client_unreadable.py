@@ -23,7 +23,15 @@ from confluent_kafka import Producer
 from engine_support import engine, settings
 from typer.testing import CliRunner, Result
 
-from orchestrator import App, Client, OrchestratorError, RunFailedError, RunTimeoutError, WorkflowContext
+from orchestrator import (
+    App,
+    Client,
+    OrchestratorError,
+    RunFailedError,
+    RunTimeoutError,
+    SchemaError,
+    WorkflowContext,
+)
 from orchestrator._engine import audit
 from orchestrator._engine import events as ev
 from orchestrator._engine.events import Event, encode_event
@@ -37,6 +45,7 @@ from orchestrator._engine.unreadable import (
     UNKNOWN_SCHEMA,
     WRONG_TYPE,
     Skipped,
+    Unreadable,
 )
 from orchestrator.cli import app as cli
 from orchestrator.cli._unreadable import EXIT_OK, EXIT_UNREADABLE
@@ -90,6 +99,10 @@ class Bad:
 def _unknown_schema(record: bytes) -> bytes:
     """``record`` as if a newer engine had written it: same body, a schema id this engine does not know."""
     return b"\x00" + struct.pack(">I", 4242) + record[5:]
+
+
+def _all_or_nothing(bad: Unreadable) -> None:
+    raise SchemaError(f"unreadable record {bad}")
 
 
 def _until(predicate: Any, what: str) -> None:
@@ -148,6 +161,9 @@ async def _client_reads(app: App, bad: Bad, caplog: pytest.LogCaptureFixture) ->
             assert len(await client.list_runs()) == 5
         logged = [r.getMessage() for r in caplog.records if r.name == "orchestrator.client"]
         assert len(logged) == 2 and any(bad.landed["c1-junk"] in m and JUNK in m for m in logged), logged
+        # A callback that raises ends the read: all or nothing, for a caller who wants that.
+        with pytest.raises(SchemaError, match="unreadable"):
+            await client.list_runs(on_unreadable=_all_or_nothing)
 
         # describe: a readable run as before; an unreadable one is None, reported.
         desc = await client.describe("c0")
@@ -178,9 +194,14 @@ async def _outcome_junk_does_not_break_waiters(app: App, bad: Bad) -> None:
     """Junk on the outcomes topic, keyed by an awaited run, before its real outcome: both waiters get it."""
     parts = app.settings.partitions
     seen = Skipped()
+
+    def seen_then_raise(bad: Unreadable) -> None:  # a failing callback must not stop the results either
+        seen(bad)
+        raise RuntimeError("a callback bug")
+
     # The starter awaits the run from its start on, so it meets every junk record below; the other client
     # (a handle from the run id, which asks the changelog first) may start waiting before or after them.
-    async with Client(app, on_unreadable=seen) as starter, app.client() as other:
+    async with Client(app, on_unreadable=seen_then_raise) as starter, app.client() as other:
         handle = await starter.start("waits", 7, run_id="late")
         _until(lambda: _waiting(app, "late"), "late to wait")
         waiters = [
