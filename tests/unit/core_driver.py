@@ -68,6 +68,7 @@ class Driver:
     run_id: str = "run-1"
     rng_seed: int = 7
     fresh_every_input: bool = False
+    check_fold: bool = False  # assert after every input that fold(history) is the live state
     cache_size: int = 100
     state: st.RunState | None = None
     history: list[Event] = field(default_factory=list)
@@ -97,6 +98,8 @@ class Driver:
     def _keep(self, inp: Input, fx: Effects) -> Effects:
         self.history += [decode_event(encode_event(e)) for e in fx.history]
         self.steps.append(Step(inp, fx))
+        if self.check_fold:
+            assert_fold_matches(self)
         return fx
 
     # -- inputs ----------------------------------------------------------------------------------------------
