@@ -38,12 +38,14 @@ from orchestrator._engine.state import decode_state, encode_state
 
 @dataclass(frozen=True)
 class Input:
-    """One concrete input as the processor would see it: an inbox event, a due timer, or a restart."""
+    """One concrete input as the processor would see it: an inbox event, a due timer, or a restart (with
+    ``app``: a restart on another deployment)."""
 
     kind: str  # "event" | "timer" | "restart"
     now_ms: int = 0
     body: Body | None = None
     tag: str = ""
+    app: App | None = None
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Driver:
     def apply(self, inp: Input) -> Effects:
         """Feed one recorded input (used to re-drive a second machine with the inputs of a first)."""
         if inp.kind == "restart":
-            return self.restart()
+            return self.restart(inp.app)
         if inp.kind == "timer":
             return self.fire(inp.tag, inp.now_ms)
         assert inp.body is not None
@@ -126,10 +128,13 @@ class Driver:
         self.state = state
         return self._keep(Input("timer", now, tag=tag), fx)
 
-    def restart(self) -> Effects:
-        """A new processor: new Decider, empty instance cache; the state is re-read from its bytes."""
+    def restart(self, app: App | None = None) -> Effects:
+        """A new processor (running ``app``'s code if given): new Decider, empty instance cache; the state is
+        re-read from its bytes."""
+        if app is not None:
+            self.app = app
         self._new_decider()
-        return self._keep(Input("restart"), Effects())
+        return self._keep(Input("restart", app=app), Effects())
 
     # -- inbox requests --------------------------------------------------------------------------------------
     def start(self, value: Any = None, now: int = 1_000, **kw: Any) -> Effects:

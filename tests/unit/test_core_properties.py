@@ -111,6 +111,30 @@ async def interp_timed(ctx: WorkflowContext, program: list[Any]) -> list[Any]:
     return seen
 
 
+# Other deployments a run can be restarted on: one without the workflow (the run parks as unknown_workflow)
+# and one whose workflow issues another step first (it parks as non_determinism). Restarting on ``app``
+# again and resuming brings a parked run back.
+bare = App("core-properties")
+changed = App("core-properties")
+for _fn in (work, slow, once, undo):
+    bare.steps[_fn.__name__] = changed.steps[_fn.__name__] = app.steps[_fn.__name__]
+
+
+@changed.workflow(name="interp")
+async def interp_changed(ctx: WorkflowContext, program: list[Any]) -> list[Any]:
+    seen: list[Any] = [await ctx.step(once, 99)]
+    await _interpret(ctx, program, seen)
+    return seen
+
+
+@changed.workflow(name="interp_timed", timeout="30s")
+async def interp_timed_changed(ctx: WorkflowContext, program: list[Any]) -> list[Any]:
+    return await interp_changed(ctx, program)
+
+
+DEPLOYMENTS = (app, bare, changed)
+
+
 # -- the grammar ---------------------------------------------------------------------------------------------
 EVENT_NAMES = ("a", "b")
 KEYS = ("", "k1", "k2")
@@ -156,7 +180,7 @@ OPS = (
     + ["fire"] * 5
     + ["signal"] * 3
     + ["started"] * 2
-    + ["cancel", "resume", "resume", "restart", "restart", "start"]
+    + ["cancel", "resume", "resume", "restart", "restart", "deploy", "start"]
 )
 dts = hs.sampled_from((0, 0, 1, 250, 1_000, 3_000, 12_000))
 actions = hs.tuples(
@@ -238,6 +262,8 @@ class Scenario:
             d.resume(self.now, from_position=-1 if flag or not state.steps else pick % len(state.steps))
         elif op == "restart":
             d.restart()
+        elif op == "deploy":
+            d.restart(DEPLOYMENTS[pick % len(DEPLOYMENTS)])
         else:
             d.start(self.program, now=self.now)
         self.check()
@@ -267,7 +293,7 @@ def run_scenario(
 
 def assert_same_effects(live: Driver) -> None:
     """(b) The same inputs into a machine that re-executes before every input give the same effects."""
-    again = Driver(live.app, live.workflow, live.run_id, fresh_every_input=True)
+    again = Driver(app, live.workflow, live.run_id, fresh_every_input=True)  # deployed as the live one began
     try:
         for i, step in enumerate(live.steps):
             fx = again.apply(step.input)

@@ -341,8 +341,7 @@ def _parked_waiter(make: Make) -> Driver:
     """A waiting run parked by a deployment that no longer has its workflow."""
     d = make("waiter")
     d.start({"name": "go"}, now=1_000)
-    d.app = App("branches")  # redeployed without the workflow
-    d.restart()
+    d.restart(App("branches"))  # redeployed without the workflow
     d.signal("go", 2_000, payload=1)  # resolves the wait; re-executing it then finds no workflow
     assert d.status == st.PARKED and d.kinds[-2:] == ["EventReceived", "RunParked"]
     return d
@@ -350,8 +349,7 @@ def _parked_waiter(make: Make) -> Driver:
 
 def test_signal_to_a_parked_run_resolves_its_wait_and_resume_continues(make: Make) -> None:
     d = _parked_waiter(make)
-    d.app = app
-    d.restart()
+    d.restart(app)
     fx = d.resume(3_000)
     assert kinds(fx) == ["RunResumed", "StepScheduled"]  # the wait's payload was kept while parked
     d.complete(1, 4_000, value=1)
@@ -361,14 +359,12 @@ def test_signal_to_a_parked_run_resolves_its_wait_and_resume_continues(make: Mak
 def test_signal_kept_while_parked_for_a_later_wait(make: Make) -> None:
     d = make("sleeper_then_wait", application=_buffer_app)
     d.start(now=1_000)
-    d.app = App("buffering")
-    d.restart()
+    d.restart(App("buffering"))
     d.fire("timer:0", 11_000)
     assert d.status == st.PARKED
     fx = d.signal("go", 12_000, payload="while parked", key="k")
     assert bodies(fx, ev.EventReceived)[0].position == -1
-    d.app = _buffer_app
-    d.restart()
+    d.restart(_buffer_app)
     d.resume(13_000)
     assert d.decoded_result() == "while parked"
 
@@ -773,8 +769,7 @@ def test_patched_is_false_for_a_run_that_passed_the_point_on_old_code(make: Make
     d = make("flow", application=old_app)
     d.start(now=1_000)
     d.complete(0, 2_000, value=1)  # step a(2) issued at position 1 by the old code
-    d.app = new_app
-    d.restart()
+    d.restart(new_app)
     fx = d.complete(1, 3_000, value=2)
     assert kinds(fx) == ["StepCompleted", "RunCompleted"]  # no marker, no divergence
     assert d.decoded_result() == [1, 2]
@@ -783,8 +778,7 @@ def test_patched_is_false_for_a_run_that_passed_the_point_on_old_code(make: Make
 def test_patched_for_a_run_that_reaches_it_after_the_deploy(make: Make) -> None:
     d = make("flow", application=old_app)
     d.start(now=1_000)  # step a(1) pending on the old code
-    d.app = new_app
-    d.restart()
+    d.restart(new_app)
     fx = d.complete(0, 2_000, value=1)
     assert kinds(fx) == ["StepCompleted", "MarkerRecorded", "StepScheduled"]
 
