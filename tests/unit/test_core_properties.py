@@ -84,6 +84,8 @@ async def _interpret(ctx: WorkflowContext, node: list[Any], seen: list[Any]) -> 
     elif op == "patched":
         if ctx.patched(node[1]):
             await _interpret(ctx, node[2], seen)
+    elif op == "map":
+        seen.append(await ctx.map(work, list(range(node[1])), max_in_flight=2))
     elif op == "random":
         seen.append(["random", ctx.random().randint(0, 1_000), str(ctx.uuid4()), ctx.now().timestamp()])
     elif op == "seq":
@@ -156,6 +158,7 @@ leaves = hs.one_of(
     ).map(list),
     hs.tuples(hs.just("child"), hs.booleans()).map(list),
     hs.just(["random"]),
+    hs.tuples(hs.just("map"), hs.integers(1, 4)).map(list),
 )
 
 
@@ -255,6 +258,10 @@ class Scenario:
             d.fire(tag, self.now)
         elif op == "signal":
             name, key = EVENT_NAMES[pick % len(EVENT_NAMES)], KEYS[n % len(KEYS)]
+            waiting = [s for s in state.steps if s.kind == st.KIND_WAIT and s.status == st.STEP_WAITING]
+            if waiting and n < 6:  # mostly what a wait waits for, so that programs get on
+                wait = waiting[pick % len(waiting)]
+                name, key = wait.event_name, wait.event_key or key
             d.signal(name, self.now, payload=self.now, key=key)
         elif op == "cancel":
             d.cancel(self.now)
@@ -328,7 +335,7 @@ KNOWN_BUGS = (
     "cancelling a run parked while compensating ends it with RunCancelled but leaves state.ending set",
 )
 
-scripts = hs.lists(actions, min_size=4, max_size=40)
+scripts = hs.lists(actions, min_size=8, max_size=50)
 
 
 @PROFILE
