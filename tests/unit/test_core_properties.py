@@ -19,6 +19,7 @@ Every discrepancy found is kept below as a minimal explicit regression test, str
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +30,8 @@ from hypothesis import strategies as hs
 
 from orchestrator import App, RetryPolicy, StepFailedError, WorkflowContext
 from orchestrator._engine import state as st
-from orchestrator._engine.decider import timers_of
+from orchestrator._engine.decider import Decider, timers_of
+from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.state import decode_state, encode_state
 
 # -- the interpreted workflow --------------------------------------------------------------------------------
@@ -327,6 +329,23 @@ def assert_same_effects(live: Driver) -> None:
         again.close()
 
 
+def assert_armed_timers_do_something(live: Driver) -> None:
+    """Every timer the final state arms, fired when due, changes the run or disarms itself.
+
+    The processor re-arms whatever ``timers_of`` still returns after a fire, so a timer that is ignored but
+    stays armed would fire again on every loop, for ever.
+    """
+    assert live.state is not None
+    for due, tag in sorted(timers_of(live.state)):
+        state = decode_state(encode_state(live.state))
+        decider = Decider(live.app, InstanceCache(), rng=random.Random(live.rng_seed))
+        try:
+            fx = decider.fire_timer(state, tag, max(due, live.state.updated_ms))
+        finally:
+            decider.cache.clear()
+        assert fx.history or (due, tag) not in timers_of(state), f"{tag} stays armed doing nothing"
+
+
 PROFILE = settings(
     max_examples=150,
     deadline=None,
@@ -367,6 +386,7 @@ def test_fold_of_the_history_is_the_live_state(
     driver = run_scenario(program, timed, script, avoid_known_bugs=True)
     try:
         assert_same_effects(driver)
+        assert_armed_timers_do_something(driver)
     finally:
         driver.close()
 
@@ -387,6 +407,7 @@ def test_fold_of_the_history_is_the_live_state_for_every_input(
     driver = run_scenario(program, timed, script)
     try:
         assert_same_effects(driver)
+        assert_armed_timers_do_something(driver)
     finally:
         driver.close()
 
