@@ -108,6 +108,17 @@ async def timed(ctx: WorkflowContext) -> int:
 
 
 @app.workflow
+async def chain2(ctx: WorkflowContext) -> list[int]:
+    first = await ctx.step(act, 1)
+    return [first, await ctx.step(act, first + 1)]
+
+
+@app.workflow
+async def pair(ctx: WorkflowContext) -> list[int]:
+    return list(await asyncio.gather(ctx.step(act, 1), ctx.step(act, 2)))
+
+
+@app.workflow
 async def kid(ctx: WorkflowContext, x: int) -> int:
     return await ctx.step(act, x)
 
@@ -822,3 +833,54 @@ def test_resume_of_a_running_run_is_ignored(make: Make) -> None:
     d = make("timed")
     d.start(now=1_000)
     assert "resume of a running run" in nothing(d.resume(2_000))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="suspected bug: a run that failed with RunTimeout and is resumed fails again at once (its passed "
+    "deadline stays armed), so a timed-out run cannot be resumed",
+)
+def test_a_resumed_timed_out_run_gets_to_run(make: Make) -> None:
+    d = make("timed")
+    d.start(now=1_000)
+    d.fire("run", 31_000)
+    d.resume(40_000, from_position=0)
+    assert all(due > 40_000 for due, _ in d.timers())
+
+
+no_workflows = App("branches")  # a deployment with the steps but without the workflows
+no_workflows.steps.update(app.steps)
+
+
+# -- parked runs ---------------------------------------------------------------------------------------------
+def test_results_while_parked_are_kept_and_delivered_on_resume(make: Make) -> None:
+    d = make("chain2")
+    d.start(now=1_000)
+    d.restart(no_workflows)  # the workflow is gone
+    fx = d.complete(0, 2_000, value=1)
+    assert kinds(fx) == ["StepCompleted", "RunParked"] and d.status == st.PARKED
+    assert "duplicate start" in d.start(now=2_100).ignored  # a parked run answers a start with its outcome
+    assert [o.status for o in d.steps[-1].fx.outcomes] == [st.PARKED]
+    d.restart(app)
+    fx = d.resume(3_000)
+    assert kinds(fx) == ["RunResumed", "StepScheduled"]  # the kept result goes in, the next step comes out
+    assert [(c.position, decoded(d, c.args)) for _, c in fx.commands] == [(1, [2])]
+    d.complete(1, 4_000, value=2)
+    assert d.decoded_result() == [1, 2]
+
+
+def test_a_parked_run_arms_no_timers_until_resumed(make: Make) -> None:
+    d = make("pair")
+    d.start(now=1_000)
+    d.restart(no_workflows)
+    d.complete(0, 2_000, value=1)  # parks (workflow gone) with step 1 still out
+    fx = d.fail(1, 3_000)  # a retryable failure while parked: backs off...
+    assert kinds(fx) == ["StepFailed", "RetryScheduled"] and d.status == st.PARKED
+    assert d.timers() == []  # ...but nothing fires for a parked run
+    d.restart(app)
+    d.resume(10_000)
+    assert d.timers() == [(4_000, "retry:1")]  # overdue: fires on the next loop
+    fx = d.fire("retry:1", 10_000)
+    assert [(c.position, c.attempt) for _, c in fx.commands] == [(1, 2)]
+    d.complete(1, 11_000, value=2)
+    assert d.decoded_result() == [1, 2]
