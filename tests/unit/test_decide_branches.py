@@ -229,10 +229,19 @@ def bodies(fx: Any, cls: type[Any]) -> list[Any]:
     return [e.body for e in fx.history if isinstance(e.body, cls)]
 
 
-def nothing(fx: Any) -> str:
-    """Assert an input changed nothing; return why (ignored or dead-lettered)."""
+def ignored(fx: Any) -> None:
+    """The input changed nothing and is normal under at-least-once delivery (late, duplicate, stale).
+
+    Only the category is asserted, not the wording of the reason, which is the implementation's.
+    """
     assert (fx.history, fx.commands, fx.keyed, fx.inbox) == ([], [], [], [])
-    return str(fx.ignored or fx.dead_letter)
+    assert fx.ignored and not fx.dead_letter
+
+
+def refused(fx: Any) -> None:
+    """The input changed nothing and makes no sense for this run: kept for an operator (dead letter)."""
+    assert (fx.history, fx.commands, fx.outcomes, fx.keyed, fx.inbox) == ([], [], [], [], [])
+    assert fx.dead_letter
 
 
 def decoded(d: Driver, data: bytes | None) -> Any:
@@ -258,7 +267,7 @@ def test_a_timer_fires_once(make: Make) -> None:
     d = make("sleeper")
     d.start(now=1_000)
     d.fire("timer:0", 11_000)
-    assert "already fired" in nothing(d.fire("timer:0", 11_001))
+    ignored(d.fire("timer:0", 11_001))
 
 
 def test_a_timer_of_an_ended_run_is_ignored(make: Make) -> None:
@@ -266,7 +275,7 @@ def test_a_timer_of_an_ended_run_is_ignored(make: Make) -> None:
     d.start(now=1_000)
     d.cancel(2_000)
     assert d.timers() == []
-    assert "cancelled run" in nothing(d.fire("timer:0", 11_000))
+    ignored(d.fire("timer:0", 11_000))
 
 
 # -- event waits ---------------------------------------------------------------------------------------------
@@ -308,7 +317,7 @@ def test_wait_timeout_resolves_the_wait_as_timed_out(make: Make) -> None:
     fx = d.fire("wait:0", 6_000)
     assert kinds(fx) == ["WaitTimedOut", "StepScheduled"]
     assert [k.body for _, k in fx.keyed] == [ev.Unsubscribe("paid", "o-1", "run-1", 0)]
-    assert "already resolved" in nothing(d.fire("wait:0", 6_001))
+    ignored(d.fire("wait:0", 6_001))
     assert d.signal("paid", 7_000, key="o-1").history[0].body.position == -1  # too late: only buffered
     d.complete(1, 8_000, value=1)
     assert d.decoded_result() == ["paid", "o-1", None, True]
@@ -391,7 +400,7 @@ def test_signal_to_an_ended_run_is_ignored(make: Make, end: str) -> None:
     else:
         d.cancel(2_000)
     assert d.state is not None and d.state.terminal
-    assert "signal 'go'" in nothing(d.signal("go", 3_000))
+    ignored(d.signal("go", 3_000))
 
 
 # -- sagas ---------------------------------------------------------------------------------------------------
@@ -474,7 +483,7 @@ def test_cancel_runs_the_compensations_then_ends_cancelled(make: Make) -> None:
     assert kinds(fx) == ["CompensationStarted", "StepScheduled"]
     assert bodies(fx, ev.CompensationStarted)[0].ending == st.CANCELLED
     assert [(c.position, c.cancel) for _, c in fx.commands] == [(1, True), (2, False)]  # stop step 1, undo 0
-    assert "already compensating" in nothing(d.cancel(2_600))
+    ignored(d.cancel(2_600))
     fx = d.complete(2, 3_000, value=0)
     assert kinds(fx) == ["StepCompleted", "RunCancelled"]
     assert d.state is not None and d.state.error_message == "customer changed their mind"
@@ -483,7 +492,7 @@ def test_cancel_runs_the_compensations_then_ends_cancelled(make: Make) -> None:
 
 def test_signal_while_compensating_is_ignored(make: Make) -> None:
     d = _saga_failed(make)
-    assert "compensating run" in nothing(d.signal("go", 4_000))
+    ignored(d.signal("go", 4_000))
 
 
 def test_a_late_result_of_a_cancelled_step_is_ignored_while_compensating(make: Make) -> None:
@@ -491,7 +500,7 @@ def test_a_late_result_of_a_cancelled_step_is_ignored_while_compensating(make: M
     d.start(4, now=1_000)
     d.complete(0, 2_000, value=0)
     d.cancel(2_500)
-    assert "stale or duplicate" in nothing(d.complete(1, 2_600, value=1))
+    ignored(d.complete(1, 2_600, value=1))
 
 
 # -- children ------------------------------------------------------------------------------------------------
@@ -634,7 +643,7 @@ def test_cancel_of_a_step_in_backoff_sends_no_cancel_command(make: Make) -> None
     d.fail(0, 2_000)
     fx = d.cancel(2_500)
     assert kinds(fx) == ["RunCancelled"] and fx.commands == []
-    assert "cancelled run" in nothing(d.fire("retry:0", 3_000))
+    ignored(d.fire("retry:0", 3_000))
 
 
 def test_cancel_of_a_parked_run_ends_it(make: Make) -> None:
@@ -656,7 +665,7 @@ def test_cancel_of_an_ended_run_answers_with_its_outcome(make: Make, end: str) -
         d.cancel(2_000)
     status = d.status
     fx = d.cancel(3_000)
-    assert "cancel of a" in fx.ignored and fx.history == []
+    ignored(fx)
     assert [o.status for o in fx.outcomes] == [status]
 
 
@@ -671,8 +680,8 @@ def test_schedule_to_start_timeout_retries_the_step(make: Make) -> None:
     assert kinds(fx) == ["StepTimedOut", "RetryScheduled"]
     assert bodies(fx, ev.StepTimedOut) == [ev.StepTimedOut(0, 1, "schedule_to_start")]
     assert [(c.position, c.attempt, c.cancel) for _, c in fx.commands] == [(0, 1, True)]
-    assert "already ended" in nothing(d.fire("timeout:0:1", 3_001))
-    assert "no longer running" in nothing(d.started(0, 3_002, attempt=1))
+    ignored(d.fire("timeout:0:1", 3_001))
+    ignored(d.started(0, 3_002, attempt=1))
 
 
 def test_start_report_moves_the_deadline_to_start_to_close(make: Make) -> None:
@@ -693,7 +702,7 @@ def test_start_to_close_timeout_without_retries_fails_the_run(make: Make) -> Non
     fx = d.fire("timeout:0:1", 6_000)
     assert kinds(fx) == ["StepTimedOut", "RunFailed"]
     assert d.state is not None and "start-to-close timeout of 5000 ms" in d.state.error_message
-    assert "run is failed" in nothing(d.complete(0, 6_500, value=1))
+    ignored(d.complete(0, 6_500, value=1))
 
 
 def test_a_result_before_the_timeout_disarms_it(make: Make) -> None:
@@ -709,7 +718,7 @@ def test_run_timeout_fails_the_run_and_stops_its_steps(make: Make) -> None:
     fx = d.start(now=1_000)
     assert bodies(fx, ev.RunStarted)[0].deadline_ms == 31_000
     assert (31_000, "run") in d.timers()
-    assert "deadline moved" in nothing(d.fire("run", 30_999))
+    ignored(d.fire("run", 30_999))
     fx = d.fire("run", 31_000)
     assert kinds(fx) == ["RunFailed"]
     assert bodies(fx, ev.RunFailed) == [ev.RunFailed("RunTimeout", "run exceeded its timeout of 30000 ms")]
@@ -826,13 +835,13 @@ def test_resume_that_names_no_step_is_refused(make: Make, position: int) -> None
     d = make("timed")
     d.start(now=1_000)
     d.fire("run", 31_000)  # failed without a failed step
-    assert "re-run" in nothing(d.resume(32_000, from_position=position))
+    refused(d.resume(32_000, from_position=position))
 
 
 def test_resume_of_a_running_run_is_ignored(make: Make) -> None:
     d = make("timed")
     d.start(now=1_000)
-    assert "resume of a running run" in nothing(d.resume(2_000))
+    ignored(d.resume(2_000))
 
 
 @pytest.mark.xfail(
@@ -859,8 +868,9 @@ def test_results_while_parked_are_kept_and_delivered_on_resume(make: Make) -> No
     d.restart(no_workflows)  # the workflow is gone
     fx = d.complete(0, 2_000, value=1)
     assert kinds(fx) == ["StepCompleted", "RunParked"] and d.status == st.PARKED
-    assert "duplicate start" in d.start(now=2_100).ignored  # a parked run answers a start with its outcome
-    assert [o.status for o in d.steps[-1].fx.outcomes] == [st.PARKED]
+    fx = d.start(now=2_100)  # a parked run answers a duplicate start with its outcome
+    ignored(fx)
+    assert [o.status for o in fx.outcomes] == [st.PARKED]
     d.restart(app)
     fx = d.resume(3_000)
     assert kinds(fx) == ["RunResumed", "StepScheduled"]  # the kept result goes in, the next step comes out
