@@ -351,7 +351,7 @@ def assert_armed_timers_do_something(live: Driver) -> None:
 
 
 PROFILE = settings(
-    max_examples=150,
+    max_examples=200,
     deadline=None,
     derandomize=True,
     database=None,
