@@ -78,6 +78,10 @@ class Driver:
     caches: list[InstanceCache] = field(default_factory=list)
     _decider: Decider | None = None
     _ids: int = 0
+    first_app: App | None = None  # the deployment the run began on (``app`` changes with restarts)
+
+    def __post_init__(self) -> None:
+        self.first_app = self.app
 
     # -- the machine -----------------------------------------------------------------------------------------
     def decider(self) -> Decider:

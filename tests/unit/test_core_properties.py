@@ -63,8 +63,11 @@ def undo(x: int) -> int:
 STEPS = {"work": work, "slow": slow, "once": once}
 
 
-async def _interpret(ctx: WorkflowContext, node: list[Any], seen: list[Any]) -> None:
-    """Run one program node; what the workflow observed goes to ``seen`` (its result)."""
+async def _interpret(ctx: WorkflowContext, node: list[Any], seen: list[Any], old: bool = False) -> None:
+    """Run one program node; what the workflow observed goes to ``seen`` (its result).
+
+    ``old``: the code from before the ``patched`` changes, which has neither the marker nor what it guards.
+    """
     op = node[0]
     if op == "step":
         _, name, arg, compensated, caught = node
@@ -85,7 +88,7 @@ async def _interpret(ctx: WorkflowContext, node: list[Any], seen: list[Any]) -> 
     elif op == "child":
         seen.append(["child", await ctx.child("interp", ["seq", []], detach=node[1])])
     elif op == "patched":
-        if ctx.patched(node[1]):
+        if not old and ctx.patched(node[1]):
             await _interpret(ctx, node[2], seen)
     elif op == "map":
         seen.append(await ctx.map(work, list(range(node[1])), max_in_flight=2))
@@ -93,10 +96,10 @@ async def _interpret(ctx: WorkflowContext, node: list[Any], seen: list[Any]) -> 
         seen.append(["random", ctx.random().randint(0, 1_000), str(ctx.uuid4()), ctx.now().timestamp()])
     elif op == "seq":
         for child in node[1]:
-            await _interpret(ctx, child, seen)
+            await _interpret(ctx, child, seen, old)
     elif op == "gather":
         branches: list[list[Any]] = [[] for _ in node[1]]
-        await asyncio.gather(*(_interpret(ctx, c, b) for c, b in zip(node[1], branches, strict=True)))
+        await asyncio.gather(*(_interpret(ctx, c, b, old) for c, b in zip(node[1], branches, strict=True)))
         seen.append(branches)
     else:  # pragma: no cover - the grammar below makes no other node
         raise AssertionError(op)
@@ -116,13 +119,28 @@ async def interp_timed(ctx: WorkflowContext, program: list[Any]) -> list[Any]:
     return seen
 
 
-# Other deployments a run can be restarted on: one without the workflow (the run parks as unknown_workflow)
-# and one whose workflow issues another step first (it parks as non_determinism). Restarting on ``app``
-# again and resuming brings a parked run back.
+# Other deployments a run can be restarted on: one without the workflow (the run parks as unknown_workflow),
+# one whose workflow issues another step first (it parks as non_determinism), and the code from before the
+# ``ctx.patched`` changes (runs that passed a marker on it take the old path on ``app``; runs that recorded
+# a marker park on it). Restarting on ``app`` again and resuming brings a parked run back.
 bare = App("core-properties")
 changed = App("core-properties")
+unpatched = App("core-properties")
 for _fn in (work, slow, once, undo):
     bare.steps[_fn.__name__] = changed.steps[_fn.__name__] = app.steps[_fn.__name__]
+    unpatched.steps[_fn.__name__] = app.steps[_fn.__name__]
+
+
+@unpatched.workflow(name="interp")
+async def interp_unpatched(ctx: WorkflowContext, program: list[Any]) -> list[Any]:
+    seen: list[Any] = []
+    await _interpret(ctx, program, seen, old=True)
+    return seen
+
+
+@unpatched.workflow(name="interp_timed", timeout="30s")
+async def interp_timed_unpatched(ctx: WorkflowContext, program: list[Any]) -> list[Any]:
+    return await interp_unpatched(ctx, program)
 
 
 @changed.workflow(name="interp")
@@ -137,7 +155,7 @@ async def interp_timed_changed(ctx: WorkflowContext, program: list[Any]) -> list
     return await interp_changed(ctx, program)
 
 
-DEPLOYMENTS = (app, bare, changed)
+DEPLOYMENTS = (app, bare, changed, unpatched)
 
 
 # -- the grammar ---------------------------------------------------------------------------------------------
@@ -218,8 +236,8 @@ RESULT_KINDS = (st.KIND_STEP, st.KIND_COMPENSATION, st.KIND_CHILD)
 class Scenario:
     """Turns abstract actions into concrete inputs against the live state, checking after each one."""
 
-    def __init__(self, program: list[Any], timed: bool, avoid_known_bugs: bool) -> None:
-        self.driver = Driver(app, "interp_timed" if timed else "interp")
+    def __init__(self, program: list[Any], timed: bool, avoid_known_bugs: bool, old: bool = False) -> None:
+        self.driver = Driver(unpatched if old else app, "interp_timed" if timed else "interp")
         self.avoid_known_bugs = avoid_known_bugs
         self.program = program
         self.now = 1_000
@@ -304,8 +322,10 @@ def run_scenario(
     timed: bool,
     script: list[tuple[str, int, int, int, bool, int]],
     avoid_known_bugs: bool = False,
+    old: bool = False,
 ) -> Driver:
-    scenario = Scenario(program, timed, avoid_known_bugs)
+    """Drive one generated scenario (on the code from before ``ctx.patched`` changes if ``old``)."""
+    scenario = Scenario(program, timed, avoid_known_bugs, old)
     try:
         scenario.begin()
         for action in script:
@@ -321,7 +341,8 @@ def assert_same_effects(live: Driver) -> None:
     the live one, and once re-executing the workflow from the decoded state before every input."""
     for fresh in (False, True):
         # deployed as the live run began; ``deploy`` inputs switch it as they switched the live one
-        again = Driver(app, live.workflow, live.run_id, fresh_every_input=fresh)
+        assert live.first_app is not None
+        again = Driver(live.first_app, live.workflow, live.run_id, fresh_every_input=fresh)
         try:
             for i, step in enumerate(live.steps):
                 fx = again.apply(step.input)
@@ -379,15 +400,15 @@ scripts = hs.lists(actions, min_size=8, max_size=50)
 
 
 @PROFILE
-@given(program=programs, timed=hs.booleans(), script=scripts)
+@given(program=programs, timed=hs.booleans(), script=scripts, old=hs.sampled_from((False, False, True)))
 def test_fold_of_the_history_is_the_live_state(
-    program: list[Any], timed: bool, script: list[tuple[str, int, int, int, bool, int]]
+    program: list[Any], timed: bool, script: list[tuple[str, int, int, int, bool, int]], old: bool
 ) -> None:
     """(a), (b), (c) on every generated scenario except the inputs that reach ``KNOWN_BUGS``.
 
     This is the guard while those are open: it holds on the current code, so any new discrepancy fails it.
     """
-    driver = run_scenario(program, timed, script, avoid_known_bugs=True)
+    driver = run_scenario(program, timed, script, avoid_known_bugs=True, old=old)
     try:
         assert_same_effects(driver)
         assert_armed_timers_do_something(driver)
