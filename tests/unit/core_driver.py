@@ -10,9 +10,14 @@ fold of the history. It uses only the interface the rewrite keeps (``Decider``, 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from orchestrator import App
 from orchestrator._engine import state as st
@@ -241,3 +246,18 @@ def assert_fold_matches(driver: Driver) -> None:
     assert diff == "", f"fold(history) differs from the live state after {driver.steps[-1].input}:\n{diff}"
     if driver.state is not None and replayed is not None:
         assert encode_state(replayed) == encode_state(driver.state)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_workflow_loops() -> Iterator[None]:
+    """Fail a test that dropped a workflow instance without closing it (its private loop leaks).
+
+    Import it into a test module to apply it there: it is not in a conftest, so other modules are untouched.
+    """
+    yield
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+        gc.collect()
+    leaks = [str(w.message) for w in caught if "unclosed event loop" in str(w.message)]
+    assert leaks == [], "a workflow instance was dropped without close()"

@@ -25,7 +25,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from core_driver import Driver, assert_fold_matches
+from core_driver import (
+    Driver,
+    assert_fold_matches,
+    no_leaked_workflow_loops,  # noqa: F401 - an autouse fixture: applies here
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hs
 

@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from core_driver import Driver
+from core_driver import (
+    Driver,
+    no_leaked_workflow_loops,  # noqa: F401 - an autouse fixture: applies here
+)
 
 from orchestrator import App, RetryPolicy, StepFailedError, WorkflowContext
 from orchestrator._engine import events as ev
