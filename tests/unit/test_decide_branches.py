@@ -52,6 +52,11 @@ def guarded(x: int) -> int:
     return x
 
 
+@app.step(timeout="5s", schedule_to_start_timeout="2s", retry=FAST)
+def guarded_undo(x: int) -> int:
+    return x
+
+
 @app.step(timeout="5s", retry=RetryPolicy(max_attempts=1))
 def closes(x: int) -> int:
     return x
@@ -95,6 +100,12 @@ async def saga(ctx: WorkflowContext, fail_at: int) -> str:
     await ctx.step(act, 3, compensate=undo)
     await ctx.step(once, fail_at)
     return "done"
+
+
+@app.workflow
+async def guarded_saga(ctx: WorkflowContext) -> None:
+    await ctx.step(act, 0, compensate=guarded_undo)
+    await ctx.step(once, 1)
 
 
 @app.workflow(timeout="30s")
@@ -491,6 +502,48 @@ def test_cancel_runs_the_compensations_then_ends_cancelled(make: Make) -> None:
     assert kinds(fx) == ["StepCompleted", "RunCancelled"]
     assert d.state is not None and d.state.error_message == "customer changed their mind"
     assert [o.status for o in fx.outcomes] == [st.CANCELLED]
+
+
+def _compensating_with_timeouts(make: Make) -> Driver:
+    """guarded_saga compensating at 3 000 ms with guarded_undo (5 s start-to-close, 2 s schedule-to-start)."""
+    d = make("guarded_saga")
+    d.start(now=1_000)
+    d.complete(0, 2_000, value=0)
+    d.fail(1, 3_000, "TerminalError", retryable=False)
+    assert d.status == st.COMPENSATING and d.commands()[-1].step == "guarded_undo"
+    return d
+
+
+@pytest.mark.xfail(
+    strict=True, reason="bug: a compensation is scheduled without its step's schedule-to-start timeout"
+)
+def test_a_compensation_has_its_steps_schedule_to_start_timeout(make: Make) -> None:
+    d = _compensating_with_timeouts(make)
+    assert d.commands()[-1].schedule_to_start_ms == 2_000
+    assert d.timers() == [(5_000, "timeout:2:1")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a compensation's start report is ignored while the run compensates (the command asks for "
+    "it), so its start-to-close timeout also counts the time it waited for a worker",
+)
+def test_a_compensations_start_report_starts_its_start_to_close_timeout(make: Make) -> None:
+    d = _compensating_with_timeouts(make)
+    assert d.commands()[-1].report_start
+    fx = d.started(2, 4_500)
+    assert bodies(fx, ev.StepStarted) == [ev.StepStarted(2, 1, 4_500, "w-1")]
+    assert d.timers() == [(9_500, "timeout:2:1")]
+
+
+def test_a_compensation_times_out_and_retries(make: Make) -> None:
+    d = _compensating_with_timeouts(make)
+    [(due, tag)] = d.timers()
+    fx = d.fire(tag, due)
+    assert kinds(fx) == ["StepTimedOut", "RetryScheduled"]
+    assert [(c.position, c.cancel) for _, c in fx.commands] == [(2, True)]
+    fx = d.fire("retry:2", due + 1_000)
+    assert [(c.step, c.attempt) for _, c in fx.commands] == [("guarded_undo", 2)]
 
 
 def test_signal_while_compensating_is_ignored(make: Make) -> None:
