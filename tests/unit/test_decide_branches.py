@@ -702,6 +702,22 @@ def test_cancel_of_a_step_in_backoff_sends_no_cancel_command(make: Make) -> None
     ignored(d.fire("retry:0", 3_000))
 
 
+def test_cancel_of_a_run_parked_while_compensating_ends_it_cancelled(make: Make) -> None:
+    d = _saga_failed(make)
+    d.fail(5, 4_000, retryable=False)  # undo(3) fails: parked, undo(2) and undo(0) still to run
+    assert d.status == st.PARKED
+    fx = d.cancel(5_000, "give up")
+    # the cancel goes on compensating what is left (the failed compensation counts as done) ...
+    assert kinds(fx) == ["CompensationStarted", "StepScheduled"]
+    assert bodies(fx, ev.CompensationStarted)[0].ending == st.CANCELLED
+    d.complete(6, 6_000, value=0)
+    fx = d.complete(7, 6_100, value=0)
+    # ... and ends the run cancelled
+    assert kinds(fx) == ["StepCompleted", "RunCancelled"] and [o.status for o in fx.outcomes] == [
+        st.CANCELLED
+    ]
+
+
 def test_cancel_of_a_parked_run_ends_it(make: Make) -> None:
     d = make("gone")
     d.start(now=1_000)
