@@ -41,15 +41,19 @@ from orchestrator._engine.state import decode_state, encode_state
 
 # -- the interpreted workflow --------------------------------------------------------------------------------
 app = App("core-properties")
-NO_JITTER = {"initial_interval": "1s", "backoff": 2.0, "max_interval": "10s", "jitter": 0}
 
 
-@app.step(retry=RetryPolicy(max_attempts=3, **NO_JITTER))
+def no_jitter(max_attempts: int) -> RetryPolicy:
+    """Retries at exact times, so that a re-drive with the same inputs records the same RetryScheduled."""
+    return RetryPolicy(max_attempts, initial_interval="1s", backoff=2.0, max_interval="10s", jitter=0)
+
+
+@app.step(retry=no_jitter(3))
 def work(x: int) -> int:
     return x
 
 
-@app.step(timeout="5s", schedule_to_start_timeout="2s", retry=RetryPolicy(max_attempts=2, **NO_JITTER))
+@app.step(timeout="5s", schedule_to_start_timeout="2s", retry=no_jitter(2))
 def slow(x: int) -> int:
     return x
 
