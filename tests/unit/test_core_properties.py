@@ -396,6 +396,10 @@ def drivers() -> Iterator[list[Driver]]:
         d.close()
 
 
+SAGA = ["seq", [["step", "work", 1, True, False], ["step", "once", 2, False, False]]]
+"""A compensated step, then a step whose failure makes the run compensate the first."""
+
+
 KNOWN_BUGS = (
     "a run timeout that fires while the run compensates ends it with RunFailed but leaves state.ending set "
     "(the fold clears it); the run timer also stays armed and cancels the compensation in flight",
@@ -427,10 +431,34 @@ def test_fold_of_the_history_is_the_live_state(
 @pytest.mark.xfail(strict=True, reason="; ".join(KNOWN_BUGS))
 @PROFILE
 @given(program=programs, timed=hs.booleans(), script=scripts)
-@example(  # KNOWN_BUGS[0], so that the xfail does not hang on the generator finding it within its budget
-    program=["seq", [["step", "work", 1, True, False], ["step", "once", 2, False, False]]],
+# One explicit example per known bug, so that this fails until every one is fixed, whatever the generator
+# happens to reach within its budget. Each: SAGA's first step completes, its second fails for good.
+@example(  # KNOWN_BUGS[0]: the run deadline passes while undo(0) runs
+    program=SAGA,
     timed=True,
     script=[("complete", 0, 0, 0, True, 0), ("fail", 0, 0, 0, False, 0), ("fire", 28_000, 0, 0, True, 0)],
+)
+@example(  # KNOWN_BUGS[1]: undo(0) fails (one attempt allowed), the run parks, then is cancelled
+    program=SAGA,
+    timed=False,
+    script=[
+        ("complete", 0, 0, 0, True, 0),
+        ("fail", 0, 0, 0, False, 0),
+        ("fail", 0, 0, 0, False, 0),
+        ("cancel", 0, 0, 0, True, 0),
+    ],
+)
+@example(  # KNOWN_BUGS[2]: parked as above, a signal comes, the resumed undo(0) completes
+    program=SAGA,
+    timed=False,
+    script=[
+        ("complete", 0, 0, 0, True, 0),
+        ("fail", 0, 0, 0, False, 0),
+        ("fail", 0, 0, 0, False, 0),
+        ("signal", 0, 0, 0, True, 6),
+        ("resume", 0, 0, 0, True, 0),
+        ("complete", 0, 0, 0, True, 0),
+    ],
 )
 def test_fold_of_the_history_is_the_live_state_for_every_input(
     program: list[Any], timed: bool, script: list[tuple[str, int, int, int, bool, int]]
@@ -446,8 +474,6 @@ def test_fold_of_the_history_is_the_live_state_for_every_input(
 
 
 # -- regressions found by the properties (minimal examples) --------------------------------------------------
-SAGA = ["seq", [["step", "work", 1, True, False], ["step", "once", 2, False, False]]]
-"""A compensated step, then a step whose failure makes the run compensate the first."""
 
 
 @pytest.fixture
