@@ -31,6 +31,7 @@ from orchestrator import topology
 from orchestrator._engine import kafka
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import Event, ScheduleRegister, decode_event, encode_event
+from orchestrator._engine.faults import FaultLog, Retrier, Stopping, error_of, is_fatal, is_transient
 from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.partitioning import partition_for
@@ -41,6 +42,7 @@ from orchestrator._engine.sources import SourceError, translate
 from orchestrator._engine.state import RunState, decode_state, encode_state
 from orchestrator._engine.state_cache import StateCache
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
+from orchestrator._topic_admin import TopicAdminError
 from orchestrator.app import App
 from orchestrator.errors import ProcessorFencedError, SchemaError
 
@@ -121,6 +123,8 @@ class Processor:
         self._consumer: Consumer | None = None
         self._fatal: Any = None
         self._producer: Producer | None = None
+        self.faults = FaultLog(log)
+        self._retry = Retrier(self.faults, lambda: self._running)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> None:
@@ -128,12 +132,13 @@ class Processor:
         if install_signal_handlers:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
-        kafka.ensure_topics(self.app)
+        self._running = True  # from here on, a stop() ends the retries of a broker that is away
+        self._retry.call("topic check", lambda: kafka.ensure_topics(self.app), _admin_retriable)
         tx_id = f"{self.app.name}.processor.{self.config.instance_id}"
-        self._producer = Producer(
+        producer = self._producer = Producer(
             kafka.transactional_producer_config(self.bootstrap, tx_id, **self.config.producer_overrides)
         )
-        self._producer.init_transactions(60)
+        self._retry.call("init_transactions", lambda: producer.init_transactions(60), _not_fatal)
         self._register_schedules()
         self._consumer = Consumer(
             kafka.consumer_config(
@@ -159,11 +164,12 @@ class Processor:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
-        self._running = True
         log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
         try:
             while self._running:
                 self._iteration()
+        except Stopping as exc:
+            log.warning("%s", exc)
         finally:
             self._shutdown()
 
@@ -179,13 +185,23 @@ class Processor:
         """Declare the app's schedules to the keyed stage (idempotent: unchanged schedules are kept)."""
         if not self.app.schedules:
             return
-        assert self._producer is not None
-        self._producer.begin_transaction()
-        for schedule in self.app.schedules.values():
-            body = ScheduleRegister(schedule.workflow, schedule.cron, schedule.timezone, schedule.missed)
-            event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, _now_ms(), body)
-            self._to_keyed(f"schedule\x1f{schedule.workflow}", event)
-        self._producer.commit_transaction(30)
+        producer = self._producer
+        assert producer is not None
+        while True:
+            try:
+                self._retry.call("begin_transaction", producer.begin_transaction)
+                for schedule in self.app.schedules.values():
+                    body = ScheduleRegister(
+                        schedule.workflow, schedule.cron, schedule.timezone, schedule.missed
+                    )
+                    event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, _now_ms(), body)
+                    self._to_keyed(f"schedule\x1f{schedule.workflow}", event)
+                self._retry.call("commit_transaction", lambda: producer.commit_transaction(30))
+                return
+            except KafkaException as exc:
+                self._fenced_if_fatal(exc)
+                self.faults.fault("registering schedules", exc)
+                self._abort()
 
     def _shutdown(self) -> None:
         try:
@@ -214,7 +230,9 @@ class Processor:
                 store = PartitionStore(self.state_dir / f"k{tp.partition}", tp.partition)
                 self.keyed_stores[tp.partition] = store
                 targets.append((store, self.keyed_changelog))
-        self.stats.restored_records += restore(self.bootstrap, targets)
+        self.stats.restored_records += self._retry.call(
+            "restore", lambda: restore(self.bootstrap, targets), _not_fatal
+        )
         log.info("assigned partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -252,18 +270,31 @@ class Processor:
                 f"processor {self.config.instance_id}: fatal consumer error ({self._fatal.str()}); another "
                 "instance with the same id took its place. Stopping."
             )
-        for msg in msgs:
-            err = msg.error()
-            if err is not None and (err.fatal() or err.code() == KafkaError._FATAL):
-                raise ProcessorFencedError(
-                    f"processor {self.config.instance_id}: fatal consumer error ({err.str()}); another "
-                    "instance with the same id took its place. Stopping."
-                )
+        msgs = self._without_errors(msgs)
         now = _now_ms()
         due = self._due_timers(now)
         if not msgs and not due:
             return
         self._transaction(msgs, due, now)
+
+    def _without_errors(self, msgs: list[Message]) -> list[Message]:
+        """The records among ``msgs``; consumer errors are logged once per episode (librdkafka reconnects
+        and refetches by itself), and a fatal one stops the processor."""
+        records: list[Message] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                records.append(msg)
+            elif err.fatal() or err.code() == KafkaError._FATAL:
+                raise ProcessorFencedError(
+                    f"processor {self.config.instance_id}: fatal consumer error ({err.str()}); another "
+                    "instance with the same id took its place. Stopping."
+                )
+            else:
+                self.faults.fault("consume", err.str())
+        if records:
+            self.faults.recovered("consume")
+        return records
 
     def _linger(self, msgs: list[Message]) -> None:
         """Add records that arrive within ``batch_linger_ms`` of the first, up to ``max_batch``."""
@@ -289,12 +320,9 @@ class Processor:
         assert self._consumer is not None and self._producer is not None
         producer = self._producer
         positions: dict[tuple[str, int], int] = {}
-        producer.begin_transaction()
         try:
+            self._retry.call("begin_transaction", producer.begin_transaction)
             for msg in msgs:
-                if msg.error() is not None:
-                    log.warning("consumer error: %s", msg.error())
-                    continue
                 topic, p = msg.topic() or "", msg.partition() or 0
                 if (topic == self.inbox and p not in self.stores) or (
                     topic == self.keyed and p not in self.keyed_stores
@@ -315,9 +343,14 @@ class Processor:
             self._produce_changelog()
             if positions:
                 offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
-                producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+                group = self._consumer.consumer_group_metadata()
+                self._retry.call(
+                    "send_offsets_to_transaction",
+                    lambda: producer.send_offsets_to_transaction(offsets, group, 30),
+                )
             producer.flush(30)
-            producer.commit_transaction(30)
+            # A commit that times out ("retry call to resume") is called again, not aborted.
+            self._retry.call("commit_transaction", lambda: producer.commit_transaction(30))
         except KafkaException as exc:
             self._on_transaction_error(exc)
             return
@@ -338,22 +371,15 @@ class Processor:
             for p, store in stores.items():
                 store.commit(positions.get((topic, p)), self._changelog_offsets.pop((changelog, p), None))
         self.stats.transactions += 1
+        self.faults.recovered("transaction")
 
     def _on_transaction_error(self, exc: KafkaException) -> None:
+        """Anything short of fatal: abort, forget the batch's writes, rewind and process it again."""
         assert self._consumer is not None and self._producer is not None
-        if kafka.is_fatal(exc):
-            raise ProcessorFencedError(
-                f"processor {self.config.instance_id} was fenced or hit a fatal producer error ({exc}); "
-                "another instance owns its partitions now. Stopping."
-            ) from exc
-        log.warning("transaction aborted, will reprocess the batch: %s", exc)
+        self._fenced_if_fatal(exc)
+        self.faults.fault("transaction", f"aborting it and reprocessing the batch: {exc}")
         self.stats.aborts += 1
-        try:
-            self._producer.abort_transaction(30)
-        except KafkaException as abort_exc:
-            if kafka.is_fatal(abort_exc):
-                raise ProcessorFencedError(str(abort_exc)) from abort_exc
-            raise
+        self._abort()
         for _, _, stores in self._store_sets():
             for store in stores.values():
                 store.discard()
@@ -362,14 +388,40 @@ class Processor:
         self.states.clear()
         self._rewind()
 
+    def _fenced_if_fatal(self, exc: KafkaException) -> None:
+        if is_fatal(error_of(exc)):
+            raise ProcessorFencedError(
+                f"processor {self.config.instance_id} was fenced or hit a fatal producer error ({exc}); "
+                "another instance owns its partitions now. Stopping."
+            ) from exc
+
+    def _abort(self) -> None:
+        """Abort the open transaction; one that times out ("retry call to resume") is called again."""
+        producer = self._producer
+        assert producer is not None
+        try:
+            self._retry.call("abort_transaction", lambda: producer.abort_transaction(30), _abort_retriable)
+        except KafkaException as exc:
+            self._fenced_if_fatal(exc)
+            err = error_of(exc)
+            if err is None or err.code() != KafkaError._STATE:
+                raise
+            # _STATE: no transaction is open (begin_transaction was what failed): nothing to abort.
+
     def _rewind(self) -> None:
         """Seek back to the committed positions so the aborted batch is consumed again."""
-        assert self._consumer is not None
-        for tp in self._consumer.committed(self._consumer.assignment(), timeout=30):
+        consumer = self._consumer
+        assert consumer is not None
+        committed = self._retry.call(
+            "reading committed offsets",
+            lambda: consumer.committed(consumer.assignment(), timeout=30),
+            _not_fatal,
+        )
+        for tp in committed:
             if tp.offset >= 0:
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset))
+                consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset))
             else:
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+                consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
 
     # -- per record ---------------------------------------------------------------------------------------
     def _handle_message(self, msg: Message, now_ms: int) -> None:
@@ -521,14 +573,12 @@ class Processor:
 
     # -- output -------------------------------------------------------------------------------------------
     def _emit(self, p: int, fx: Effects) -> None:
-        producer = self._producer
-        assert producer is not None
         for event in fx.history:
-            producer.produce(self.history, encode_event(event), event.run_id.encode(), partition=p)
+            self._produce(self.history, encode_event(event), event.run_id.encode(), partition=p)
         for queue, cmd in fx.commands:
-            producer.produce(self._tasks_topic(queue), encode_command(cmd), cmd.run_id.encode())
+            self._produce(self._tasks_topic(queue), encode_command(cmd), cmd.run_id.encode())
         for outcome in fx.outcomes:
-            producer.produce(self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p)
+            self._produce(self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p)
         for rk, event in fx.keyed:
             self._to_keyed(rk, event)
         for event in fx.inbox:
@@ -542,11 +592,31 @@ class Processor:
             self._to_keyed(routing, event)
         for outcome in fx.outcomes:
             p = partition_for(outcome.run_id, self.partitions)
-            self._producer.produce(
-                self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p
-            )
+            self._produce(self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p)
         for queue, run_id, command in fx.commands:  # step attempts the admission stage let through
-            self._producer.produce(self._tasks_topic(queue), command, run_id.encode())
+            self._produce(self._tasks_topic(queue), command, run_id.encode())
+
+    def _produce(
+        self, topic: str, value: bytes | None, key: bytes | None, partition: int = -1, on_delivery: Any = None
+    ) -> None:
+        """``Producer.produce``, waiting for room when librdkafka's local queue is full (BufferError)."""
+        producer = self._producer
+        assert producer is not None
+        try:
+            producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+        except BufferError:
+            self._retry.call(
+                "produce (local queue full)",
+                lambda: self._produce_after_poll(topic, value, key, partition, on_delivery),
+                lambda exc: isinstance(exc, BufferError),
+            )
+
+    def _produce_after_poll(
+        self, topic: str, value: bytes | None, key: bytes | None, partition: int, on_delivery: Any
+    ) -> None:
+        assert self._producer is not None
+        self._producer.poll(0.1)  # serves delivery reports, which is what frees the queue
+        self._producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
 
     def _tasks_topic(self, queue: str) -> str:
         """Cached: the name is built from the topic templates and checked, ~2 % of the loop's CPU per call."""
@@ -557,7 +627,7 @@ class Processor:
 
     def _to_inbox(self, event: Event) -> None:
         assert self._producer is not None
-        self._producer.produce(
+        self._produce(
             self.inbox,
             encode_event(event),
             event.run_id.encode(),
@@ -566,7 +636,7 @@ class Processor:
 
     def _to_keyed(self, routing: str, event: Event) -> None:
         assert self._producer is not None
-        self._producer.produce(
+        self._produce(
             self.keyed,
             encode_event(event),
             routing.encode(),
@@ -584,11 +654,11 @@ class Processor:
                 last = len(dirty) - 1
                 for i, (key, value) in enumerate(dirty.items()):
                     if i == last:
-                        producer.produce(
+                        self._produce(
                             changelog, value, key, partition=p, on_delivery=self._changelog_delivered
                         )
                     else:
-                        producer.produce(changelog, value, key, partition=p)
+                        self._produce(changelog, value, key, partition=p)
 
     def _changelog_delivered(self, err: Any, msg: Message) -> None:
         if err is None:
@@ -611,11 +681,34 @@ class Processor:
             timestamp_ms=now_ms,
             component=f"processor:{self.config.instance_id}",
         )
-        self._producer.produce(self.dlq, encode_dead_letter(letter), msg.key())
+        self._produce(self.dlq, encode_dead_letter(letter), msg.key())
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _not_fatal(exc: BaseException) -> bool:
+    """Retry condition of calls that change nothing (start-up, restore, reading offsets): any Kafka error
+    short of a fatal one may be a broker that is restarting."""
+    return isinstance(exc, KafkaException) and not is_fatal(error_of(exc))
+
+
+def _abort_retriable(exc: BaseException) -> bool:
+    err = error_of(exc)
+    return (
+        isinstance(exc, KafkaException)
+        and not is_fatal(err)
+        and (err is None or err.code() != KafkaError._STATE)
+    )
+
+
+def _admin_retriable(exc: BaseException) -> bool:
+    """The topic check failed because the cluster is not reachable or not settled yet."""
+    if not isinstance(exc, TopicAdminError | KafkaException):
+        return False
+    err = error_of(exc)
+    return err is None or is_transient(err)
 
 
 __all__ = ["Event", "Processor", "ProcessorConfig", "ProcessorStats"]
