@@ -467,16 +467,20 @@ class Processor:
 
     def _handle_keyed(self, msg: Message, now_ms: int) -> None:
         store = self.keyed_stores[msg.partition() or 0]
+        store.savepoint()  # a record that raises midway leaves none of its writes behind
         try:
             event = decode_event(msg.value())
             fx = self.router.handle(store, event, now_ms)
         except SchemaError as exc:
+            store.rollback()
             self._dead_letter(msg, "SchemaError", str(exc), now_ms)
             return
         except Exception as exc:
+            store.rollback()
             log.exception("internal error in the keyed stage")
             self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
             return
+        store.release()
         if fx.ignored:
             log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
         self._emit_routed(fx)
@@ -520,11 +524,14 @@ class Processor:
     def _fire_keyed_timer(self, p: int, key: bytes, ident: str, tag: str, now_ms: int) -> None:
         store = self.keyed_stores[p]
         store.delete(key)
+        store.savepoint()
         try:
             fx = self.router.fire_timer(store, ident, tag, now_ms)
         except Exception:
+            store.rollback()
             log.exception("internal error firing keyed timer %s; dropping it", tag)
             return
+        store.release()
         self.stats.timers += 1
         self._emit_routed(fx)
 
