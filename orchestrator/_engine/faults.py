@@ -50,6 +50,10 @@ _TRANSIENT_CODES = frozenset(
 ``committed``) report them without setting ``retriable()``."""
 
 
+REMIND_S = 30.0
+"""While a fault lasts, how often it is logged again."""
+
+
 class Stopping(Exception):
     """The processor was asked to stop while it waited out a fault: unwind, do not report a failure."""
 
@@ -86,20 +90,31 @@ class FaultLog:
 
     def __init__(self, logger: logging.Logger) -> None:
         self._log = logger
-        self._open: dict[str, tuple[float, int]] = {}  # what -> (since, occurrences)
+        self._open: dict[str, tuple[float, int, float]] = {}  # what -> (since, occurrences, last reminder)
 
     def fault(self, what: str, detail: object) -> None:
-        """Record one occurrence of ``what``; only the first of an episode is logged."""
-        since, count = self._open.get(what, (time.monotonic(), 0))
+        """Record one occurrence of ``what``; the first of an episode is logged, then one reminder with the
+        latest error every ``REMIND_S`` while it lasts (an operator must see that it is still going on)."""
+        now = time.monotonic()
+        since, count, reminded = self._open.get(what, (now, 0, now))
         if count == 0:
             self._log.warning("%s failed, retrying until it succeeds: %s", what, detail)
-        self._open[what] = (since, count + 1)
+        elif now - reminded >= REMIND_S:
+            self._log.warning(
+                "%s still failing after %d attempts over %.0f s, retrying: %s",
+                what,
+                count + 1,
+                now - since,
+                detail,
+            )
+            reminded = now
+        self._open[what] = (since, count + 1, reminded)
 
     def recovered(self, what: str) -> None:
         """``what`` succeeded: close its episode (logged only if there was one)."""
         episode = self._open.pop(what, None)
         if episode is not None:
-            since, count = episode
+            since, count, _ = episode
             self._log.warning(
                 "%s succeeded again after %d failed attempts over %.1f s",
                 what,
@@ -138,14 +153,21 @@ class Retrier:
         what: str,
         op: Callable[[], T],
         retry_if: Callable[[BaseException], bool] = lambda exc: is_transient(error_of(exc)),
+        give_up_at: float | None = None,
     ) -> T:
-        """``op()``, again and again while it raises an exception ``retry_if`` accepts; others propagate."""
+        """``op()``, again and again while it raises an exception ``retry_if`` accepts; others propagate.
+
+        ``give_up_at`` (a ``time.monotonic()`` instant): past it, the last exception propagates even if it
+        is retriable. For calls inside a transaction: once the transaction is older than the producer's
+        ``transaction.timeout.ms`` the coordinator aborts it anyway, and waiting longer can deadlock (the
+        group cannot finish a rebalance while this instance does not poll its consumer).
+        """
         backoff = self.first_backoff
         while True:
             try:
                 result = op()
             except Exception as exc:
-                if not retry_if(exc):
+                if not retry_if(exc) or (give_up_at is not None and time.monotonic() >= give_up_at):
                     raise
                 self.faults.fault(what, exc)
                 if not self.running():

@@ -124,6 +124,7 @@ class Processor:
         self._fatal: Any = None
         self._producer: Producer | None = None
         self.faults = FaultLog(log)
+        self._txn_timeout_s = 10.0  # the producer's transaction.timeout.ms, set in run()
         self._retry = Retrier(self.faults, lambda: self._running)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -135,11 +136,26 @@ class Processor:
         self._running = True  # from here on, a stop() ends the retries of a broker that is away
         self._retry.call("topic check", lambda: kafka.ensure_topics(self.app), _admin_retriable)
         tx_id = f"{self.app.name}.processor.{self.config.instance_id}"
-        producer = self._producer = Producer(
-            kafka.transactional_producer_config(self.bootstrap, tx_id, **self.config.producer_overrides)
+        producer_config = kafka.transactional_producer_config(
+            self.bootstrap, tx_id, **self.config.producer_overrides
         )
+        self._txn_timeout_s = int(producer_config["transaction.timeout.ms"]) / 1000
+        producer = self._producer = Producer(producer_config)
         self._retry.call("init_transactions", lambda: producer.init_transactions(60), _not_fatal)
         self._register_schedules()
+        self._subscribe()
+        log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
+        try:
+            while self._running:
+                self._iteration()
+        except Stopping as exc:
+            log.warning("%s", exc)
+        finally:
+            self._shutdown()
+
+    def _subscribe(self) -> None:
+        """A new group consumer, subscribed to every input of this processor."""
+        self._fatal = None
         self._consumer = Consumer(
             kafka.consumer_config(
                 self.bootstrap,
@@ -164,20 +180,59 @@ class Processor:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
-        log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
+
+    def _check_producer_not_fenced(self) -> None:
+        """Raise ProcessorFencedError if another instance took this transactional id.
+
+        A transaction that touches a partition makes the coordinator check the producer epoch; it is then
+        aborted, so the probe record (a tombstone of a key no store uses) is never visible to the
+        read_committed readers of the changelog.
+        """
+        producer = self._producer
+        assert producer is not None
         try:
-            while self._running:
-                self._iteration()
-        except Stopping as exc:
-            log.warning("%s", exc)
-        finally:
-            self._shutdown()
+            self._retry.call("begin_transaction", producer.begin_transaction)
+            self._produce(self.changelog, None, b"m/ownership-probe", partition=0)
+            producer.flush(self._txn_timeout_s)
+        except KafkaException as exc:
+            self._fenced_if_fatal(exc)
+        self._abort()
+
+    def _resubscribe(self) -> None:
+        """Replace a consumer that librdkafka declared dead (fatal), keeping the producer.
+
+        Why not stop: after a broker restart a static member can be told it was "fenced by another consumer
+        with the same group.instance.id" when there is no other one (its rejoin raced a request carrying its
+        old member id; seen in test_broker_outage). The arbiter of a real duplicate is the transactional
+        id: a second live instance with this id fenced our producer when it started, so this instance's
+        next transaction fails fatally and it stops then (ProcessorFencedError), before committing anything.
+        """
+        assert self._consumer is not None
+        self._check_producer_not_fenced()
+        log.warning(
+            "processor %s: its consumer hit a fatal error (%s); replacing the consumer. If another instance "
+            "runs with the same id, this one's next transaction is fenced and it stops.",
+            self.config.instance_id,
+            self._fatal.str() if self._fatal is not None else "?",
+        )
+        try:
+            self._consumer.close()
+        except KafkaException:
+            log.debug("closing the dead consumer failed", exc_info=True)
+        for stores in (self.stores, self.keyed_stores):
+            for store in stores.values():
+                store.close()
+            stores.clear()
+        self.cache.clear()
+        self.states.clear()
+        self._subscribe()
 
     def stop(self) -> None:
         self._running = False
 
     def _on_client_error(self, err: Any) -> None:
-        """librdkafka's error callback: a fatal consumer error (e.g. fenced static member) stops the loop."""
+        """librdkafka's error callback: a fatal consumer error (e.g. fenced static member) is remembered, for
+        ``_resubscribe``."""
         if err.fatal() or err.code() == KafkaError._FATAL:
             self._fatal = err
 
@@ -265,12 +320,10 @@ class Processor:
                 msgs.extend(self._consumer.consume(self.config.max_batch - 1, 0))
             if self.config.batch_linger_ms > 0:
                 self._linger(msgs)
-        if self._fatal is not None:
-            raise ProcessorFencedError(
-                f"processor {self.config.instance_id}: fatal consumer error ({self._fatal.str()}); another "
-                "instance with the same id took its place. Stopping."
-            )
         msgs = self._without_errors(msgs)
+        if self._fatal is not None:
+            self._resubscribe()
+            return
         now = _now_ms()
         due = self._due_timers(now)
         if not msgs and not due:
@@ -279,17 +332,14 @@ class Processor:
 
     def _without_errors(self, msgs: list[Message]) -> list[Message]:
         """The records among ``msgs``; consumer errors are logged once per episode (librdkafka reconnects
-        and refetches by itself), and a fatal one stops the processor."""
+        and refetches by itself); a fatal one is remembered, for ``_resubscribe``."""
         records: list[Message] = []
         for msg in msgs:
             err = msg.error()
             if err is None:
                 records.append(msg)
             elif err.fatal() or err.code() == KafkaError._FATAL:
-                raise ProcessorFencedError(
-                    f"processor {self.config.instance_id}: fatal consumer error ({err.str()}); another "
-                    "instance with the same id took its place. Stopping."
-                )
+                self._fatal = err  # the consumer is replaced before anything else (see _resubscribe)
             else:
                 self.faults.fault("consume", err.str())
         if records:
@@ -320,6 +370,10 @@ class Processor:
         assert self._consumer is not None and self._producer is not None
         producer = self._producer
         positions: dict[tuple[str, int], int] = {}
+        # Past the producer's transaction.timeout.ms the coordinator aborts the transaction anyway: stop
+        # retrying send_offsets then, abort, and poll the consumer again (a group that is rebalancing waits
+        # for this instance to rejoin, which it cannot do while stuck here).
+        give_up_at = time.monotonic() + self._txn_timeout_s
         try:
             self._retry.call("begin_transaction", producer.begin_transaction)
             for msg in msgs:
@@ -346,10 +400,15 @@ class Processor:
                 group = self._consumer.consumer_group_metadata()
                 self._retry.call(
                     "send_offsets_to_transaction",
-                    lambda: producer.send_offsets_to_transaction(offsets, group, 30),
+                    lambda: producer.send_offsets_to_transaction(
+                        offsets, group, max(1.0, give_up_at - time.monotonic())
+                    ),
+                    give_up_at=give_up_at,
                 )
             producer.flush(30)
-            # A commit that times out ("retry call to resume") is called again, not aborted.
+            # A commit that times out ("retry call to resume") is called again until it has an answer, never
+            # aborted: it may have reached the coordinator, and an abort then would fail or, worse, leave the
+            # stores behind what Kafka committed while the consumer moves on.
             self._retry.call("commit_transaction", lambda: producer.commit_transaction(30))
         except KafkaException as exc:
             self._on_transaction_error(exc)
@@ -386,7 +445,8 @@ class Processor:
         self._changelog_offsets.clear()
         self.cache.clear()
         self.states.clear()
-        self._rewind()
+        if self._fatal is None:  # a dead consumer is replaced instead; the new one starts at the commits
+            self._rewind()
 
     def _fenced_if_fatal(self, exc: KafkaException) -> None:
         if is_fatal(error_of(exc)):
@@ -412,11 +472,16 @@ class Processor:
         """Seek back to the committed positions so the aborted batch is consumed again."""
         consumer = self._consumer
         assert consumer is not None
-        committed = self._retry.call(
-            "reading committed offsets",
-            lambda: consumer.committed(consumer.assignment(), timeout=30),
-            _not_fatal,
-        )
+        try:
+            committed = self._retry.call(
+                "reading committed offsets",
+                lambda: consumer.committed(consumer.assignment(), timeout=30),
+                _not_fatal,
+            )
+        except KafkaException as exc:
+            # The consumer died: the next iteration replaces it.
+            self._fatal = error_of(exc) or KafkaError(KafkaError._FATAL)
+            return
         for tp in committed:
             if tp.offset >= 0:
                 consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset))
