@@ -52,6 +52,12 @@ LOCAL_STEPS_PER_INPUT = 64
 """Local step attempts folded in while handling one input; the result of the next goes through the inbox,
 so a workflow looping over local steps makes durable progress and cannot hold a batch forever."""
 
+BATCH_TIME_SHARE = 0.5
+"""Share of the producer's ``transaction.timeout.ms`` a transaction may spend handling its batch (local
+steps are what can make that long). Past it, local step results go through the inbox instead of being
+folded in, and the inputs not handled yet are left for the next transaction; so a batch of slow local steps
+commits in time instead of being aborted by the coordinator and retried forever."""
+
 
 @dataclass(frozen=True)
 class ProcessorConfig:
@@ -125,6 +131,8 @@ class Processor:
         self._producer: Producer | None = None
         self.faults = FaultLog(log)
         self._txn_timeout_s = 10.0  # the producer's transaction.timeout.ms, set in run()
+        self._clock = time.monotonic  # replaced by tests
+        self._handling_deadline = float("inf")  # past it, the open transaction takes no more work
         self._retry = Retrier(self.faults, lambda: self._running)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -374,9 +382,14 @@ class Processor:
         # retrying send_offsets then, abort, and poll the consumer again (a group that is rebalancing waits
         # for this instance to rejoin, which it cannot do while stuck here).
         give_up_at = time.monotonic() + self._txn_timeout_s
+        self._handling_deadline = self._clock() + BATCH_TIME_SHARE * self._txn_timeout_s
         try:
             self._retry.call("begin_transaction", producer.begin_transaction)
-            for msg in msgs:
+            for i, msg in enumerate(msgs):
+                if i and self._clock() >= self._handling_deadline:
+                    self._leave_for_next_transaction(msgs[i:])
+                    due = []  # due timers are found again by the next iteration
+                    break
                 topic, p = msg.topic() or "", msg.partition() or 0
                 if (topic == self.inbox and p not in self.stores) or (
                     topic == self.keyed and p not in self.keyed_stores
@@ -431,6 +444,19 @@ class Processor:
                 store.commit(positions.get((topic, p)), self._changelog_offsets.pop((changelog, p), None))
         self.stats.transactions += 1
         self.faults.recovered("transaction")
+
+    def _leave_for_next_transaction(self, rest: list[Message]) -> None:
+        """Seek back to the first record of ``rest`` in each partition: the next poll returns them again."""
+        assert self._consumer is not None
+        first: dict[tuple[str, int], int] = {}
+        for msg in rest:
+            first.setdefault((msg.topic() or "", msg.partition() or 0), msg.offset() or 0)
+        for (topic, p), offset in first.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, p, offset))
+            except KafkaException:  # revoked in the last poll: its new owner starts at the committed offset
+                log.debug("not seeking %s[%d], no longer assigned", topic, p)
+        log.debug("batch handling took its share of the transaction; %d records left for the next", len(rest))
 
     def _on_transaction_error(self, exc: KafkaException) -> None:
         """Anything short of fatal: abort, forget the batch's writes, rewind and process it again."""
@@ -613,7 +639,7 @@ class Processor:
                     continue  # a local attempt is never running when its run is cancelled
                 result = self.local_steps.run(cmd)
                 self.stats.local_steps += 1
-                if budget <= 0:
+                if budget <= 0 or self._clock() >= self._handling_deadline:
                     fx.inbox.append(result)  # handled in a later batch, like a worker's result
                     continue
                 budget -= 1

@@ -77,3 +77,89 @@ def test_keyed_record_that_raises_midway_leaves_none_of_its_writes(
     assert store.dirty() == {b"e/earlier": b"from an earlier record of the batch"}
     (letter,) = [decode_dead_letter(v) for v in _produced(processor).to(processor.dlq)]
     assert letter.error_type == "InternalError.RuntimeError" and letter.source_offset == 7
+
+
+class FakeConsumer:
+    """Enough of a group consumer for ``Processor._transaction``: records seeks."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def seek(self, tp: Any) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def close(self) -> None: ...
+
+
+class TransactionalRecorder(RecordingProducer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.offsets: list[list[tuple[str, int, int]]] = []
+
+    def begin_transaction(self) -> None: ...
+
+    def send_offsets_to_transaction(self, offsets: Any, group: Any, timeout: float) -> None:
+        self.offsets.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+    def commit_transaction(self, timeout: float = 0) -> None: ...
+
+
+class FakeClock:
+    """The processor's monotonic clock; local steps move it, so no test depends on real time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_local_steps_stop_taking_the_transaction_past_its_time_share(app: App, processor: Processor) -> None:
+    from orchestrator import WorkflowContext
+    from orchestrator._engine import processor as processor_module
+
+    clock = FakeClock()
+    share = processor_module.BATCH_TIME_SHARE * processor._txn_timeout_s
+
+    @app.step(local=True)
+    def slow(x: int) -> int:
+        clock.now += share * 0.3  # each attempt takes 30 % of the batch's share of the transaction
+        return x + 1
+
+    @app.workflow
+    async def chain(ctx: WorkflowContext, x: int) -> int:
+        for _ in range(10):
+            x = await ctx.step(slow, x)
+        return x
+
+    processor._clock = clock
+    processor._consumer = FakeConsumer()  # type: ignore[assignment]
+    processor._producer = producer = TransactionalRecorder()  # type: ignore[assignment]
+    msgs = []
+    for i in range(3):
+        start = ev.Event(f"r{i}/start", f"r{i}", "chain", 1, ev.StartRun(input=app.data.encode(0)))
+        msgs.append(
+            Message(topic=processor.inbox, partition=0, offset=10 + i, key=b"r", value=ev.encode_event(start))
+        )
+
+    processor._transaction(msgs, [], 1_000)
+
+    # r0 folded three results in (90 % of the share); the fourth attempt ran past it, so its result goes
+    # through the inbox. r1 and r2 are left for the next transaction: the consumer is sent back to r1 and
+    # only r0's offset is committed.
+    inbox = [ev.decode_event(v) for v in producer.to(processor.inbox)]
+    assert [(e.run_id, e.body) for e in inbox if isinstance(e.body, ev.StepCompleted)] == [
+        ("r0", inbox[0].body)
+    ]
+    assert isinstance(inbox[0].body, ev.StepCompleted) and inbox[0].body.position == 3
+    assert processor._consumer.seeks == [(processor.inbox, 0, 11)]  # type: ignore[union-attr]
+    assert producer.offsets == [[(processor.inbox, 0, 11)]]
+    history = [ev.decode_event(v) for v in producer.to(processor.history)]
+    assert [e.body.position for e in history if isinstance(e.body, ev.StepCompleted)] == [0, 1, 2]
+    assert {e.run_id for e in history} == {"r0"}
