@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from orchestrator._engine.records import DeadLetter, encode_command, encode_dead
 from orchestrator._engine.restore import restore
 from orchestrator._engine.router import Router, RouterEffects
 from orchestrator._engine.sources import SourceError, translate
-from orchestrator._engine.state import RunState, decode_state, encode_state
+from orchestrator._engine.state import PARKED, RunState, decode_state, encode_state
 from orchestrator._engine.state_cache import StateCache
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
 from orchestrator._topic_admin import TopicAdminError
@@ -51,6 +52,9 @@ log = logging.getLogger("orchestrator.processor")
 LOCAL_STEPS_PER_INPUT = 64
 """Local step attempts folded in while handling one input; the result of the next goes through the inbox,
 so a workflow looping over local steps makes durable progress and cannot hold a batch forever."""
+
+PARK_INTERNAL_ERROR = "internal_error"
+"""Kind of a run parked because the processor raised while handling one of its inputs or timers."""
 
 BATCH_TIME_SHARE = 0.5
 """Share of the producer's ``transaction.timeout.ms`` a transaction may spend handling its batch (local
@@ -132,6 +136,7 @@ class Processor:
         self.faults = FaultLog(log)
         self._txn_timeout_s = 10.0  # the producer's transaction.timeout.ms, set in run()
         self._clock = time.monotonic  # replaced by tests
+        self._producer_config: dict[str, Any] = {}
         self._handling_deadline = float("inf")  # past it, the open transaction takes no more work
         self._retry = Retrier(self.faults, lambda: self._running)
 
@@ -148,6 +153,7 @@ class Processor:
             self.bootstrap, tx_id, **self.config.producer_overrides
         )
         self._txn_timeout_s = int(producer_config["transaction.timeout.ms"]) / 1000
+        self._producer_config = producer_config
         producer = self._producer = Producer(producer_config)
         self._retry.call("init_transactions", lambda: producer.init_transactions(60), _not_fatal)
         self._register_schedules()
@@ -248,9 +254,9 @@ class Processor:
         """Declare the app's schedules to the keyed stage (idempotent: unchanged schedules are kept)."""
         if not self.app.schedules:
             return
-        producer = self._producer
-        assert producer is not None
         while True:
+            producer = self._producer  # replaced after a fatal error that is not a fence
+            assert producer is not None
             try:
                 self._retry.call("begin_transaction", producer.begin_transaction)
                 for schedule in self.app.schedules.values():
@@ -259,7 +265,7 @@ class Processor:
                     )
                     event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, _now_ms(), body)
                     self._to_keyed(f"schedule\x1f{schedule.workflow}", event)
-                self._retry.call("commit_transaction", lambda: producer.commit_transaction(30))
+                self._retry.call("commit_transaction", partial(producer.commit_transaction, 30))
                 return
             except KafkaException as exc:
                 self._fenced_if_fatal(exc)
@@ -461,10 +467,11 @@ class Processor:
     def _on_transaction_error(self, exc: KafkaException) -> None:
         """Anything short of fatal: abort, forget the batch's writes, rewind and process it again."""
         assert self._consumer is not None and self._producer is not None
-        self._fenced_if_fatal(exc)
+        replaced = self._fenced_if_fatal(exc)
         self.faults.fault("transaction", f"aborting it and reprocessing the batch: {exc}")
         self.stats.aborts += 1
-        self._abort()
+        if not replaced:
+            self._abort()
         for _, _, stores in self._store_sets():
             for store in stores.values():
                 store.discard()
@@ -474,12 +481,44 @@ class Processor:
         if self._fatal is None:  # a dead consumer is replaced instead; the new one starts at the commits
             self._rewind()
 
-    def _fenced_if_fatal(self, exc: KafkaException) -> None:
-        if is_fatal(error_of(exc)):
+    def _fenced_if_fatal(self, exc: KafkaException) -> bool:
+        """ProcessorFencedError if another instance took this transactional id; True if the producer hit
+        another fatal error and was replaced (its transaction is gone: nothing to abort)."""
+        err = error_of(exc)
+        if not is_fatal(err):
+            return False
+        assert err is not None
+        if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
             raise ProcessorFencedError(
-                f"processor {self.config.instance_id} was fenced or hit a fatal producer error ({exc}); "
-                "another instance owns its partitions now. Stopping."
+                f"processor {self.config.instance_id} was fenced ({exc}); another instance with the same id "
+                "owns its partitions now. Stopping."
             ) from exc
+        self._renew_producer(exc)
+        return True
+
+    def _renew_producer(self, exc: KafkaException) -> None:
+        """Replace a producer librdkafka declared dead for a reason other than a fence.
+
+        Seen after a broker restart (test_broker_outage): the coordinator had aborted the transaction that
+        was open when the broker died (it outlived transaction.timeout.ms), and the producer's own abort then
+        failed with a fatal INVALID_TXN_STATE. No other instance is involved, so this one goes on with a new
+        producer under the same transactional id (its init_transactions bumps the epoch), like Kafka
+        Streams resetting its producer. A real second instance fences with _FENCED/PRODUCER_FENCED instead.
+        """
+        log.error(
+            "processor %s: fatal producer error that is not a fence (%s); replacing the producer and "
+            "reprocessing the batch",
+            self.config.instance_id,
+            exc,
+        )
+        old = self._producer
+        if old is not None:
+            try:
+                old.purge()
+            except (KafkaException, RuntimeError):
+                log.debug("purging the dead producer failed", exc_info=True)
+        producer = self._producer = Producer(self._producer_config)
+        self._retry.call("init_transactions", lambda: producer.init_transactions(60), _not_fatal)
 
     def _abort(self) -> None:
         """Abort the open transaction; one that times out ("retry call to resume") is called again."""
@@ -488,7 +527,8 @@ class Processor:
         try:
             self._retry.call("abort_transaction", lambda: producer.abort_transaction(30), _abort_retriable)
         except KafkaException as exc:
-            self._fenced_if_fatal(exc)
+            if self._fenced_if_fatal(exc):
+                return  # the producer was replaced: its transaction is gone
             err = error_of(exc)
             if err is None or err.code() != KafkaError._STATE:
                 raise
@@ -540,10 +580,9 @@ class Processor:
             if new_state is not None:
                 self._run_local(new_state, fx)
         except Exception as exc:
-            log.exception("internal error on %s", event.kind)
-            self.cache.evict(event.run_id)
-            self.states.evict(event.run_id)  # it may be half-changed: the store has its last good bytes
-            self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
+            log.exception("internal error on %s of run %s; parking the run", event.kind, event.run_id)
+            reason = f"internal error handling {event.kind}: {type(exc).__name__}: {exc}"
+            self._park_on_internal_error(p, event.run_id, reason, now_ms, msg, event)
             return
         if fx.dead_letter:
             self._dead_letter(msg, "Rejected", fx.dead_letter, now_ms)
@@ -555,6 +594,52 @@ class Processor:
         else:  # nothing recorded, so nothing may have changed: re-read the store's bytes next time
             self.states.evict(event.run_id)
         self._emit(p, fx)
+
+    def _park_on_internal_error(
+        self,
+        p: int,
+        run_id: str,
+        reason: str,
+        now_ms: int,
+        msg: Message | None = None,
+        event: Event | None = None,
+    ) -> None:
+        """Park the run (kind ``internal_error``) in this transaction, so the failure is visible (``runs list
+        --status parked``), its waiting client gets an outcome, and ``runs resume`` continues it after a fix.
+
+        Why not dead-letter the input: it may be a step result, without which the run would wait forever.
+        Instead the input is given to the parked run, which records results and signals without running
+        workflow code (what failed is most likely there); a resume then replays them. Only when even that
+        raises is the input dead-lettered. Every attempt starts from the store's last good bytes: the
+        failed one may have changed the cached state halfway.
+        """
+        store = self.stores[p]
+        for with_input in (event is not None, False):
+            self.cache.evict(run_id)
+            self.states.evict(run_id)
+            try:
+                state = self._load(store, run_id)
+                if state is None or state.terminal or state.status == PARKED:
+                    break  # nothing to park: the input goes to the dead letters
+                old_timers = timers_of(state)
+                fx = self.decider.park(state, PARK_INTERNAL_ERROR, reason, now_ms)
+                if with_input and event is not None:
+                    _, more = self.decider.handle(state, event, now_ms)
+                    fx.extend(more)
+                    if more.dead_letter and msg is not None:
+                        self._dead_letter(msg, "Rejected", more.dead_letter, now_ms)
+            except Exception:
+                log.exception("parking run %s%s failed", run_id, " with its input" if with_input else "")
+                continue
+            self._save(store, state, old_timers)
+            self._emit(p, fx)
+            if with_input:
+                return
+            break
+        self.cache.evict(run_id)
+        self.states.evict(run_id)
+        if msg is not None:
+            self._dead_letter(msg, "InternalError", reason, now_ms)
 
     def _handle_keyed(self, msg: Message, now_ms: int) -> None:
         store = self.keyed_stores[msg.partition() or 0]
@@ -598,11 +683,11 @@ class Processor:
         try:
             fx = self.decider.fire_timer(state, tag, now_ms)
             self._run_local(state, fx)
-        except Exception:
-            log.exception("internal error firing timer %s of %s; dropping the timer", tag, run_id)
-            self.cache.evict(run_id)
-            self.states.evict(run_id)
-            store.delete(key)
+        except Exception as exc:
+            log.exception("internal error firing timer %s of %s; parking the run", tag, run_id)
+            reason = f"internal error firing timer {tag}: {type(exc).__name__}: {exc}"
+            self._park_on_internal_error(p, run_id, reason, now_ms)
+            store.delete(key)  # a resumed run re-arms its timers from its state
             return
         self.stats.timers += 1
         self._save(store, state, old_timers)
