@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,31 @@ from confluent_kafka import (
 from orchestrator import topology
 from orchestrator._engine import kafka
 from orchestrator._engine.decider import Decider, Effects, timers_of
-from orchestrator._engine.events import Event, ScheduleRegister, decode_event, encode_event
+from orchestrator._engine.events import (
+    Event,
+    ScheduleRegister,
+    StartRun,
+    StepCompleted,
+    StepFailed,
+    decode_event,
+    encode_event,
+)
 from orchestrator._engine.faults import FaultLog, Retrier, Stopping, error_of, is_fatal, is_transient
 from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.partitioning import partition_for
-from orchestrator._engine.records import DeadLetter, encode_command, encode_dead_letter, encode_outcome
+from orchestrator._engine.record_size import OVERHEAD_BYTES, first_oversize, record_limit
+from orchestrator._engine.records import (
+    DeadLetter,
+    RunOutcome,
+    encode_command,
+    encode_dead_letter,
+    encode_outcome,
+)
 from orchestrator._engine.restore import restore
 from orchestrator._engine.router import Router, RouterEffects
 from orchestrator._engine.sources import SourceError, translate
-from orchestrator._engine.state import PARKED, RunState, decode_state, encode_state
+from orchestrator._engine.state import FAILED, PARKED, RunState, decode_state, encode_state
 from orchestrator._engine.state_cache import StateCache
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
 from orchestrator._topic_admin import TopicAdminError
@@ -53,6 +68,9 @@ LOCAL_STEPS_PER_INPUT = 64
 """Local step attempts folded in while handling one input; the result of the next goes through the inbox,
 so a workflow looping over local steps makes durable progress and cannot hold a batch forever."""
 
+PARK_RECORD_TOO_LARGE = "record_too_large"
+"""Kind of a run parked because what it would record does not fit in a Kafka record."""
+
 PARK_INTERNAL_ERROR = "internal_error"
 """Kind of a run parked because the processor raised while handling one of its inputs or timers."""
 
@@ -61,6 +79,10 @@ BATCH_TIME_SHARE = 0.5
 steps are what can make that long). Past it, local step results go through the inbox instead of being
 folded in, and the inputs not handled yet are left for the next transaction; so a batch of slow local steps
 commits in time instead of being aborted by the coordinator and retried forever."""
+
+
+class RecordTooLargeError(Exception):
+    """Something the processor was about to produce is over the record size limit."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +159,7 @@ class Processor:
         self._txn_timeout_s = 10.0  # the producer's transaction.timeout.ms, set in run()
         self._clock = time.monotonic  # replaced by tests
         self._producer_config: dict[str, Any] = {}
+        self._record_limit = record_limit({}, [])  # with the topics' own limits once run() has seen them
         self._handling_deadline = float("inf")  # past it, the open transaction takes no more work
         self._retry = Retrier(self.faults, lambda: self._running)
 
@@ -148,10 +171,15 @@ class Processor:
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         self._running = True  # from here on, a stop() ends the retries of a broker that is away
         self._retry.call("topic check", lambda: kafka.ensure_topics(self.app), _admin_retriable)
+        topic_configs = self._retry.call("topic check", self._output_topic_configs, _admin_retriable)
         tx_id = f"{self.app.name}.processor.{self.config.instance_id}"
         producer_config = kafka.transactional_producer_config(
             self.bootstrap, tx_id, **self.config.producer_overrides
         )
+        self._record_limit = record_limit(producer_config, topic_configs)
+        # librdkafka fills a batch up to batch.size (1 MB); a topic with a smaller max.message.bytes would
+        # reject a batch of small records as too large.
+        producer_config.setdefault("batch.size", min(1_000_000, self._record_limit))
         self._txn_timeout_s = int(producer_config["transaction.timeout.ms"]) / 1000
         self._producer_config = producer_config
         producer = self._producer = Producer(producer_config)
@@ -166,6 +194,15 @@ class Processor:
             log.warning("%s", exc)
         finally:
             self._shutdown()
+
+    def _output_topic_configs(self) -> list[dict[str, str]]:
+        """The configs of the topics this processor writes to (for their max.message.bytes)."""
+        from orchestrator import _topic_admin
+
+        names = [self.history, self.changelog, self.outcomes, self.dlq, self.inbox, self.keyed]
+        names += [self.keyed_changelog, *(self._tasks_topic(q) for q in sorted(self.app.queues))]
+        admin = _topic_admin.admin_client(self.bootstrap)
+        return [topic.config for topic in _topic_admin.observe(admin, names).values()]
 
     def _subscribe(self) -> None:
         """A new group consumer, subscribed to every input of this processor."""
@@ -469,6 +506,18 @@ class Processor:
         assert self._consumer is not None and self._producer is not None
         replaced = self._fenced_if_fatal(exc)
         self.faults.fault("transaction", f"aborting it and reprocessing the batch: {exc}")
+        err = error_of(exc)
+        if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            # A record passed the size check but Kafka refused it (a topic's limit lowered since start-up,
+            # or overhead we did not count). Lowering the limit makes the check catch it on reprocessing,
+            # turning it into an outcome (failed step, parked run, dead letter) instead of aborting forever.
+            self._record_limit = self._record_limit * 7 // 8
+            log.error(
+                "Kafka refused a record as too large (%s); record limit lowered to %d bytes. Check the "
+                "topics' max.message.bytes against the producer's message.max.bytes.",
+                exc,
+                self._record_limit,
+            )
         self.stats.aborts += 1
         if not replaced:
             self._abort()
@@ -572,6 +621,9 @@ class Processor:
             )
             return
         self.stats.events += 1
+        self._handle_event(msg, p, event, now_ms)
+
+    def _handle_event(self, msg: Message, p: int, event: Event, now_ms: int) -> None:
         store = self.stores[p]
         try:
             state = self._load(store, event.run_id)
@@ -582,35 +634,81 @@ class Processor:
         except Exception as exc:
             log.exception("internal error on %s of run %s; parking the run", event.kind, event.run_id)
             reason = f"internal error handling {event.kind}: {type(exc).__name__}: {exc}"
-            self._park_on_internal_error(p, event.run_id, reason, now_ms, msg, event)
+            self._park_run(p, event.run_id, PARK_INTERNAL_ERROR, reason, now_ms, msg, event)
+            return
+        changed = new_state is not None and bool(fx.history)  # every state change is recorded as history
+        encoded = encode_state(new_state) if new_state is not None and changed else None
+        records = self._records(p, fx)
+        too_big = first_oversize([(self.changelog, encoded, None, p), *records], self._record_limit)
+        if too_big:
+            self._on_oversize(msg, p, event, too_big, now_ms)
             return
         if fx.dead_letter:
             self._dead_letter(msg, "Rejected", fx.dead_letter, now_ms)
         if fx.ignored:
             self.stats.ignored += 1
             log.debug("ignored %s for %s: %s", event.kind, event.run_id, fx.ignored)
-        if new_state is not None and fx.history:  # every state change is recorded as history
-            self._save(store, new_state, old_timers)
+        if new_state is not None and encoded is not None:
+            self._save(store, new_state, old_timers, encoded)
         else:  # nothing recorded, so nothing may have changed: re-read the store's bytes next time
             self.states.evict(event.run_id)
-        self._emit(p, fx)
+        self._produce_records(records)
 
-    def _park_on_internal_error(
+    def _on_oversize(self, msg: Message, p: int, event: Event, problem: str, now_ms: int) -> None:
+        """Handling ``event`` would produce a record Kafka refuses: make that the input's outcome.
+
+        A step result becomes a terminal failure of the step (the workflow sees StepFailedError and may
+        handle it; its state never holds the result). Anything else parks the run (resumable once the
+        limits are raised), or, when there is no run to park (a start), fails the start: the input is
+        dead-lettered and a waiting client is told why.
+        """
+        log.error("%s for run %s: %s", event.kind, event.run_id, problem)
+        self.cache.evict(event.run_id)
+        self.states.evict(event.run_id)  # the decider changed it in place; the store has the good bytes
+        body = event.body
+        hint = (
+            f"{problem}. Keep what the run records (input, step arguments and results) smaller, e.g. store "
+            "large data elsewhere and pass a reference, or raise the limits"
+        )
+        if isinstance(body, StepCompleted):
+            failure = StepFailed(
+                body.position,
+                body.attempt,
+                "RecordTooLarge",
+                hint,
+                False,
+                body.started_ms,
+                body.finished_ms,
+                body.worker,
+            )
+            self._handle_event(msg, p, replace(event, body=failure), now_ms)
+            return
+        if self._park_run(p, event.run_id, PARK_RECORD_TOO_LARGE, hint, now_ms):
+            self._dead_letter(msg, "RecordTooLarge", hint, now_ms)  # the input is not in the run: keep it
+            return
+        if isinstance(body, StartRun):
+            outcome = RunOutcome(event.run_id, event.workflow, FAILED, now_ms, None, "RecordTooLarge", hint)
+            self._produce(self.outcomes, encode_outcome(outcome), event.run_id.encode(), partition=p)
+
+    def _park_run(
         self,
         p: int,
         run_id: str,
+        kind: str,
         reason: str,
         now_ms: int,
         msg: Message | None = None,
         event: Event | None = None,
-    ) -> None:
-        """Park the run (kind ``internal_error``) in this transaction, so the failure is visible (``runs list
-        --status parked``), its waiting client gets an outcome, and ``runs resume`` continues it after a fix.
+    ) -> bool:
+        """Park the run in this transaction, so the problem is visible (``runs list --status parked``), its
+        waiting client gets an outcome, and ``runs resume`` continues it after a fix. False if it could not
+        be parked (no such run, already ended or parked, or parking failed too); ``msg`` is then
+        dead-lettered.
 
-        Why not dead-letter the input: it may be a step result, without which the run would wait forever.
-        Instead the input is given to the parked run, which records results and signals without running
-        workflow code (what failed is most likely there); a resume then replays them. Only when even that
-        raises is the input dead-lettered. Every attempt starts from the store's last good bytes: the
+        With ``event`` (the input that failed), the input is then given to the parked run, which records
+        results and signals without running workflow code (what failed is most likely there), and a resume
+        replays them: dead-lettering a step result would leave the run waiting forever. Only when that
+        raises too is the input dead-lettered. Every attempt starts from the store's last good bytes: the
         failed one may have changed the cached state halfway.
         """
         store = self.stores[p]
@@ -622,24 +720,34 @@ class Processor:
                 if state is None or state.terminal or state.status == PARKED:
                     break  # nothing to park: the input goes to the dead letters
                 old_timers = timers_of(state)
-                fx = self.decider.park(state, PARK_INTERNAL_ERROR, reason, now_ms)
+                fx = self.decider.park(state, kind, reason, now_ms)
                 if with_input and event is not None:
                     _, more = self.decider.handle(state, event, now_ms)
                     fx.extend(more)
-                    if more.dead_letter and msg is not None:
-                        self._dead_letter(msg, "Rejected", more.dead_letter, now_ms)
+                encoded = encode_state(state)
+                records = self._records(p, fx)
+                too_big = first_oversize([(self.changelog, encoded, None, p), *records], self._record_limit)
+                if too_big:
+                    raise RecordTooLargeError(too_big)
             except Exception:
                 log.exception("parking run %s%s failed", run_id, " with its input" if with_input else "")
                 continue
-            self._save(store, state, old_timers)
-            self._emit(p, fx)
+            if with_input and more.dead_letter and msg is not None:
+                self._dead_letter(msg, "Rejected", more.dead_letter, now_ms)
+            self._save(store, state, old_timers, encoded)
+            self._produce_records(records)
             if with_input:
-                return
+                return True
             break
+        else:
+            state = None
         self.cache.evict(run_id)
         self.states.evict(run_id)
         if msg is not None:
-            self._dead_letter(msg, "InternalError", reason, now_ms)
+            self._dead_letter(
+                msg, "InternalError" if kind == PARK_INTERNAL_ERROR else "RecordTooLarge", reason, now_ms
+            )
+        return state is not None and state.status == PARKED
 
     def _handle_keyed(self, msg: Message, now_ms: int) -> None:
         store = self.keyed_stores[msg.partition() or 0]
@@ -656,10 +764,19 @@ class Processor:
             log.exception("internal error in the keyed stage")
             self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
             return
+        records = self._routed_records(fx)
+        written = [
+            (self.keyed_changelog, store.get(k), k, store.partition) for k in store.written_since_savepoint()
+        ]
+        too_big = first_oversize([*written, *records], self._record_limit)
+        if too_big:
+            store.rollback()
+            self._dead_letter(msg, "RecordTooLarge", too_big, now_ms)
+            return
         store.release()
         if fx.ignored:
             log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
-        self._emit_routed(fx)
+        self._produce_records(records)
 
     def _handle_source(self, msg: Message, now_ms: int) -> None:
         try:
@@ -686,16 +803,24 @@ class Processor:
         except Exception as exc:
             log.exception("internal error firing timer %s of %s; parking the run", tag, run_id)
             reason = f"internal error firing timer {tag}: {type(exc).__name__}: {exc}"
-            self._park_on_internal_error(p, run_id, reason, now_ms)
+            self._park_run(p, run_id, PARK_INTERNAL_ERROR, reason, now_ms)
             store.delete(key)  # a resumed run re-arms its timers from its state
             return
         self.stats.timers += 1
-        self._save(store, state, old_timers)
+        encoded = encode_state(state)
+        records = self._records(p, fx)
+        too_big = first_oversize([(self.changelog, encoded, None, p), *records], self._record_limit)
+        if too_big:
+            log.error("timer %s of run %s: %s; parking the run", tag, run_id, too_big)
+            self._park_run(p, run_id, PARK_RECORD_TOO_LARGE, too_big, now_ms)
+            store.delete(key)
+            return
+        self._save(store, state, old_timers, encoded)
         store.delete(key)  # stale or fired: either way it is done (a re-armed timer has a new key)
         new_timers = timers_of(state)
         for due, t in new_timers:
             store.put(timer_key(due, run_id, t), b"")
-        self._emit(p, fx)
+        self._produce_records(records)
 
     def _fire_keyed_timer(self, p: int, key: bytes, ident: str, tag: str, now_ms: int) -> None:
         store = self.keyed_stores[p]
@@ -742,8 +867,14 @@ class Processor:
         self.states.put(state.run_id, state)
         return state
 
-    def _save(self, store: PartitionStore, state: RunState, old_timers: set[tuple[int, str]]) -> None:
-        store.put(run_key(state.run_id), encode_state(state))
+    def _save(
+        self,
+        store: PartitionStore,
+        state: RunState,
+        old_timers: set[tuple[int, str]],
+        encoded: bytes | None = None,
+    ) -> None:
+        store.put(run_key(state.run_id), encode_state(state) if encoded is None else encoded)
         if state.terminal:  # ended runs are rarely touched again: keep room for live ones
             self.states.evict(state.run_id)
         else:
@@ -755,29 +886,49 @@ class Processor:
             store.put(timer_key(due, state.run_id, tag), b"")
 
     # -- output -------------------------------------------------------------------------------------------
-    def _emit(self, p: int, fx: Effects) -> None:
+    def _records(self, p: int, fx: Effects) -> list[tuple[str, bytes, bytes, int]]:
+        """(topic, value, key, partition) of everything ``fx`` produces, encoded once: sizes are checked
+        before any of it is produced."""
+        out: list[tuple[str, bytes, bytes, int]] = []
         for event in fx.history:
-            self._produce(self.history, encode_event(event), event.run_id.encode(), partition=p)
+            out.append((self.history, encode_event(event), event.run_id.encode(), p))
         for queue, cmd in fx.commands:
-            self._produce(self._tasks_topic(queue), encode_command(cmd), cmd.run_id.encode())
+            out.append((self._tasks_topic(queue), encode_command(cmd), cmd.run_id.encode(), -1))
         for outcome in fx.outcomes:
-            self._produce(self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p)
+            out.append((self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), p))
         for rk, event in fx.keyed:
-            self._to_keyed(rk, event)
+            out.append((self.keyed, encode_event(event), rk.encode(), partition_for(rk, self.partitions)))
         for event in fx.inbox:
-            self._to_inbox(event)
+            key = event.run_id.encode()
+            out.append((self.inbox, encode_event(event), key, partition_for(event.run_id, self.partitions)))
+        return out
 
-    def _emit_routed(self, fx: RouterEffects) -> None:
-        assert self._producer is not None
+    def _produce_records(self, records: list[tuple[str, bytes, bytes, int]]) -> None:
+        for topic, value, key, partition in records:
+            self._produce(topic, value, key, partition=partition)
+
+    def _emit(self, p: int, fx: Effects) -> None:
+        self._produce_records(self._records(p, fx))
+
+    def _routed_records(self, fx: RouterEffects) -> list[tuple[str, bytes, bytes, int]]:
+        """What the keyed stage's ``fx`` produces, encoded once (sizes are checked first)."""
+        out: list[tuple[str, bytes, bytes, int]] = []
         for event in fx.inbox:
-            self._to_inbox(event)
+            key = event.run_id.encode()
+            out.append((self.inbox, encode_event(event), key, partition_for(event.run_id, self.partitions)))
         for routing, event in fx.keyed:
-            self._to_keyed(routing, event)
+            out.append(
+                (self.keyed, encode_event(event), routing.encode(), partition_for(routing, self.partitions))
+            )
         for outcome in fx.outcomes:
             p = partition_for(outcome.run_id, self.partitions)
-            self._produce(self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), partition=p)
+            out.append((self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), p))
         for queue, run_id, command in fx.commands:  # step attempts the admission stage let through
-            self._produce(self._tasks_topic(queue), command, run_id.encode())
+            out.append((self._tasks_topic(queue), command, run_id.encode(), -1))
+        return out
+
+    def _emit_routed(self, fx: RouterEffects) -> None:
+        self._produce_records(self._routed_records(fx))
 
     def _produce(
         self, topic: str, value: bytes | None, key: bytes | None, partition: int = -1, on_delivery: Any = None
@@ -853,12 +1004,17 @@ class Processor:
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), error_type, reason
         )
+        value = msg.value()
+        if len(value or b"") + len(reason) + OVERHEAD_BYTES > self._record_limit:
+            # The letter would be refused like the record itself: keep its coordinates, not its bytes.
+            reason += f" (its value, {len(value or b'')} bytes, is left out: too large for the dead letters)"
+            value = None
         letter = DeadLetter(
             source_topic=msg.topic() or "",
             source_partition=msg.partition() or 0,
             source_offset=msg.offset() or 0,
             key=msg.key(),
-            value=msg.value(),
+            value=value,
             error_type=error_type,
             reason=reason,
             timestamp_ms=now_ms,
