@@ -683,10 +683,9 @@ class Processor:
             )
             self._handle_event(msg, p, replace(event, body=failure), now_ms)
             return
-        if self._park_run(p, event.run_id, PARK_RECORD_TOO_LARGE, hint, now_ms):
-            self._dead_letter(msg, "RecordTooLarge", hint, now_ms)  # the input is not in the run: keep it
-            return
-        if isinstance(body, StartRun):
+        parked = self._park_run(p, event.run_id, PARK_RECORD_TOO_LARGE, hint, now_ms)
+        self._dead_letter(msg, "RecordTooLarge", hint, now_ms)  # the input is in no run: keep it
+        if not parked and isinstance(body, StartRun):
             outcome = RunOutcome(event.run_id, event.workflow, FAILED, now_ms, None, "RecordTooLarge", hint)
             self._produce(self.outcomes, encode_outcome(outcome), event.run_id.encode(), partition=p)
 
@@ -712,6 +711,7 @@ class Processor:
         failed one may have changed the cached state halfway.
         """
         store = self.stores[p]
+        parked = False
         for with_input in (event is not None, False):
             self.cache.evict(run_id)
             self.states.evict(run_id)
@@ -738,16 +738,15 @@ class Processor:
             self._produce_records(records)
             if with_input:
                 return True
+            parked = True
             break
-        else:
-            state = None
         self.cache.evict(run_id)
         self.states.evict(run_id)
         if msg is not None:
             self._dead_letter(
                 msg, "InternalError" if kind == PARK_INTERNAL_ERROR else "RecordTooLarge", reason, now_ms
             )
-        return state is not None and state.status == PARKED
+        return parked
 
     def _handle_keyed(self, msg: Message, now_ms: int) -> None:
         store = self.keyed_stores[msg.partition() or 0]

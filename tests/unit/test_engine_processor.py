@@ -163,3 +163,54 @@ def test_local_steps_stop_taking_the_transaction_past_its_time_share(app: App, p
     history = [ev.decode_event(v) for v in producer.to(processor.history)]
     assert [e.body.position for e in history if isinstance(e.body, ev.StepCompleted)] == [0, 1, 2]
     assert {e.run_id for e in history} == {"r0"}
+
+
+def _inbox_msg(proc: Processor, event: ev.Event, offset: int) -> Message:
+    return Message(
+        topic=proc.inbox, partition=0, offset=offset, key=event.run_id.encode(), value=ev.encode_event(event)
+    )
+
+
+def test_oversize_start_is_dead_lettered_and_its_client_told(app: App, processor: Processor) -> None:
+    from orchestrator import WorkflowContext
+    from orchestrator._engine.records import decode_outcome
+
+    @app.workflow
+    async def takes(ctx: WorkflowContext, text: str) -> str:
+        return text
+
+    processor._record_limit = 2_000
+    start = ev.Event("big/start", "big", "takes", 1, ev.StartRun(input=app.data.encode("x" * 3_000)))
+    processor._handle_message(_inbox_msg(processor, start, 5), 1_000)
+
+    produced = _produced(processor)
+    assert produced.to(processor.history) == [] and processor.stores[0].dirty() == {}
+    (letter,) = [decode_dead_letter(v) for v in produced.to(processor.dlq)]
+    assert letter.error_type == "RecordTooLarge" and letter.value is None  # too large for the DLQ as well
+    (outcome,) = [decode_outcome(v) for v in produced.to(processor.outcomes)]
+    assert (outcome.status, outcome.error_type) == ("failed", "RecordTooLarge")
+    assert "max.message.bytes" in outcome.error_message
+
+
+def test_oversize_signal_parks_the_run_and_keeps_the_signal_as_a_dead_letter(
+    app: App, processor: Processor
+) -> None:
+    from orchestrator import WorkflowContext
+    from orchestrator._engine.state import decode_state
+    from orchestrator._engine.store import run_key
+
+    @app.workflow
+    async def waits(ctx: WorkflowContext) -> str:
+        got = await ctx.wait_for_event("go", key="k")
+        return str(got)
+
+    processor._record_limit = 4_000
+    start = ev.Event("w/start", "w", "waits", 1, ev.StartRun(input=app.data.encode(None)))
+    processor._handle_message(_inbox_msg(processor, start, 1), 1_000)
+    signal = ev.Event("w/sig", "w", "waits", 2, ev.Signal("go", "k", app.data.encode("y" * 3_000)))
+    processor._handle_message(_inbox_msg(processor, signal, 2), 1_001)
+
+    state = decode_state(processor.stores[0].get(run_key("w")))
+    assert (state.status, state.error_type) == ("parked", "record_too_large")
+    (letter,) = [decode_dead_letter(v) for v in _produced(processor).to(processor.dlq)]
+    assert letter.error_type == "RecordTooLarge" and letter.source_offset == 2
