@@ -303,6 +303,7 @@ class Processor:
                     event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, _now_ms(), body)
                     self._to_keyed(f"schedule\x1f{schedule.workflow}", event)
                 self._retry.call("commit_transaction", partial(producer.commit_transaction, 30))
+                self.faults.recovered("registering schedules")
                 return
             except KafkaException as exc:
                 self._fenced_if_fatal(exc)

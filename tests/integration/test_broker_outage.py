@@ -111,3 +111,42 @@ async def test_engine_survives_a_30s_broker_outage(unique_name: str, tmp_path: P
         f"in flight at kill: {in_flight_at_kill}; steps executed more than once: {len(repeated)} of "
         f"{RUNS * 5} ({len(across)} around the outage)"
     )
+
+
+@pytest.mark.timeout(600)
+async def test_processor_started_while_the_broker_is_down_waits_for_it(
+    unique_name: str, tmp_path: Path
+) -> None:
+    """Start-up (topic check, init_transactions, restore) waits for the broker instead of exiting."""
+    broker = PrivateBroker(tmp_path / "kafka")
+    broker.kill()
+    env = child_env(unique_name, broker.bootstrap, tmp_path)
+    log = tmp_path / "engine.log"
+    proc = EngineProcess(
+        "processor",
+        APP_SPEC,
+        env,
+        "--instance-id",
+        "late-p0",
+        "--state-dir",
+        str(tmp_path / "state"),
+        log=log,
+    )
+    work = EngineProcess("worker", APP_SPEC, env, "--concurrency", "8", log=log)
+    app = App(unique_name, settings=settings(broker.bootstrap))
+    try:
+        proc.start()
+        await asyncio.sleep(OUTAGE_S / 2)  # the processor is retrying its start-up meanwhile
+        assert proc.alive, _tail(log)
+        broker.start()
+        work.start()
+        async with app.client() as client:
+            handles = [await client.start("five", i, run_id=f"late{i}") for i in range(20)]
+            values = await asyncio.gather(*(h.result(timeout=180) for h in handles))
+        assert proc.alive, _tail(log)
+    finally:
+        proc.terminate()
+        work.terminate()
+        broker.stop()
+    assert values == [i + EXPECTED for i in range(20)]
+    assert "topic check failed, retrying until it succeeds" in log.read_text()
