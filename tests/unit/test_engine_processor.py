@@ -214,3 +214,133 @@ def test_oversize_signal_parks_the_run_and_keeps_the_signal_as_a_dead_letter(
     assert (state.status, state.error_type) == ("parked", "record_too_large")
     (letter,) = [decode_dead_letter(v) for v in _produced(processor).to(processor.dlq)]
     assert letter.error_type == "RecordTooLarge" and letter.source_offset == 2
+
+
+class ScriptedProducer(TransactionalRecorder):
+    """A transactional producer whose abort/commit fail as scripted, one exception per call."""
+
+    def __init__(self, aborts: list[Exception] | None = None, commits: list[Exception] | None = None) -> None:
+        super().__init__()
+        self.aborts, self.commits = list(aborts or []), list(commits or [])
+        self.calls: list[str] = []
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls.append("init")
+
+    def abort_transaction(self, timeout: float = 0) -> None:
+        self.calls.append("abort")
+        if self.aborts:
+            raise self.aborts.pop(0)
+
+    def commit_transaction(self, timeout: float = 0) -> None:
+        self.calls.append("commit")
+        if self.commits:
+            raise self.commits.pop(0)
+
+    def purge(self) -> None: ...
+
+
+class RewindingConsumer(FakeConsumer):
+    def assignment(self) -> list[Any]:
+        return []
+
+    def committed(self, partitions: Any, timeout: float = 0) -> list[Any]:
+        return []
+
+
+def _kafka_error(code: int, **flags: bool) -> Exception:
+    from confluent_kafka import KafkaError, KafkaException
+
+    return KafkaException(KafkaError(code, "scripted", **flags))
+
+
+def _ready(processor: Processor, producer: ScriptedProducer) -> None:
+    processor._producer = producer  # type: ignore[assignment]
+    processor._consumer = RewindingConsumer()  # type: ignore[assignment]
+    processor._running = True
+    processor._retry.sleep = lambda _: None
+
+
+def test_commit_and_abort_that_time_out_are_called_again(processor: Processor) -> None:
+    from confluent_kafka import KafkaError
+
+    timed_out = _kafka_error(KafkaError._TIMED_OUT, retriable=True)
+    producer = ScriptedProducer(
+        commits=[timed_out, timed_out, _kafka_error(KafkaError._MSG_TIMED_OUT, txn_requires_abort=True)],
+        aborts=[timed_out, timed_out],  # "retry call to resume": the observed failure of issue 12
+    )
+    _ready(processor, producer)
+    processor.stores[0].put(b"r/x", b"uncommitted")
+
+    processor._transaction([], [(processor.inbox, 0, b"t/none", "gone", "retry:0")], 1_000)
+
+    assert producer.calls == ["commit", "commit", "commit", "abort", "abort", "abort"]
+    assert processor.stores[0].dirty() == {}  # the aborted batch's writes are gone
+    assert processor.stats.aborts == 1
+
+
+def test_fatal_producer_error_that_is_not_a_fence_replaces_the_producer(
+    processor: Processor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from confluent_kafka import KafkaError
+
+    from orchestrator._engine import processor as processor_module
+
+    invalid_state = _kafka_error(KafkaError.INVALID_TXN_STATE, fatal=True)
+    old = ScriptedProducer(
+        commits=[_kafka_error(KafkaError._TIMED_OUT, retriable=True)], aborts=[invalid_state]
+    )
+    new = ScriptedProducer()
+    monkeypatch.setattr(processor_module, "Producer", lambda config: new)
+    _ready(processor, old)
+    # The commit times out, is called again and then needs an abort, which fails fatally (the coordinator
+    # had aborted the transaction while the broker was away).
+    old.commits.append(_kafka_error(KafkaError._MSG_TIMED_OUT, txn_requires_abort=True))
+
+    processor._transaction([], [(processor.inbox, 0, b"t/none", "gone", "retry:0")], 1_000)
+
+    assert processor._producer is new and new.calls == ["init"]
+
+
+def test_a_fenced_producer_stops_the_processor(processor: Processor) -> None:
+    from confluent_kafka import KafkaError
+
+    from orchestrator import ProcessorFencedError
+
+    _ready(processor, ScriptedProducer(commits=[_kafka_error(KafkaError._FENCED, fatal=True)]))
+    with pytest.raises(ProcessorFencedError, match="fenced"):
+        processor._transaction([], [(processor.inbox, 0, b"t/none", "gone", "retry:0")], 1_000)
+
+
+def test_internal_error_firing_a_timer_parks_the_run_and_resume_re_arms_it(
+    app: App, processor: Processor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator import WorkflowContext
+    from orchestrator._engine.state import decode_state
+    from orchestrator._engine.store import TIMER_PREFIX, run_key
+
+    @app.workflow
+    async def naps(ctx: WorkflowContext) -> str:
+        await ctx.sleep("1s")
+        return "awake"
+
+    start = ev.Event("n/start", "n", "naps", 1, ev.StartRun(input=app.data.encode(None)))
+    processor._handle_message(_inbox_msg(processor, start, 1), 1_000)
+    store = processor.stores[0]
+    store.commit(2, None)
+    ((key, _, run_id, tag),) = store.due_timers(10_000, 10)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("timer bug")
+
+    monkeypatch.setattr(processor.decider, "fire_timer", broken)
+    processor._fire_timer(0, key, run_id, tag, 5_000)
+
+    state = decode_state(store.get(run_key("n")))
+    assert (state.status, state.error_type) == ("parked", "internal_error")
+    assert "timer bug" in state.error_message
+    assert [k for k, v in store.scan_merged(TIMER_PREFIX)] == []  # a parked run has no timers
+    monkeypatch.undo()
+    resume = ev.Event("n/resume", "n", "naps", 6, ev.ResumeRun("fixed"))
+    processor._handle_message(_inbox_msg(processor, resume, 2), 6_000)
+    assert len(store.scan_merged(TIMER_PREFIX)) == 1  # the resumed run re-armed its sleep
