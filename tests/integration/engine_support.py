@@ -189,34 +189,40 @@ class PrivateBroker:
     """A broker of the test's own, on free ports in a tmp dir, that the test may SIGKILL and start again.
 
     Tests that take a broker down must never touch the shared one (other tests, other engineers use it).
+    ``start()`` starts it (again: same data dir, same ports, so clients reconnect by themselves).
     """
 
     def __init__(self, data_dir: Path) -> None:
-        from orchestrator import _devkafka
-
-        self._devkafka = _devkafka
         self.data_dir = data_dir
         self.port, self.controller_port = free_ports(2)
-        self.info = _devkafka.start(data_dir, self.port, self.controller_port)
-        self.bootstrap = self.info.bootstrap
+        self.pid = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from orchestrator import _devkafka
+
+        self.pid = _devkafka.start(self.data_dir, self.port, self.controller_port).pid
 
     def kill(self) -> None:
         """SIGKILL, as a crashed machine would: no controlled shutdown, no flushed state."""
         from orchestrator._devkafka import broker
 
-        os.kill(self.info.pid, signal.SIGKILL)
+        os.kill(self.pid, signal.SIGKILL)
         # Reap it through its Popen (a zombie would still look like a running broker, and a forgotten Popen
         # warns when collected).
-        child = broker._CHILDREN.pop(self.info.pid, None)
+        child = broker._CHILDREN.pop(self.pid, None)
         if child is not None:
             child.wait(30)
         else:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.info.pid, 0)
-
-    def start(self) -> None:
-        """Start it again on the same data dir and ports."""
-        self.info = self._devkafka.start(self.data_dir, self.port, self.controller_port)
+                os.waitpid(self.pid, 0)
+        self.pid = 0
 
     def stop(self) -> None:
-        self._devkafka.stop(self.data_dir)
+        from orchestrator import _devkafka
+
+        _devkafka.stop(self.data_dir)
+        self.pid = 0

@@ -34,6 +34,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 @pytest.mark.timeout(900)
 async def test_engine_survives_a_30s_broker_outage(unique_name: str, tmp_path: Path) -> None:
     broker = PrivateBroker(tmp_path / "kafka")
+    broker.start()
     env = child_env(unique_name, broker.bootstrap, tmp_path)
     log = tmp_path / "engine.log"
     proc = EngineProcess(
@@ -119,6 +120,7 @@ async def test_processor_started_while_the_broker_is_down_waits_for_it(
 ) -> None:
     """Start-up (topic check, init_transactions, restore) waits for the broker instead of exiting."""
     broker = PrivateBroker(tmp_path / "kafka")
+    broker.start()
     broker.kill()
     env = child_env(unique_name, broker.bootstrap, tmp_path)
     log = tmp_path / "engine.log"
