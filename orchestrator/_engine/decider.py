@@ -790,6 +790,12 @@ class Decider:
             )
         )
 
+    def park(self, state: st.RunState, kind: str, reason: str, now_ms: int) -> Effects:
+        """Park the run for a reason found outside the decider (the processor failing on an input)."""
+        fx = Effects()
+        self._park(state, fx, kind, reason, now_ms)
+        return fx
+
 
 def _check_replay(state: st.RunState, inst: WorkflowInstance) -> None:
     for issued in inst.issued[: len(state.steps)]:

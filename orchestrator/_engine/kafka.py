@@ -94,30 +94,6 @@ def ensure_topics(app: App, timeout: float = 30.0) -> None:
     _topic_admin.apply(admin, specs, timeout=timeout)
 
 
-def is_fatal(exc: KafkaException) -> bool:
-    err = exc.args[0] if exc.args else None
-    return isinstance(err, KafkaError) and (
-        err.fatal()
-        or err.code()
-        in (
-            KafkaError._FATAL,
-            KafkaError._FENCED,
-            KafkaError.PRODUCER_FENCED,
-            KafkaError.INVALID_PRODUCER_EPOCH,
-        )
-    )
-
-
-def requires_abort(exc: KafkaException) -> bool:
-    err = exc.args[0] if exc.args else None
-    return isinstance(err, KafkaError) and err.txn_requires_abort()
-
-
-def retriable(exc: KafkaException) -> bool:
-    err = exc.args[0] if exc.args else None
-    return isinstance(err, KafkaError) and err.retriable()
-
-
 _NOT_READY = (
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,

@@ -8,6 +8,7 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from orchestrator._engine import kafka
+from orchestrator._engine.faults import is_transient
 from orchestrator._engine.store import META_CHANGELOG_OFFSET, PartitionStore
 
 log = logging.getLogger("orchestrator.restore")
@@ -19,7 +20,7 @@ def restore(bootstrap: str, targets: list[tuple[PartitionStore, str]], batch_siz
     All partitions are read by one consumer at once, and a partition already at its end is not read at
     all, so a clean restart costs one metadata round trip. Reads ``read_committed`` up to the last stable
     offset: records of a transaction a crashed instance left open are never restored. Returns the number
-    of records applied.
+    of records applied. Safe to call again after it raised: every applied batch recorded its offset.
     """
     if not targets:
         return 0
@@ -51,6 +52,8 @@ def restore(bootstrap: str, targets: list[tuple[PartitionStore, str]], batch_siz
                     if err.code() == KafkaError._PARTITION_EOF:
                         open_tps.discard(tp)
                         continue
+                    if is_transient(err):
+                        continue  # a broker that is away: librdkafka reconnects and fetches again
                     raise KafkaException(err)
                 key = msg.key()
                 if key is not None:

@@ -30,6 +30,7 @@ META_CHANGELOG_OFFSET = b"m/changelog_offset"
 
 _DUE = struct.Struct(">Q")
 _TOMBSTONE = None
+_ABSENT = object()  # in an undo log: the key had no entry in the overlay
 
 
 def run_key(run_id: str) -> bytes:
@@ -80,6 +81,7 @@ class PartitionStore:
         path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), options=_options())
         self._overlay: dict[bytes, bytes | None] = {}
+        self._undo: dict[bytes, object] | None = None  # overlay entries before the savepoint, by key
 
     # -- reads and buffered writes ------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
@@ -89,10 +91,41 @@ class PartitionStore:
         return value if isinstance(value, bytes) else None
 
     def put(self, key: bytes, value: bytes) -> None:
+        if self._undo is not None and key not in self._undo:
+            self._undo[key] = self._overlay.get(key, _ABSENT)
         self._overlay[key] = value
 
     def delete(self, key: bytes) -> None:
+        if self._undo is not None and key not in self._undo:
+            self._undo[key] = self._overlay.get(key, _ABSENT)
         self._overlay[key] = _TOMBSTONE
+
+    # -- savepoints: undo the writes of one record of the batch, keep the rest --------------------------
+    def savepoint(self) -> None:
+        """Remember the overlay as it is now, so that ``rollback`` can undo the writes that follow.
+
+        Why: one input (a keyed record) may raise after some of its writes; the batch's other inputs are
+        fine and commit, so discarding the whole overlay is wrong, and keeping the half-done writes would
+        commit a state no input produced. One level, cheap: only keys written afterwards are remembered.
+        """
+        self._undo = {}
+
+    def written_since_savepoint(self) -> list[bytes]:
+        """Keys written since ``savepoint()`` (empty without one)."""
+        return list(self._undo or ())
+
+    def rollback(self) -> None:
+        """Undo every write since ``savepoint()``; the writes before it stay."""
+        for key, before in (self._undo or {}).items():
+            if before is _ABSENT:
+                self._overlay.pop(key, None)
+            else:
+                self._overlay[key] = before  # type: ignore[assignment]
+        self._undo = None
+
+    def release(self) -> None:
+        """Keep the writes since ``savepoint()`` and stop remembering."""
+        self._undo = None
 
     def dirty(self) -> dict[bytes, bytes | None]:
         """Writes of the open batch (key -> value, None for a delete), for the changelog."""
@@ -101,6 +134,7 @@ class PartitionStore:
     def discard(self) -> None:
         """The transaction aborted: forget its writes."""
         self._overlay = {}
+        self._undo = None
 
     def commit(self, inbox_offset: int | None, changelog_offset: int | None) -> None:
         """Make the batch durable locally, with the offsets it corresponds to, in one atomic write."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -170,3 +172,57 @@ class EngineProcess:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def free_ports(count: int) -> list[int]:
+    """``tests/conftest.py``'s ``free_ports``; that module cannot be imported by name from here, because this
+    folder's own ``conftest.py`` shadows it."""
+    spec = importlib.util.spec_from_file_location("tests_root_conftest", REPO / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ports: list[int] = module.free_ports(count)
+    return ports
+
+
+class PrivateBroker:
+    """A broker of the test's own, on free ports in a tmp dir, that the test may SIGKILL and start again.
+
+    Tests that take a broker down must never touch the shared one (other tests, other engineers use it).
+    ``start()`` starts it (again: same data dir, same ports, so clients reconnect by themselves).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port, self.controller_port = free_ports(2)
+        self.pid = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from orchestrator import _devkafka
+
+        self.pid = _devkafka.start(self.data_dir, self.port, self.controller_port).pid
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine would: no controlled shutdown, no flushed state."""
+        from orchestrator._devkafka import broker
+
+        os.kill(self.pid, signal.SIGKILL)
+        # Reap it through its Popen (a zombie would still look like a running broker, and a forgotten Popen
+        # warns when collected).
+        child = broker._CHILDREN.pop(self.pid, None)
+        if child is not None:
+            child.wait(30)
+        else:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+        self.pid = 0
+
+    def stop(self) -> None:
+        from orchestrator import _devkafka
+
+        _devkafka.stop(self.data_dir)
+        self.pid = 0

@@ -183,3 +183,28 @@ def test_destroy_removes_the_directory(tmp_path: Path) -> None:
     s = PartitionStore(path, 0)
     assert s.get(b"r/a") is None
     s.close()
+
+
+def test_rollback_undoes_only_the_writes_after_the_savepoint(store: PartitionStore) -> None:
+    store.put(b"r/committed", b"c")
+    store.commit(1, 1)
+    store.put(b"r/a", b"before")  # an earlier record of the same batch: must survive the rollback
+    store.savepoint()
+    store.put(b"r/a", b"after")
+    store.put(b"r/new", b"x")
+    store.delete(b"r/committed")
+    assert sorted(store.written_since_savepoint()) == [b"r/a", b"r/committed", b"r/new"]
+    store.rollback()
+    assert store.dirty() == {b"r/a": b"before"}
+    assert store.get(b"r/committed") == b"c"
+    assert store.get(b"r/new") is None
+    assert store.written_since_savepoint() == []
+
+
+def test_release_keeps_the_writes_after_the_savepoint(store: PartitionStore) -> None:
+    store.savepoint()
+    store.put(b"r/a", b"1")
+    store.release()
+    store.put(b"r/b", b"2")
+    store.rollback()  # no savepoint open: nothing to undo
+    assert store.dirty() == {b"r/a": b"1", b"r/b": b"2"}
