@@ -45,26 +45,69 @@ class ValueFormat:
         return fastavro.parse_schema(schema)
 
     def decode(self, raw: bytes | None) -> Any:
+        """The record's value as Python data; ValueError saying what is wrong with it otherwise.
+
+        The message is read by an operator in the DLQ, so it names the format and shows the first bytes.
+        """
         if raw is None:
-            raise ValueError("record has no value")
+            raise ValueError(
+                "the record has no value (a tombstone); a trigger or event source needs a value to read"
+            )
         if self.format == "json":
-            return json.loads(raw)
+            try:
+                return json.loads(raw)
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+                raise ValueError(f"the value is not JSON ({exc}); it starts with {raw[:32]!r}") from exc
         body = raw[5:] if len(raw) > 5 and raw[0] == 0 else raw
-        return fastavro.schemaless_reader(io.BytesIO(body), self._parsed, None)
+        try:
+            return fastavro.schemaless_reader(io.BytesIO(body), self._parsed, None)
+        except Exception as exc:  # fastavro raises anything from EOFError to UnicodeError
+            raise ValueError(
+                f"the value does not decode with the declared Avro schema ({type(exc).__name__}: {exc}); "
+                f"it starts with {raw[:32]!r}"
+            ) from exc
+
+
+_SCALARS = (str, bytes, bytearray, int, float, bool, list, tuple, type(None))
+"""Values whose attributes are never fields: ``"upper"`` must not find ``str.upper``."""
 
 
 def extract(value: Any, expr: KeyExpr) -> Any:
+    """The field at path ``expr`` of ``value`` (dict keys, or attributes of objects), or ``expr(value)``.
+
+    Raises KeyError naming the path, the part that is missing and what was there instead, because the
+    message ends up in the DLQ next to a record someone has to fix.
+    """
     if callable(expr):
         return expr(value)
     current = value
+    seen: list[str] = []
     for part in expr.split("."):
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-        elif not isinstance(current, dict) and hasattr(current, part):
+        if isinstance(current, dict):
+            if part in current:
+                current = current[part]
+                seen.append(part)
+                continue
+            where = f"field {'.'.join(seen)!r}" if seen else "the value"
+            keys = ", ".join(sorted(map(str, current))[:10]) or "none"
+            raise KeyError(f"field {expr!r} not found: {where} has no {part!r} (its fields: {keys})")
+        if not isinstance(current, _SCALARS) and hasattr(current, part):
             current = getattr(current, part)
-        else:
-            raise KeyError(f"field {expr!r} not found in {type(value).__name__}")
+            seen.append(part)
+            continue
+        where = f"field {'.'.join(seen)!r}" if seen else "the value"
+        raise KeyError(
+            f"field {expr!r} not found: {where} is {_kind(current)}, not an object with a field {part!r}"
+        )
     return current
+
+
+def _kind(value: Any) -> str:
+    """``a list``, ``a str``, ``null``: how an error message names what it found instead of an object."""
+    if value is None:
+        return "null"
+    name = type(value).__name__
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,13 @@ from orchestrator._engine import kafka
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import Event, ScheduleRegister, decode_event, encode_event
 from orchestrator._engine.instance_cache import InstanceCache
+from orchestrator._engine.limits import record_limit
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import DeadLetter, encode_command, encode_dead_letter, encode_outcome
 from orchestrator._engine.restore import restore
 from orchestrator._engine.router import Router, RouterEffects
-from orchestrator._engine.sources import SourceError, translate
+from orchestrator._engine.sources import SourceError, Translation, dead_letter_copy, translate
 from orchestrator._engine.state import RunState, decode_state, encode_state
 from orchestrator._engine.state_cache import StateCache
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
@@ -430,16 +431,28 @@ class Processor:
         self._emit_routed(fx)
 
     def _handle_source(self, msg: Message, now_ms: int) -> None:
+        """A record of a user's topic: the requests its triggers and sources make; dead-lettered (its offset
+        committed all the same) when one of them cannot use it, so a poison record never stops the loop."""
+        overrides = self.config.producer_overrides
+        # Requests travel on through the keyed stage, the inbox and the history: none may refuse them.
+        engine_topics = (self.inbox, self.keyed, self.history, self.changelog, self.keyed_changelog)
         try:
-            routed = translate(self.app, msg, now_ms)
-        except SourceError as exc:
-            self._dead_letter(msg, "SourceError", str(exc), now_ms)
-            return
-        for r in routed:
+            result = translate(self.app, msg, now_ms, record_limit(self.bootstrap, engine_topics, overrides))
+        except Exception as exc:  # translate guards all user code: this is an engine bug; keep the record
+            log.exception("internal error translating %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
+            result = Translation(errors=[SourceError(f"internal error: {type(exc).__name__}: {exc}")])
+            error_type = f"InternalError.{type(exc).__name__}"
+        else:
+            error_type = "SourceError"
+        for r in result.routed:
             if r.routing is None:
                 self._to_inbox(r.event)
             else:
                 self._to_keyed(r.routing, r.event)
+        if result.errors:
+            dlq_limit = record_limit(self.bootstrap, (self.dlq,), overrides)
+            letter, reason = dead_letter_copy(msg, result.reason, dlq_limit)
+            self._dead_letter(letter, error_type, reason, now_ms)
 
     def _fire_timer(self, p: int, key: bytes, run_id: str, tag: str, now_ms: int) -> None:
         store = self.stores[p]
