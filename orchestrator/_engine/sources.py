@@ -221,6 +221,8 @@ def _priority(fn: Callable[[Any], Any], value: Any) -> float:
 
 
 def _describe(value: Any) -> str:
+    if value is None:
+        return "null (no value)"
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 

@@ -7,7 +7,6 @@ meet the poison again (its offset was committed with the dead letter).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
