@@ -68,6 +68,13 @@ class ValueFormat:
             ) from exc
 
 
+class FieldNotFoundError(KeyError):
+    """A field path that a value does not have; a KeyError, so code that caught KeyError still does."""
+
+    def __str__(self) -> str:  # KeyError's own str() quotes the message like a key
+        return str(self.args[0]) if self.args else ""
+
+
 _SCALARS = (str, bytes, bytearray, int, float, bool, list, tuple, type(None))
 """Values whose attributes are never fields: ``"upper"`` must not find ``str.upper``."""
 
@@ -75,8 +82,8 @@ _SCALARS = (str, bytes, bytearray, int, float, bool, list, tuple, type(None))
 def extract(value: Any, expr: KeyExpr) -> Any:
     """The field at path ``expr`` of ``value`` (dict keys, or attributes of objects), or ``expr(value)``.
 
-    Raises KeyError naming the path, the part that is missing and what was there instead, because the
-    message ends up in the DLQ next to a record someone has to fix.
+    Raises `FieldNotFoundError` (a KeyError) naming the path, the part that is missing and what was there
+    instead, because the message ends up in the DLQ next to a record someone has to fix.
     """
     if callable(expr):
         return expr(value)
@@ -90,13 +97,15 @@ def extract(value: Any, expr: KeyExpr) -> Any:
                 continue
             where = f"field {'.'.join(seen)!r}" if seen else "the value"
             keys = ", ".join(sorted(map(str, current))[:10]) or "none"
-            raise KeyError(f"field {expr!r} not found: {where} has no {part!r} (its fields: {keys})")
+            raise FieldNotFoundError(
+                f"field {expr!r} not found: {where} has no {part!r} (its fields: {keys})"
+            )
         if not isinstance(current, _SCALARS) and hasattr(current, part):
             current = getattr(current, part)
             seen.append(part)
             continue
         where = f"field {'.'.join(seen)!r}" if seen else "the value"
-        raise KeyError(
+        raise FieldNotFoundError(
             f"field {expr!r} not found: {where} is {_kind(current)}, not an object with a field {part!r}"
         )
     return current

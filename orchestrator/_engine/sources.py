@@ -128,9 +128,6 @@ def _step(what: str, fn: Callable[..., T], *args: Any) -> T:
 
 
 def _text(exc: BaseException) -> str:
-    """The message of ``exc`` (a KeyError's without the quotes str() adds)."""
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-        return exc.args[0]
     return str(exc) or "(no message)"
 
 

@@ -87,3 +87,116 @@ async def test_trigger_record_without_the_admission_key_is_dead_lettered(
     assert "on_order" in letter.reason and "'user_id'" in letter.reason and "admission key" in letter.reason
     assert letter.value == _json({"order_id": "o-2"})
     assert sorted(history(app)) == ["o-1", "o-3"]
+
+
+def _shop(name: str, bootstrap: str, orders: str, approvals: str) -> App:
+    """Orders start runs (through admission) that wait for an approval from another topic."""
+    app = App(name, settings=settings(bootstrap))
+    app.event_source("approval", topic=approvals, key=lambda v: v["order"]["id"], retention="10m")
+
+    @app.step
+    async def ack(order_id: str) -> str:
+        return order_id
+
+    def is_placed(value: dict) -> bool:  # type: ignore[type-arg]
+        return bool(value["kind"] == "placed")
+
+    def with_total(value: dict) -> dict:  # type: ignore[type-arg]
+        return {**value, "total": float(value["price"]) * value["qty"]}
+
+    @app.workflow(
+        trigger=Trigger(orders, run_id="order_id", filter=is_placed, input=with_total),
+        admission=Admission(key="user_id", concurrency=4, priority=lambda o: o["prio"]),
+    )
+    async def on_order(ctx: WorkflowContext, order: dict) -> str:  # type: ignore[type-arg]
+        order_id = await ctx.step(ack, order["order_id"])
+        got = await ctx.wait_for_event("approval", key=order_id, timeout=120, lookback="10m")
+        return "timed out" if got.timed_out else f"{order_id} {order['total']} by {got.payload['by']}"
+
+    return app
+
+
+def _order(order_id: str, **changes: object) -> dict[str, object]:
+    order: dict[str, object] = {
+        "kind": "placed",
+        "order_id": order_id,
+        "user_id": "u1",
+        "qty": 2,
+        "price": "1.5",
+        "prio": 1,
+    }
+    order.update(changes)
+    return {k: v for k, v in order.items() if v is not None}
+
+
+async def test_every_kind_of_poison_on_user_topics_is_dead_lettered_and_skipped_for_good(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, create_topics
+) -> None:
+    orders, approvals = f"{unique_name}-orders", f"{unique_name}-approvals"
+    create_topics(orders, approvals)
+    app = _shop(unique_name, kafka_bootstrap, orders, approvals)
+    _produce(
+        kafka_bootstrap,
+        orders,
+        _json(_order("o-1")),
+        b"\x00\x01 not json {",  # 1 junk bytes
+        _json([_order("o-x")]),  # 2 a list instead of an object (the filter meets it first)
+        _json(_order("o-x3", user_id=None)),  # 3 no admission key
+        _json(_order("o-x4", kind=None)),  # 4 the filter raises (KeyError)
+        _json(_order("o-x5", price="abc")),  # 5 the input mapping raises (ValueError)
+        _json(_order("o-x6", prio="high")),  # 6 a string where the priority must be a number
+        None,  # 7 tombstone
+        _json(_order("o-2", user_id="u2")),
+    )
+    _produce(
+        kafka_bootstrap,
+        approvals,
+        b"\xff\xfe",  # 0 junk bytes
+        _json({"by": "eve"}),  # 1 the key function raises (no "order")
+        _json({"order": {"id": ["o-1"]}, "by": "mallory"}),  # 2 the key is a list
+        None,  # 3 tombstone
+        _json({"order": {"id": "o-1"}, "by": "ann"}),
+        _json({"order": {"id": "o-2"}, "by": "bob"}),
+    )
+    expected = {
+        (orders, 1): "decoding the value as json failed: ValueError: the value is not JSON",
+        (orders, 2): "filter (function _shop.<locals>.is_placed) failed: TypeError",
+        (orders, 3): "admission key (field 'user_id') failed: FieldNotFoundError: field 'user_id' not found",
+        (orders, 4): "filter (function _shop.<locals>.is_placed) failed: KeyError",
+        (orders, 5): "input mapping (function _shop.<locals>.with_total) failed: ValueError",
+        (orders, 6): "admission priority (function _shop.<locals>.<lambda>) gave str 'high'",
+        (orders, 7): "a tombstone",
+        (approvals, 0): "event source 'approval' on topic",
+        (approvals, 1): "correlation key (function _shop.<locals>.<lambda>) failed: KeyError: 'order'",
+        (approvals, 2): "gave list ['o-1']; a key must be a non-empty string or an integer",
+        (approvals, 3): "a tombstone",
+    }
+    worker = WorkerThread(app)
+    try:
+        proc = ProcessorThread(app, tmp_path)
+        async with app.client() as client:
+            assert await client.get_handle("o-1").result(timeout=90) == "o-1 3.0 by ann"
+            assert await client.get_handle("o-2").result(timeout=90) == "o-2 3.0 by bob"
+            letters = _letters(app, len(expected))
+            assert proc.thread.is_alive(), proc.thread.error
+            proc.stop()
+            # A restarted processor (same group) goes on after the poison: nothing is dead-lettered twice.
+            proc = ProcessorThread(app, tmp_path)
+            _produce(kafka_bootstrap, orders, _json(_order("o-3", user_id="u3")))
+            _produce(kafka_bootstrap, approvals, _json({"order": {"id": "o-3"}, "by": "cy"}))
+            assert await client.get_handle("o-3").result(timeout=90) == "o-3 3.0 by cy"
+            assert proc.thread.is_alive(), proc.thread.error
+            after_restart = _letters(app, len(expected) + 1, timeout=3)
+    finally:
+        worker.stop()
+        proc.stop()
+    found = {(d.source_topic, d.source_offset): d for d in letters}
+    assert sorted(found) == sorted(expected), [(d.source_topic, d.source_offset, d.reason) for d in letters]
+    for where, text in expected.items():
+        letter = found[where]
+        assert letter.error_type == "SourceError" and letter.source_partition == 0
+        assert text in letter.reason, (where, letter.reason)
+        assert f"record {where[0]}[0]@{where[1]}" in letter.reason
+    assert found[(orders, 1)].value == b"\x00\x01 not json {" and found[(orders, 7)].value is None
+    assert len(after_restart) == len(expected)
+    assert sorted(history(app)) == ["o-1", "o-2", "o-3"]
