@@ -11,18 +11,21 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Producer
 from engine_support import ProcessorThread, WorkerThread, history, settings
 
 from orchestrator import Admission, App, Trigger, WorkflowContext
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import DeadLetter, decode_dead_letter
-from orchestrator.topology import dlq_topic
+from orchestrator.topology import dlq_topic, inbox_topic
 
 
-def _produce(bootstrap: str, topic: str, *values: bytes | None, partition: int = 0) -> None:
+def _produce(
+    bootstrap: str, topic: str, *values: bytes | None, partition: int = 0, max_bytes: int = 1_000_000
+) -> None:
     """Raw values on one partition, in order, as any service of the user's could write them."""
-    producer = Producer({"bootstrap.servers": bootstrap})
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": max_bytes})
     for value in values:
         producer.produce(topic, value, b"k", partition=partition)
     producer.flush(10)
@@ -200,3 +203,64 @@ async def test_every_kind_of_poison_on_user_topics_is_dead_lettered_and_skipped_
     assert found[(orders, 1)].value == b"\x00\x01 not json {" and found[(orders, 7)].value is None
     assert len(after_restart) == len(expected)
     assert sorted(history(app)) == ["o-1", "o-2", "o-3"]
+
+
+@pytest.mark.parametrize(
+    ("inbox_max_bytes", "big_bytes", "limit_named"),
+    [
+        (100_000, 150_000, "max.message.bytes of topic {app}.inbox"),  # the engine topic is the bound
+        (None, 1_200_000, "message.max.bytes of the processor's producer"),  # the producer is the bound
+    ],
+    ids=["topic-limit", "producer-limit"],
+)
+async def test_record_too_large_for_the_engine_topics_is_dead_lettered_before_producing(
+    kafka_bootstrap: str,
+    unique_name: str,
+    tmp_path: Path,
+    create_topics,
+    inbox_max_bytes: int | None,
+    big_bytes: int,
+    limit_named: str,
+) -> None:
+    """Produced, such a record would abort the transaction, and the batch would fail again forever."""
+    topic = f"{unique_name}-big"
+    create_topics(topic, config={"max.message.bytes": "3000000"})
+    if inbox_max_bytes is not None:  # the engine creates missing topics and never alters existing ones
+        inbox = inbox_topic(unique_name)
+        create_topics(inbox, partitions=4, config={"max.message.bytes": str(inbox_max_bytes)})
+    app = App(
+        unique_name,
+        settings=settings(kafka_bootstrap).model_copy(update={"max_payload_bytes": 4_000_000}),
+    )
+
+    @app.workflow(trigger=Trigger(topic, run_id="id"))
+    async def ingest(ctx: WorkflowContext, doc: dict) -> int:  # type: ignore[type-arg]
+        return len(doc["blob"])
+
+    big = _json({"id": "big", "blob": "x" * big_bytes})
+    _produce(
+        kafka_bootstrap,
+        topic,
+        _json({"id": "small-1", "blob": "x"}),
+        big,
+        _json({"id": "small-2", "blob": "xy"}),
+        max_bytes=3_000_000,
+    )
+    proc = ProcessorThread(app, tmp_path)
+    try:
+        async with app.client() as client:
+            assert await client.get_handle("small-1").result(timeout=60) == 1
+            assert await client.get_handle("small-2").result(timeout=60) == 2
+        letters = _letters(app, 1)
+        assert proc.thread.is_alive(), proc.thread.error
+    finally:
+        proc.stop()
+    assert [(d.source_topic, d.source_offset, d.error_type) for d in letters] == [(topic, 1, "SourceError")]
+    reason = letters[0].reason
+    assert "trigger of workflow 'ingest'" in reason and f"record {topic}[0]@1" in reason
+    assert "over the limit of" in reason and limit_named.format(app=unique_name) in reason, reason
+    if len(big) < 1_000_000:  # the dead letter carries the record when the DLQ can hold it
+        assert letters[0].value == big
+    else:
+        assert letters[0].value is None and f"read them from {topic}[0]@1" in reason
+    assert sorted(history(app)) == ["small-1", "small-2"]
