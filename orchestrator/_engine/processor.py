@@ -426,6 +426,8 @@ class Processor:
             log.exception("internal error in the keyed stage")
             self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
             return
+        if fx.rejected:
+            self._dead_letter(msg, "Rejected", fx.rejected, now_ms)
         if fx.ignored:
             log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
         self._emit_routed(fx)

@@ -7,6 +7,7 @@ meet the poison again (its offset was committed with the dead letter).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -16,9 +17,18 @@ from confluent_kafka import Producer
 from engine_support import ProcessorThread, WorkerThread, history, settings
 
 from orchestrator import Admission, App, Trigger, WorkflowContext
+from orchestrator._engine.events import (
+    DomainEvent,
+    Event,
+    ScheduleRegister,
+    StartRun,
+    StepCompleted,
+    encode_event,
+)
+from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
-from orchestrator._engine.records import DeadLetter, decode_dead_letter
-from orchestrator.topology import dlq_topic, inbox_topic
+from orchestrator._engine.records import DeadLetter, StepCommand, decode_dead_letter, encode_command
+from orchestrator.topology import dlq_topic, inbox_topic, keyed_topic
 
 
 def _produce(
@@ -264,3 +274,100 @@ async def test_record_too_large_for_the_engine_topics_is_dead_lettered_before_pr
     else:
         assert letters[0].value is None and f"read them from {topic}[0]@1" in reason
     assert sorted(history(app)) == ["small-1", "small-2"]
+
+
+def _ticks(app: App) -> int:
+    return sum(1 for run_id in history(app) if run_id.startswith("ticker@"))
+
+
+async def _wait_for_ticks(app: App, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _ticks(app) < count:
+        assert time.monotonic() < deadline, f"the schedule stopped: {_ticks(app)} ticks, waited for {count}"
+        await asyncio.sleep(0.5)
+
+
+async def test_poison_on_the_inbox_and_keyed_topics_is_dead_lettered_with_the_reason(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+
+    @app.step
+    async def echo(x: str) -> str:
+        return x
+
+    @app.workflow
+    async def held(ctx: WorkflowContext) -> str:
+        got = await ctx.wait_for_event("go", timeout=120)
+        return await ctx.step(echo, got.payload)
+
+    @app.workflow(schedule="* * * * * */1")  # every second: its state lives in the keyed stage
+    async def ticker(ctx: WorkflowContext, when: str) -> str:
+        return when
+
+    inbox, keyed = inbox_topic(app.name), keyed_topic(app.name)
+
+    def on_inbox(run_id: str, value: bytes) -> tuple[str, int, bytes, bytes]:
+        return (inbox, partition_for(run_id, 4), run_id.encode(), value)
+
+    def on_keyed(routing: str, value: bytes) -> tuple[str, int, bytes, bytes]:
+        return (keyed, partition_for(routing, 4), routing.encode(), value)
+
+    command = encode_command(StepCommand("h-1", "held", 0, "echo", 1, b'"x"', "h-1/0/echo", 1))
+    bad_cron = ScheduleRegister("ticker", "not a cron", "UTC", "skip")
+    poison = {
+        on_inbox("h-1", b"not avro at all"): ("SchemaError", "bad magic byte"),
+        on_inbox("h-1", b"\x00\x00\x00\x03\xe7garbage"): ("SchemaError", "unknown schema id 999"),
+        on_inbox("h-1", command): ("SchemaError", "got orchestrator.v1.StepCommand"),
+        on_inbox("h-1", encode_event(Event("x1", "h-1", "", 1, DomainEvent("go", "", b'"no"')))): (
+            "Rejected",
+            "DomainEvent is not a request the inbox accepts",
+        ),
+        on_keyed("go\x1fk", b"not avro at all"): ("SchemaError", "bad magic byte"),
+        on_keyed("go\x1fk", b"\x00\x00\x00\x03\xe7garbage"): ("SchemaError", "unknown schema id 999"),
+        on_keyed("go\x1fk", command): ("SchemaError", "got orchestrator.v1.StepCommand"),
+        on_keyed("go\x1fk", encode_event(Event("x2", "h-9", "held", 1, StartRun(b"null")))): (
+            "Rejected",
+            "StartRun does not belong on the keyed topic",
+        ),
+        on_keyed("go\x1fk", encode_event(Event("x3", "h-9", "", 1, StepCompleted(0, 1, b"1", 1, 2)))): (
+            "Rejected",
+            "StepCompleted does not belong on the keyed topic",
+        ),
+        on_keyed("schedule\x1fticker", encode_event(Event("x4", "", "ticker", 1, bad_cron))): (
+            "Rejected",
+            "'not a cron' is not a cron expression",
+        ),
+    }
+    worker = WorkerThread(app)
+    try:
+        proc = ProcessorThread(app, tmp_path)
+        async with app.client() as client:
+            first = await client.start(held, run_id="h-1")
+            await _wait_for_ticks(app, 1)
+            producer = Producer({"bootstrap.servers": kafka_bootstrap})
+            for topic, partition, key, value in poison:
+                producer.produce(topic, value, key, partition=partition)
+            producer.flush(10)
+            letters = _letters(app, len(poison))
+            await client.signal("h-1", "go", "went")
+            assert await first.result(timeout=60) == "went"
+            await _wait_for_ticks(app, _ticks(app) + 2)  # the schedule survived its poison
+            assert proc.thread.is_alive(), proc.thread.error
+            proc.stop()
+            proc = ProcessorThread(app, tmp_path)  # same group: goes on after the poison
+            second = await client.start(held, run_id="h-2")
+            await client.signal("h-2", "go", "again")
+            assert await second.result(timeout=60) == "again"
+            await _wait_for_ticks(app, _ticks(app) + 2)
+            assert proc.thread.is_alive(), proc.thread.error
+            after_restart = _letters(app, len(poison) + 1, timeout=3)
+    finally:
+        worker.stop()
+        proc.stop()
+    found = {(d.source_topic, d.source_partition, d.key, d.value): d for d in letters}
+    assert sorted(found) == sorted(poison), [(d.source_topic, d.error_type, d.reason) for d in letters]
+    for record, (error_type, text) in poison.items():
+        assert (found[record].error_type, record[0]) == (error_type, record[0]), found[record]
+        assert text in found[record].reason, found[record].reason
+    assert len(after_restart) == len(poison)
