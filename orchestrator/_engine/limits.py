@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Message
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
     AdminClient,
     ConfigResource,
@@ -104,3 +104,23 @@ def _topic_limits(bootstrap: str, topics: tuple[str, ...]) -> tuple[dict[str, in
                 BROKER_DEFAULT_MAX_BYTES,
             )
     return out, complete
+
+
+def dead_letter_copy(msg: Message, reason: str, limit: RecordLimit) -> tuple[Message, str]:
+    """The record to put in the DLQ for ``msg``, and the reason to give.
+
+    A dead letter carries the record's key and value; if they would make it too large for the DLQ, the
+    dead letter would fail the transaction like the record itself. The copy then leaves them out and the
+    reason says where to read them (the source topic keeps them for its retention).
+    """
+    key, value = msg.key() or b"", msg.value() or b""
+    if limit.fits(len(key), len(value) + len(reason.encode()) + len(msg.topic() or "")):
+        return msg, reason
+    stripped = Message(
+        topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), key=None, value=None
+    )
+    where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+    return stripped, (
+        f"{reason}. The record's key and value ({len(key) + len(value)} bytes) are not copied here, over "
+        f"the DLQ's limit of {limit.describe()}: read them from {where}"
+    )

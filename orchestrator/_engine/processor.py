@@ -32,13 +32,13 @@ from orchestrator._engine import kafka
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import Event, ScheduleRegister, decode_event, encode_event
 from orchestrator._engine.instance_cache import InstanceCache
-from orchestrator._engine.limits import record_limit
+from orchestrator._engine.limits import dead_letter_copy, record_limit
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import DeadLetter, encode_command, encode_dead_letter, encode_outcome
 from orchestrator._engine.restore import restore
 from orchestrator._engine.router import Router, RouterEffects
-from orchestrator._engine.sources import SourceError, Translation, dead_letter_copy, translate
+from orchestrator._engine.sources import SourceError, Translation, translate
 from orchestrator._engine.state import RunState, decode_state, encode_state
 from orchestrator._engine.state_cache import StateCache
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
@@ -415,22 +415,27 @@ class Processor:
         self._emit(p, fx)
 
     def _handle_keyed(self, msg: Message, now_ms: int) -> None:
+        """A record of the keyed stage; dead-lettered (its offset committed all the same) when it is not one
+        of ours, not a request the stage takes, or the stage fails on it, so it never stops the loop."""
         store = self.keyed_stores[msg.partition() or 0]
         try:
             event = decode_event(msg.value())
             fx = self.router.handle(store, event, now_ms)
         except SchemaError as exc:
-            self._dead_letter(msg, "SchemaError", str(exc), now_ms)
-            return
+            error_type, reason = "SchemaError", str(exc)
         except Exception as exc:
             log.exception("internal error in the keyed stage")
-            self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
-            return
-        if fx.rejected:
-            self._dead_letter(msg, "Rejected", fx.rejected, now_ms)
-        if fx.ignored:
-            log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
-        self._emit_routed(fx)
+            error_type, reason = f"InternalError.{type(exc).__name__}", str(exc)
+        else:
+            if fx.ignored:
+                log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
+            self._emit_routed(fx)
+            if not fx.rejected:
+                return
+            error_type, reason = "Rejected", fx.rejected
+        dlq_limit = record_limit(self.bootstrap, (self.dlq,), self.config.producer_overrides)
+        letter, reason = dead_letter_copy(msg, reason, dlq_limit)
+        self._dead_letter(letter, error_type, reason, now_ms)
 
     def _handle_source(self, msg: Message, now_ms: int) -> None:
         """A record of a user's topic: the requests its triggers and sources make; dead-lettered (its offset

@@ -371,3 +371,31 @@ async def test_poison_on_the_inbox_and_keyed_topics_is_dead_lettered_with_the_re
         assert (found[record].error_type, record[0]) == (error_type, record[0]), found[record]
         assert text in found[record].reason, found[record].reason
     assert len(after_restart) == len(poison)
+
+
+async def test_junk_too_large_to_copy_into_the_dlq_is_dead_lettered_without_its_value(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """A dead letter carrying this record would be over the DLQ's limit and fail the transaction."""
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+
+    @app.workflow
+    async def noop(ctx: WorkflowContext) -> str:
+        return "done"
+
+    keyed = keyed_topic(app.name)
+    proc = ProcessorThread(app, tmp_path)
+    try:
+        async with app.client() as client:
+            assert await (await client.start(noop, run_id="before")).result(timeout=60) == "done"
+            # Under the keyed topic's limit (1,048,588), over the processor producer's (1,000,000).
+            _produce(kafka_bootstrap, keyed, b"\x07" * 1_040_000, partition=2, max_bytes=1_048_000)
+            assert await (await client.start(noop, run_id="after")).result(timeout=60) == "done"
+            letters = _letters(app, 1)
+            assert proc.thread.is_alive(), proc.thread.error
+    finally:
+        proc.stop()
+    where = [(d.source_topic, d.source_partition, d.error_type) for d in letters]
+    assert where == [(keyed, 2, "SchemaError")]
+    assert letters[0].value is None and letters[0].key is None
+    assert "bad magic byte 7" in letters[0].reason and f"read them from {keyed}[2]@0" in letters[0].reason

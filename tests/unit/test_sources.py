@@ -13,8 +13,8 @@ from orchestrator import Admission, App, Trigger, WorkflowContext
 from orchestrator._engine import events as ev
 from orchestrator._engine.admission import admit_routing
 from orchestrator._engine.decider import routing_key
-from orchestrator._engine.limits import RECORD_OVERHEAD_BYTES, RecordLimit
-from orchestrator._engine.sources import Translation, dead_letter_copy, translate
+from orchestrator._engine.limits import RECORD_OVERHEAD_BYTES, RecordLimit, dead_letter_copy
+from orchestrator._engine.sources import Translation, translate
 from orchestrator.triggers import ValueFormat, extract
 
 TOPIC = "orders"
