@@ -39,7 +39,7 @@ RECORD_OVERHEAD_BYTES = 256
 """Room for the record batch header (61 bytes), the record's own framing and headers: a record whose key
 and value fit in ``max_bytes - RECORD_OVERHEAD_BYTES`` fits in a batch of its own under every limit."""
 CACHE_SECONDS = 300.0
-RETRY_SECONDS = 10.0
+RETRY_SECONDS = 60.0
 DESCRIBE_TIMEOUT_S = 5.0
 
 

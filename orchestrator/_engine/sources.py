@@ -124,11 +124,7 @@ def _step(what: str, fn: Callable[..., T], *args: Any) -> T:
     except _StepError:
         raise
     except Exception as exc:  # user code and user data: anything can come out of them
-        raise _StepError(f"{what} failed: {type(exc).__name__}: {_text(exc)}") from exc
-
-
-def _text(exc: BaseException) -> str:
-    return str(exc) or "(no message)"
+        raise _StepError(f"{what} failed: {type(exc).__name__}: {str(exc) or '(no message)'}") from exc
 
 
 def _name(fn: Any) -> str:
@@ -205,8 +201,8 @@ def _key(what: str, expr: KeyExpr, value: Any) -> str:
         return raw
     if isinstance(raw, int | uuid.UUID) and not isinstance(raw, bool):
         return str(raw)
-    found = "an empty string" if raw == "" else f"{_describe(raw)}"
-    raise _StepError(f"{what} gave {found}; a key must be a non-empty string or an integer")
+    found = "an empty string" if raw == "" else _describe(raw)
+    raise _StepError(f"{what} gave {found}; a key must be a non-empty string, an integer or a UUID")
 
 
 def _priority(fn: Callable[[Any], Any], value: Any) -> float:
@@ -232,6 +228,6 @@ def _check_size(routed: Routed, limit: RecordLimit) -> None:
     if not limit.fits(len(key.encode()), size):
         raise _StepError(
             f"the engine record it makes is {size} bytes, over the limit of {limit.describe()}; keep "
-            "large data out of the record (pass a reference), map it to what the workflow needs with "
-            "Trigger(input=...), or raise the limit on the engine's topics and producer"
+            "large data out of the record (pass a reference), for a trigger map the value to what the "
+            "workflow needs with Trigger(input=...), or raise the limit on the engine's topics and producer"
         )

@@ -181,7 +181,7 @@ async def test_every_kind_of_poison_on_user_topics_is_dead_lettered_and_skipped_
         (orders, 7): "a tombstone",
         (approvals, 0): "event source 'approval' on topic",
         (approvals, 1): "correlation key (function _shop.<locals>.<lambda>) failed: KeyError: 'order'",
-        (approvals, 2): "gave list ['o-1']; a key must be a non-empty string or an integer",
+        (approvals, 2): "gave list ['o-1']; a key must be a non-empty string, an integer or a UUID",
         (approvals, 3): "a tombstone",
     }
     worker = WorkerThread(app)

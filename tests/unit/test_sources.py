@@ -95,7 +95,7 @@ def test_admission_key_and_priority_come_from_the_workflow_input() -> None:
         (None, "no value (a tombstone)"),
         (_json([1, 2]), "the value is a list, not an object with a field 'order_id'"),
         (_json({"order_id": None}), "gave null (no value)"),
-        (_json({"order_id": 1.5}), "gave float 1.5; a key must be a non-empty string or an integer"),
+        (_json({"order_id": 1.5}), "gave float 1.5; a key must be a non-empty string, an integer or a UUID"),
         (_json({"order_id": ""}), "gave an empty string"),
         (_json({"order_id": True}), "gave bool True"),
         (_json({"order_id": {"a": 1}}), "gave dict"),
