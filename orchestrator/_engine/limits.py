@@ -106,21 +106,31 @@ def _topic_limits(bootstrap: str, topics: tuple[str, ...]) -> tuple[dict[str, in
     return out, complete
 
 
-def dead_letter_copy(msg: Message, reason: str, limit: RecordLimit) -> tuple[Message, str]:
-    """The record to put in the DLQ for ``msg``, and the reason to give.
+NOT_COPIED = ".RecordNotCopied"
+"""Suffix of the error type of a dead letter that left the record's key and value out: re-driving it must
+read the record from its source, not produce the empty copy (a tombstone) back."""
+
+
+def dead_letter_copy(
+    msg: Message, error_type: str, reason: str, limit: RecordLimit
+) -> tuple[Message, str, str]:
+    """The record to put in the DLQ for ``msg``, with the error type and reason to give.
 
     A dead letter carries the record's key and value; if they would make it too large for the DLQ, the
-    dead letter would fail the transaction like the record itself. The copy then leaves them out and the
-    reason says where to read them (the source topic keeps them for its retention).
+    dead letter would fail the transaction like the record itself. The copy then leaves them out, its
+    error type ends with `NOT_COPIED`, and the reason says where to read them (the source topic keeps them
+    for its retention).
     """
     key, value = msg.key() or b"", msg.value() or b""
     if limit.fits(len(key), len(value) + len(reason.encode()) + len(msg.topic() or "")):
-        return msg, reason
+        return msg, error_type, reason
     stripped = Message(
         topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), key=None, value=None
     )
     where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
-    return stripped, (
+    return (
+        stripped,
+        error_type + NOT_COPIED,
         f"{reason}. The record's key and value ({len(key) + len(value)} bytes) are not copied here, over "
-        f"the DLQ's limit of {limit.describe()}: read them from {where}"
+        f"the DLQ's limit of {limit.describe()}: read them from {where}",
     )

@@ -434,7 +434,7 @@ class Processor:
                 return
             error_type, reason = "Rejected", fx.rejected
         dlq_limit = record_limit(self.bootstrap, (self.dlq,), self.config.producer_overrides)
-        letter, reason = dead_letter_copy(msg, reason, dlq_limit)
+        letter, error_type, reason = dead_letter_copy(msg, error_type, reason, dlq_limit)
         self._dead_letter(letter, error_type, reason, now_ms)
 
     def _handle_source(self, msg: Message, now_ms: int) -> None:
@@ -458,7 +458,7 @@ class Processor:
                 self._to_keyed(r.routing, r.event)
         if result.errors:
             dlq_limit = record_limit(self.bootstrap, (self.dlq,), overrides)
-            letter, reason = dead_letter_copy(msg, result.reason, dlq_limit)
+            letter, error_type, reason = dead_letter_copy(msg, error_type, result.reason, dlq_limit)
             self._dead_letter(letter, error_type, reason, now_ms)
 
     def _fire_timer(self, p: int, key: bytes, run_id: str, tag: str, now_ms: int) -> None:

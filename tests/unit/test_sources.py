@@ -204,11 +204,18 @@ def test_engine_record_over_the_limit_is_refused_with_the_sizes() -> None:
 
 def test_dead_letter_copy_keeps_the_record_when_it_fits() -> None:
     msg = _msg(b"v" * 100)
-    assert dead_letter_copy(msg, "why", RecordLimit(10_000, "x")) == (msg, "why")
+    assert dead_letter_copy(msg, "SourceError", "why", RecordLimit(10_000, "x")) == (
+        msg,
+        "SourceError",
+        "why",
+    )
 
 
 def test_dead_letter_copy_leaves_out_a_value_the_dlq_cannot_hold() -> None:
-    letter, reason = dead_letter_copy(_msg(b"v" * 5000), "why", RecordLimit(4000, "dlq"))
+    letter, error_type, reason = dead_letter_copy(
+        _msg(b"v" * 5000), "SourceError", "why", RecordLimit(4000, "dlq")
+    )
+    assert error_type == "SourceError.RecordNotCopied"
     assert (letter.topic(), letter.partition(), letter.offset()) == (TOPIC, 2, 7)
     assert letter.value() is None and letter.key() is None
     assert reason.startswith("why. ") and "read them from orders[2]@7" in reason
