@@ -128,7 +128,13 @@ class Trigger:
         run_id: field path or function giving the run id (a business key: the same key twice is one run);
             default ``<topic>-<partition>-<offset>``, so a redelivered record is the same run.
         filter: only records for which it returns true start a run.
-        input: turns the event value into the workflow input (default: the value itself).
+        input: turns the event value into the workflow input (default: the value itself). A workflow with
+            an `Admission` takes its key and priority from this input, as for a start by the client.
+
+    A record this trigger cannot use (a value that does not decode, a tombstone, a missing field, a key
+    that is not a non-empty string, integer or UUID, a priority that is not a number, a function that
+    raises, an engine record over the topics' size limit) is dead-lettered with the reason and its topic,
+    partition and offset; the processor commits past it and goes on.
     """
 
     topic: str
@@ -144,7 +150,7 @@ class EventSource:
 
     Routing goes through the engine's keyed topic, so a run waiting on any partition or processor gets
     them. Events are kept for ``retention`` so that a wait with a ``lookback`` still sees one that came
-    before it began.
+    before it began. Records it cannot use are dead-lettered, as for a `Trigger`.
     """
 
     name: str
