@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from orchestrator._engine.events import (
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import DeadLetter, StepCommand, decode_dead_letter, encode_command
-from orchestrator.topology import dlq_topic, inbox_topic, keyed_topic
+from orchestrator.topology import dlq_topic, inbox_topic, keyed_changelog_topic, keyed_topic
 
 
 def _produce(
@@ -401,3 +402,47 @@ async def test_junk_too_large_to_copy_into_the_dlq_is_dead_lettered_without_its_
     assert where == [(keyed, 2, "SchemaError.RecordNotCopied")]
     assert letters[0].value is None and letters[0].key is None
     assert "bad magic byte 7" in letters[0].reason and f"read them from {keyed}[2]@0" in letters[0].reason
+
+
+async def test_large_starts_waiting_for_one_admission_key_do_not_stall_the_processor(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """Each start is under the payload limit; together, in one stored record, they were over Kafka's."""
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+    gate = threading.Event()
+
+    @app.step
+    async def hold(n: int) -> int:
+        while not gate.is_set():
+            await asyncio.sleep(0.05)
+        return n
+
+    @app.workflow(admission=Admission(key="user", concurrency=1))
+    async def upload(ctx: WorkflowContext, job: dict) -> int:  # type: ignore[type-arg]
+        return await ctx.step(hold, job["n"])
+
+    changelog = keyed_changelog_topic(app.name)
+    proc, worker = ProcessorThread(app, tmp_path), WorkerThread(app)
+    try:
+        async with app.client() as client:
+            jobs = [{"user": "u1", "n": n, "blob": "x" * 400_000} for n in range(4)]
+            runs = [await client.start(upload, job) for job in jobs]
+            deadline = time.monotonic() + 60
+            while True:  # three starts wait for the slot, stored in the keyed stage
+                stored = {
+                    m.key()
+                    for m in read_partitions(kafka_bootstrap, changelog, list(range(4)))
+                    if (m.key() or b"").startswith(b"w/") and m.value() is not None
+                }
+                if len(stored) >= 3 or proc.processor.stats.aborts:
+                    break
+                assert time.monotonic() < deadline, f"the starts never queued ({len(stored)} stored)"
+                await asyncio.sleep(0.5)
+            assert proc.processor.stats.aborts == 0, "a transaction aborted: a stored record over the limit?"
+            gate.set()
+            assert [await run.result(timeout=60) for run in runs] == [0, 1, 2, 3]
+            assert proc.thread.is_alive(), proc.thread.error
+    finally:
+        gate.set()
+        worker.stop()
+        proc.stop()
