@@ -1,13 +1,14 @@
 """Admission in the keyed stage: idempotency windows, concurrency, rate limits, debounce, priority.
 
 One JSON document per (workflow, admission key) in the keyed store (``a/<workflow>\\x1f<key>``): the runs
-holding a slot, recent admission times for the rate limit, and a pending debounced start. Each waiting start
-has its own two records, ``w/<workflow>\\x1f<key>\\x00<seq BE>`` (JSON: run id, priority, arrival) and
-``W/...`` (its input, raw), admitted highest effective priority first, FIFO among equals. They are kept apart
-because every store write is a keyed-changelog record: a document holding every waiting input grew past
-the records Kafka accepts after a few large starts, and then every transaction aborted. Idempotency keys
-live under ``i/<workflow>\\x1f<idempotency key>`` until their window ends. Admitted starts become ``StartRun``
-requests on the inbox, carrying the admission routing key so the run frees its slot when it ends.
+holding a slot, recent admission times for the rate limit, and a pending debounced start (its input apart,
+under ``D/...``). Each waiting start has its own two records, ``w/<workflow>\\x1f<key>\\x00<seq BE>``
+(JSON: run id, priority, arrival) and ``W/...`` (its input, raw), admitted highest effective priority
+first, FIFO among equals. Inputs are kept apart because every store write is a keyed-changelog record: a
+document holding every waiting input grew past the records Kafka accepts after a few large starts, and
+then every transaction aborted. Idempotency keys live under ``i/<workflow>\\x1f<idempotency key>`` until
+their window ends. Admitted starts become ``StartRun`` requests on the inbox, carrying the admission
+routing key so the run frees its slot when it ends.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class AdmissionStage:
             if pending:
                 store.delete(timer_key(pending["due_ms"], doc_key.hex(), "debounce"))
             doc["debounce"] = {**_request_json(body, now_ms), "first_ms": first, "due_ms": due}
+            del doc["debounce"]["input"]  # kept as is under its own key: base64 in JSON is a third larger
+            store.put(_debounced_key(doc_key), body.input)
             store.put(timer_key(due, doc_key.hex(), "debounce"), b"")
             self._save(store, doc_key, doc)
             return fx
@@ -150,6 +153,10 @@ class AdmissionStage:
         if tag == "debounce" and doc.get("debounce"):
             pending = doc.pop("debounce")
             if pending["due_ms"] <= now_ms:
+                if "input" not in pending:  # documents written before kept it inline
+                    data = store.get(_debounced_key(key)) or b""
+                    store.delete(_debounced_key(key))
+                    pending["input"] = base64.b64encode(data).decode()
                 request = _request_from_json(pending)
                 self._enqueue(store, key, doc, admission, request, now_ms, fx)
                 return fx
@@ -287,6 +294,10 @@ def _waiting_prefix(doc_key: bytes) -> bytes:
 
 def _input_key(waiting_key: bytes) -> bytes:
     return b"W" + waiting_key[1:]
+
+
+def _debounced_key(doc_key: bytes) -> bytes:
+    return b"D" + doc_key[1:]
 
 
 def _request_json(body: ev.AdmitRequest, now_ms: int) -> dict[str, Any]:

@@ -109,3 +109,20 @@ def test_waiting_starts_stored_the_old_way_are_still_admitted(store: PartitionSt
     store.commit(None, None)
     [start] = _release(stage, store, "r0").inbox
     assert start.run_id == "r1" and isinstance(start.body, ev.StartRun) and start.body.input == b'"old"'
+
+
+def test_a_debounced_input_is_stored_as_is_not_base64_in_the_document(store: PartitionStore) -> None:
+    stage = AdmissionStage(_app(Admission(key="user", debounce="1s")))
+    for n in range(3):
+        assert _request(stage, store, n, bytes([n]) * 300_000) == []
+    largest = max(len(v) for v in store.dirty().values() if v is not None)
+    assert largest < 310_000, largest  # base64 in JSON made it 400,000
+    store.commit(None, None)
+    doc_key = b"a/wf\x1fu1"
+    assert len(list(store.scan(b"t/"))) == 1  # the burst's one debounce timer
+    fx = stage.on_timer(store, doc_key.hex(), "debounce", 10_000)
+    [start] = fx.inbox
+    assert start.run_id == "r2" and isinstance(start.body, ev.StartRun)
+    assert start.body.input == bytes([2]) * 300_000  # the last of the burst
+    store.commit(None, None)
+    assert [k for k, _ in store.scan(b"D")] == []
