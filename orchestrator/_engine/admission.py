@@ -42,6 +42,7 @@ class AdmissionEffects:
     keyed: list[tuple[str, Event]] = field(default_factory=list)
     outcomes: list[RunOutcome] = field(default_factory=list)
     commands: list[tuple[str, str, bytes]] = field(default_factory=list)  # (queue, run id, StepCommand)
+    rejected: str = ""  # the request makes no sense: dead-lettered with this reason
 
 
 _SEQ = struct.Struct(">Q")
@@ -76,6 +77,14 @@ class AdmissionStage:
         self, store: PartitionStore, event: Event, body: ev.AdmitRequest, now_ms: int
     ) -> AdmissionEffects:
         fx = AdmissionEffects()
+        if body.workflow.startswith(STEP_PREFIX) and body.requested_by not in self.app.queues:
+            # Its command would go to the task topic of that queue: a name that is not a topic's stops the
+            # processor, a topic that does not exist aborts every transaction.
+            fx.rejected = (
+                f"step attempt {body.run_id!r} names task queue {body.requested_by!r}, which no step of "
+                f"app {self.app.name!r} uses (queues: {', '.join(sorted(self.app.queues))})"
+            )
+            return fx
         definition = self.app.workflows.get(body.workflow)
         if body.idempotency_key:
             key = b"i/" + f"{body.workflow}\x1f{body.idempotency_key}".encode()

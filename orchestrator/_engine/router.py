@@ -51,7 +51,9 @@ class RouterEffects:
 
     @classmethod
     def of(cls, fx: AdmissionEffects) -> RouterEffects:
-        return cls(inbox=fx.inbox, keyed=fx.keyed, outcomes=fx.outcomes, commands=fx.commands)
+        return cls(
+            inbox=fx.inbox, keyed=fx.keyed, outcomes=fx.outcomes, commands=fx.commands, rejected=fx.rejected
+        )
 
 
 def _sub_prefix(rk: str) -> bytes:

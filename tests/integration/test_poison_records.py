@@ -19,6 +19,7 @@ from engine_support import ProcessorThread, WorkerThread, history, settings
 
 from orchestrator import Admission, App, Trigger, WorkflowContext
 from orchestrator._engine.events import (
+    AdmitRequest,
     DomainEvent,
     Event,
     ScheduleRegister,
@@ -318,6 +319,7 @@ async def test_poison_on_the_inbox_and_keyed_topics_is_dead_lettered_with_the_re
 
     command = encode_command(StepCommand("h-1", "held", 0, "echo", 1, b'"x"', "h-1/0/echo", 1))
     bad_cron = ScheduleRegister("ticker", "not a cron", "UTC", "skip")
+    bad_step = AdmitRequest("step:echo", "h-9/0/1", command, "", 0.0, "", "no such queue!")
     poison = {
         on_inbox("h-1", b"not avro at all"): ("SchemaError", "bad magic byte"),
         on_inbox("h-1", b"\x00\x00\x00\x03\xe7garbage"): ("SchemaError", "unknown schema id 999"),
@@ -340,6 +342,10 @@ async def test_poison_on_the_inbox_and_keyed_topics_is_dead_lettered_with_the_re
         on_keyed("schedule\x1fticker", encode_event(Event("x4", "", "ticker", 1, bad_cron))): (
             "Rejected",
             "'not a cron' is not a cron expression",
+        ),
+        on_keyed("admit\x1fstep:echo\x1f", encode_event(Event("x5", "h-9", "held", 1, bad_step))): (
+            "Rejected",
+            "names task queue 'no such queue!'",
         ),
     }
     worker = WorkerThread(app)

@@ -68,3 +68,10 @@ def test_bad_schedule_registration_keeps_the_current_schedule(
     assert store.dirty() == {}  # the tick timer and the schedule are untouched
     assert dict(store.scan(b"")) == before
     assert [s["cron"] for s in schedule_states(store)] == ["*/5 * * * *"]
+
+
+def test_step_attempt_for_an_unknown_task_queue_is_rejected(store: PartitionStore) -> None:
+    body = ev.AdmitRequest("step:echo", "r/0/1", b"cmd", "", 0.0, "", "no such queue!")
+    fx = Router(_app()).handle(store, Event("e", "r", "report", 1, body), 5)
+    assert "names task queue 'no such queue!'" in fx.rejected and "queues: default" in fx.rejected
+    assert (fx.commands, fx.inbox, store.dirty()) == ([], [], {})
