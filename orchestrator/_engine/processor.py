@@ -38,7 +38,7 @@ from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import DeadLetter, encode_command, encode_dead_letter, encode_outcome
 from orchestrator._engine.restore import restore
 from orchestrator._engine.router import Router, RouterEffects
-from orchestrator._engine.sources import SourceError, Translation, translate
+from orchestrator._engine.sources import SourceError, Translation, translate_each
 from orchestrator._engine.state import RunState, decode_state, encode_state
 from orchestrator._engine.state_cache import StateCache
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
@@ -444,7 +444,9 @@ class Processor:
         # Requests travel on through the keyed stage, the inbox and the history: none may refuse them.
         engine_topics = (self.inbox, self.keyed, self.history, self.changelog, self.keyed_changelog)
         try:
-            result = translate(self.app, msg, now_ms, record_limit(self.bootstrap, engine_topics, overrides))
+            result = translate_each(
+                self.app, msg, now_ms, record_limit(self.bootstrap, engine_topics, overrides)
+            )
         except Exception as exc:  # translate guards all user code: this is an engine bug; keep the record
             log.exception("internal error translating %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
             result = Translation(errors=[SourceError(f"internal error: {type(exc).__name__}: {exc}")])

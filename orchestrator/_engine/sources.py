@@ -78,9 +78,20 @@ class _Record:
         return f"record {self.topic}[{self.partition}]@{self.offset}"
 
 
-def translate(app: App, msg: Message, now_ms: int, limit: RecordLimit | None = None) -> Translation:
-    """The requests ``msg`` makes of the engine. ``limit``: the largest engine record that may be produced
-    (see `limits`); a request over it is refused here rather than failing the transaction."""
+def translate(app: App, msg: Message, now_ms: int, limit: RecordLimit | None = None) -> list[Routed]:
+    """The requests ``msg`` makes of the engine, or `SourceError` (every failure in one message) when a
+    trigger or source cannot use it: for callers that stop at such a record (the testing environment)."""
+    result = translate_each(app, msg, now_ms, limit)
+    if result.errors:
+        raise SourceError(result.reason)
+    return result.routed
+
+
+def translate_each(app: App, msg: Message, now_ms: int, limit: RecordLimit | None = None) -> Translation:
+    """The requests ``msg`` makes of the engine, and why the triggers or sources that could not use it
+    failed (the processor produces the first and dead-letters the record for the second). ``limit``: the
+    largest engine record that may be produced (see `limits`); a request over it is refused here rather
+    than failing the transaction."""
     record = _Record(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.value())
     out = Translation()
     for workflow, triggers in app.triggers.items():

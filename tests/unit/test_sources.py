@@ -14,7 +14,7 @@ from orchestrator._engine import events as ev
 from orchestrator._engine.admission import admit_routing
 from orchestrator._engine.decider import routing_key
 from orchestrator._engine.limits import RECORD_OVERHEAD_BYTES, RecordLimit, dead_letter_copy
-from orchestrator._engine.sources import Translation, translate
+from orchestrator._engine.sources import SourceError, Translation, translate, translate_each
 from orchestrator.triggers import ValueFormat, extract
 
 TOPIC = "orders"
@@ -53,7 +53,7 @@ def _only_error(result: Translation) -> str:
 
 
 def test_good_record_starts_a_run_named_by_its_field() -> None:
-    result = translate(_app(run_id="order_id"), _msg(_json({"order_id": "o-1"})), 5)
+    result = translate_each(_app(run_id="order_id"), _msg(_json({"order_id": "o-1"})), 5)
     assert result.errors == []
     [routed] = result.routed
     assert routed.routing is None
@@ -63,13 +63,13 @@ def test_good_record_starts_a_run_named_by_its_field() -> None:
 
 
 def test_default_run_id_is_topic_partition_offset() -> None:
-    [routed] = translate(_app(), _msg(_json({"x": 1})), 5).routed
+    [routed] = translate_each(_app(), _msg(_json({"x": 1})), 5).routed
     assert routed.event.run_id == "orders-2-7"
 
 
 def test_missing_admission_key_names_workflow_field_and_record() -> None:
     app = _admitted_app(Admission(key="user_id", concurrency=2), run_id="order_id")
-    reason = _only_error(translate(app, _msg(_json({"order_id": "o-2", "amount": 3})), 5))
+    reason = _only_error(translate_each(app, _msg(_json({"order_id": "o-2", "amount": 3})), 5))
     assert "trigger of workflow 'on_order' on topic 'orders'" in reason
     assert "admission key (field 'user_id')" in reason
     assert "its fields: amount, order_id" in reason
@@ -82,7 +82,7 @@ def test_admission_key_and_priority_come_from_the_workflow_input() -> None:
         run_id="id",
         input=lambda v: {"user": v["who"], "prio": v["p"]},
     )
-    [routed] = translate(app, _msg(_json({"id": "r1", "who": "ann", "p": 3})), 5).routed
+    [routed] = translate_each(app, _msg(_json({"id": "r1", "who": "ann", "p": 3})), 5).routed
     assert routed.routing == admit_routing("on_order", "ann")
     assert isinstance(routed.event.body, ev.AdmitRequest)
     assert (routed.event.body.key, routed.event.body.priority) == ("ann", 3.0)
@@ -102,13 +102,13 @@ def test_admission_key_and_priority_come_from_the_workflow_input() -> None:
     ],
 )
 def test_unusable_values_and_run_ids_become_reasons(value: bytes | None, expected: str) -> None:
-    reason = _only_error(translate(_app(run_id="order_id"), _msg(value), 5))
+    reason = _only_error(translate_each(_app(run_id="order_id"), _msg(value), 5))
     assert expected in reason
     assert "record orders[2]@7" in reason
 
 
 def test_integer_run_id_is_its_text() -> None:
-    [routed] = translate(_app(run_id="n"), _msg(_json({"n": 42})), 5).routed
+    [routed] = translate_each(_app(run_id="n"), _msg(_json({"n": 42})), 5).routed
     assert routed.event.run_id == "42"
 
 
@@ -126,7 +126,7 @@ def _boom(value: Any) -> Any:
     ],
 )
 def test_user_functions_that_raise_become_reasons(trigger: dict[str, Any], expected: str) -> None:
-    reason = _only_error(translate(_app(**trigger), _msg(_json({"a": 1})), 5))
+    reason = _only_error(translate_each(_app(**trigger), _msg(_json({"a": 1})), 5))
     assert expected in reason
 
 
@@ -134,13 +134,13 @@ def test_async_filter_is_refused_not_treated_as_true() -> None:
     async def is_placed(value: Any) -> bool:
         return False
 
-    reason = _only_error(translate(_app(filter=is_placed), _msg(_json({"a": 1})), 5))
+    reason = _only_error(translate_each(_app(filter=is_placed), _msg(_json({"a": 1})), 5))
     assert "returned an awaitable" in reason
 
 
 def test_falsy_filter_skips_without_error() -> None:
     app = _app(filter=lambda v: v["kind"] == "placed")
-    assert translate(app, _msg(_json({"kind": "x"})), 5) == Translation()
+    assert translate_each(app, _msg(_json({"kind": "x"})), 5) == Translation()
 
 
 @pytest.mark.parametrize(
@@ -153,13 +153,13 @@ def test_falsy_filter_skips_without_error() -> None:
 )
 def test_bad_priorities_become_reasons(priority: Any, expected: str) -> None:
     app = _admitted_app(Admission(priority=priority))
-    reason = _only_error(translate(app, _msg(_json({"prio": "urgent"})), 5))
+    reason = _only_error(translate_each(app, _msg(_json({"prio": "urgent"})), 5))
     assert expected in reason
 
 
 def test_key_function_that_raises_on_the_wrong_type() -> None:
     app = _admitted_app(Admission(key=lambda v: v["user_id"] + 1))
-    reason = _only_error(translate(app, _msg(_json({"user_id": "u1"})), 5))
+    reason = _only_error(translate_each(app, _msg(_json({"user_id": "u1"})), 5))
     assert "admission key (function " in reason and "TypeError" in reason
 
 
@@ -173,7 +173,7 @@ def test_one_broken_trigger_does_not_hide_the_record_from_the_others() -> None:
     @app.workflow(trigger=Trigger(TOPIC, run_id="order_id"))
     async def fine(ctx: WorkflowContext, order: Any) -> None: ...
 
-    result = translate(app, _msg(_json({"order_id": "o-9"})), 5)
+    result = translate_each(app, _msg(_json({"order_id": "o-9"})), 5)
     assert [r.event.workflow for r in result.routed] == ["fine", ""]
     assert result.routed[1].routing == routing_key("placed", "o-9")
     assert len(result.errors) == 1 and "workflow 'broken'" in result.reason
@@ -182,7 +182,7 @@ def test_one_broken_trigger_does_not_hide_the_record_from_the_others() -> None:
 def test_event_source_without_its_correlation_key() -> None:
     app = App("shop")
     app.event_source("approval", topic=TOPIC, key="order.id")
-    reason = _only_error(translate(app, _msg(_json({"order": {"by": "ann"}})), 5))
+    reason = _only_error(translate_each(app, _msg(_json({"order": {"by": "ann"}})), 5))
     assert "event source 'approval' on topic 'orders'" in reason
     assert "correlation key (field 'order.id')" in reason and "field 'order' has no 'id'" in reason
 
@@ -190,16 +190,16 @@ def test_event_source_without_its_correlation_key() -> None:
 def test_avro_value_that_does_not_match_the_schema() -> None:
     schema = {"type": "record", "name": "O", "fields": [{"name": "id", "type": "string"}]}
     app = _app(run_id="id", value_format=ValueFormat("avro", schema))
-    reason = _only_error(translate(app, _msg(b"\x00\x00\x00\x00\x01\x7f"), 5))
+    reason = _only_error(translate_each(app, _msg(b"\x00\x00\x00\x00\x01\x7f"), 5))
     assert "decoding the value as avro failed" in reason and "declared Avro schema" in reason
 
 
 def test_engine_record_over_the_limit_is_refused_with_the_sizes() -> None:
     value = _json({"order_id": "o-1", "blob": "x" * 5000})
     limit = RecordLimit(4000 + RECORD_OVERHEAD_BYTES, "max.message.bytes of topic shop.inbox")
-    reason = _only_error(translate(_app(run_id="order_id"), _msg(value), 5, limit))
+    reason = _only_error(translate_each(_app(run_id="order_id"), _msg(value), 5, limit))
     assert "over the limit of 4256 bytes (max.message.bytes of topic shop.inbox" in reason
-    assert translate(_app(run_id="order_id"), _msg(value), 5, RecordLimit(10_000, "x")).errors == []
+    assert translate_each(_app(run_id="order_id"), _msg(value), 5, RecordLimit(10_000, "x")).errors == []
 
 
 def test_dead_letter_copy_keeps_the_record_when_it_fits() -> None:
@@ -234,3 +234,11 @@ def test_extract_says_what_is_missing(value: Any, path: str, message: str) -> No
     with pytest.raises(KeyError) as info:
         extract(value, path)
     assert message in info.value.args[0]
+
+
+def test_translate_raises_one_source_error_for_callers_that_stop_at_the_record() -> None:
+    app = _app(run_id="order_id")
+    [routed] = translate(app, _msg(_json({"order_id": "o-1"})), 5)
+    assert routed.event.run_id == "o-1"
+    with pytest.raises(SourceError, match=r"run_id \(field 'order_id'\) failed: .* \(record orders\[2\]@7\)"):
+        translate(app, _msg(_json({"id": "o-1"})), 5)
