@@ -89,7 +89,11 @@ def _topic_limits(bootstrap: str, topics: tuple[str, ...]) -> tuple[dict[str, in
     complete = True
     admin = AdminClient(kafka.base(bootstrap))
     resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
-    futures = admin.describe_configs(resources, request_timeout=DESCRIBE_TIMEOUT_S)
+    try:
+        futures = admin.describe_configs(resources, request_timeout=DESCRIBE_TIMEOUT_S)
+    except KafkaException as exc:
+        log.warning("could not describe topics %s (%s); assuming the broker default", topics, exc)
+        return out, False
     for resource, future in futures.items():
         try:
             entry = future.result(DESCRIBE_TIMEOUT_S).get("max.message.bytes")

@@ -443,10 +443,9 @@ class Processor:
         overrides = self.config.producer_overrides
         # Requests travel on through the keyed stage, the inbox and the history: none may refuse them.
         engine_topics = (self.inbox, self.keyed, self.history, self.changelog, self.keyed_changelog)
+        limit = record_limit(self.bootstrap, engine_topics, overrides)  # outside: not the record's fault
         try:
-            result = translate_each(
-                self.app, msg, now_ms, record_limit(self.bootstrap, engine_topics, overrides)
-            )
+            result = translate_each(self.app, msg, now_ms, limit)
         except Exception as exc:  # translate guards all user code: this is an engine bug; keep the record
             log.exception("internal error translating %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
             result = Translation(errors=[SourceError(f"internal error: {type(exc).__name__}: {exc}")])
