@@ -242,3 +242,11 @@ def test_translate_raises_one_source_error_for_callers_that_stop_at_the_record()
     assert routed.event.run_id == "o-1"
     with pytest.raises(SourceError, match=r"run_id \(field 'order_id'\) failed: .* \(record orders\[2\]@7\)"):
         translate(app, _msg(_json({"id": "o-1"})), 5)
+
+
+def test_uuid_key_from_a_function_is_its_text() -> None:
+    import uuid
+
+    ident = uuid.UUID(int=7)
+    [routed] = translate_each(_app(run_id=lambda v: ident), _msg(_json({})), 5).routed
+    assert routed.event.run_id == str(ident)
