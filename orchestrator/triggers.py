@@ -45,26 +45,78 @@ class ValueFormat:
         return fastavro.parse_schema(schema)
 
     def decode(self, raw: bytes | None) -> Any:
+        """The record's value as Python data; ValueError saying what is wrong with it otherwise.
+
+        The message is read by an operator in the DLQ, so it names the format and shows the first bytes.
+        """
         if raw is None:
-            raise ValueError("record has no value")
+            raise ValueError(
+                "the record has no value (a tombstone); a trigger or event source needs a value to read"
+            )
         if self.format == "json":
-            return json.loads(raw)
+            try:
+                return json.loads(raw)
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+                raise ValueError(f"the value is not JSON ({exc}); it starts with {raw[:32]!r}") from exc
         body = raw[5:] if len(raw) > 5 and raw[0] == 0 else raw
-        return fastavro.schemaless_reader(io.BytesIO(body), self._parsed, None)
+        try:
+            return fastavro.schemaless_reader(io.BytesIO(body), self._parsed, None)
+        except Exception as exc:  # fastavro raises anything from EOFError to UnicodeError
+            raise ValueError(
+                f"the value does not decode with the declared Avro schema ({type(exc).__name__}: {exc}); "
+                f"it starts with {raw[:32]!r}"
+            ) from exc
+
+
+class FieldNotFoundError(KeyError):
+    """A field path that a value does not have; a KeyError, so code that caught KeyError still does."""
+
+    def __str__(self) -> str:  # KeyError's own str() quotes the message like a key
+        return str(self.args[0]) if self.args else ""
+
+
+_SCALARS = (str, bytes, bytearray, int, float, bool, list, tuple, type(None))
+"""Values whose attributes are never fields: ``"upper"`` must not find ``str.upper``."""
 
 
 def extract(value: Any, expr: KeyExpr) -> Any:
+    """The field at path ``expr`` of ``value`` (dict keys, or attributes of objects), or ``expr(value)``.
+
+    Raises `FieldNotFoundError` (a KeyError) naming the path, the part that is missing and what was there
+    instead, because the message ends up in the DLQ next to a record someone has to fix.
+    """
     if callable(expr):
         return expr(value)
     current = value
+    seen: list[str] = []
     for part in expr.split("."):
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-        elif not isinstance(current, dict) and hasattr(current, part):
+        if isinstance(current, dict):
+            if part in current:
+                current = current[part]
+                seen.append(part)
+                continue
+            where = f"field {'.'.join(seen)!r}" if seen else "the value"
+            keys = ", ".join(sorted(map(str, current))[:10]) or "none"
+            raise FieldNotFoundError(
+                f"field {expr!r} not found: {where} has no {part!r} (its fields: {keys})"
+            )
+        if not isinstance(current, _SCALARS) and hasattr(current, part):
             current = getattr(current, part)
-        else:
-            raise KeyError(f"field {expr!r} not found in {type(value).__name__}")
+            seen.append(part)
+            continue
+        where = f"field {'.'.join(seen)!r}" if seen else "the value"
+        raise FieldNotFoundError(
+            f"field {expr!r} not found: {where} is {_kind(current)}, not an object with a field {part!r}"
+        )
     return current
+
+
+def _kind(value: Any) -> str:
+    """``a list``, ``a str``, ``null``: how an error message names what it found instead of an object."""
+    if value is None:
+        return "null"
+    name = type(value).__name__
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
 @dataclass(frozen=True)
@@ -76,7 +128,13 @@ class Trigger:
         run_id: field path or function giving the run id (a business key: the same key twice is one run);
             default ``<topic>-<partition>-<offset>``, so a redelivered record is the same run.
         filter: only records for which it returns true start a run.
-        input: turns the event value into the workflow input (default: the value itself).
+        input: turns the event value into the workflow input (default: the value itself). A workflow with
+            an `Admission` takes its key and priority from this input, as for a start by the client.
+
+    A record this trigger cannot use (a value that does not decode, a tombstone, a missing field, a key
+    that is not a non-empty string, integer or UUID, a priority that is not a number, a function that
+    raises, an engine record over the topics' size limit) is dead-lettered with the reason and its topic,
+    partition and offset; the processor commits past it and goes on.
     """
 
     topic: str
@@ -92,7 +150,7 @@ class EventSource:
 
     Routing goes through the engine's keyed topic, so a run waiting on any partition or processor gets
     them. Events are kept for ``retention`` so that a wait with a ``lookback`` still sees one that came
-    before it began.
+    before it began. Records it cannot use are dead-lettered, as for a `Trigger`.
     """
 
     name: str

@@ -1,16 +1,21 @@
 """Admission in the keyed stage: idempotency windows, concurrency, rate limits, debounce, priority.
 
 One JSON document per (workflow, admission key) in the keyed store (``a/<workflow>\\x1f<key>``): the runs
-holding a slot, the starts waiting (admitted highest effective priority first, FIFO among equals), recent
-admission times for the rate limit, and a pending debounced start. Idempotency keys live under
-``i/<workflow>\\x1f<idempotency key>`` until their window ends. Admitted starts become ``StartRun``
-requests on the inbox, carrying the admission routing key so the run frees its slot when it ends.
+holding a slot, recent admission times for the rate limit, and a pending debounced start (its input apart,
+under ``D/...``). Each waiting start has its own two records, ``w/<workflow>\\x1f<key>\\x00<seq BE>``
+(JSON: run id, priority, arrival) and ``W/...`` (its input, raw), admitted highest effective priority
+first, FIFO among equals. Inputs are kept apart because every store write is a keyed-changelog record: a
+document holding every waiting input grew past the records Kafka accepts after a few large starts, and
+then every transaction aborted. Idempotency keys live under ``i/<workflow>\\x1f<idempotency key>`` until
+their window ends. Admitted starts become ``StartRun`` requests on the inbox, carrying the admission
+routing key so the run frees its slot when it ends.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +42,19 @@ class AdmissionEffects:
     keyed: list[tuple[str, Event]] = field(default_factory=list)
     outcomes: list[RunOutcome] = field(default_factory=list)
     commands: list[tuple[str, str, bytes]] = field(default_factory=list)  # (queue, run id, StepCommand)
+    rejected: str = ""  # the request makes no sense: dead-lettered with this reason
+
+
+_SEQ = struct.Struct(">Q")
+
+
+@dataclass(eq=False)  # compared by identity: two waiting starts are never the same one
+class _Waiting:
+    """A start waiting for its slot: stored (``key`` set; input read when admitted) or just arrived."""
+
+    meta: dict[str, Any]  # _request_json without the input, plus "seq"
+    key: bytes | None = None
+    input: bytes | None = None
 
 
 STEP_PREFIX = "step:"
@@ -59,6 +77,14 @@ class AdmissionStage:
         self, store: PartitionStore, event: Event, body: ev.AdmitRequest, now_ms: int
     ) -> AdmissionEffects:
         fx = AdmissionEffects()
+        if body.workflow.startswith(STEP_PREFIX) and body.requested_by not in self.app.queues:
+            # Its command would go to the task topic of that queue: a name that is not a topic's stops the
+            # processor, a topic that does not exist aborts every transaction.
+            fx.rejected = (
+                f"step attempt {body.run_id!r} names task queue {body.requested_by!r}, which no step of "
+                f"app {self.app.name!r} uses (queues: {', '.join(sorted(self.app.queues))})"
+            )
+            return fx
         definition = self.app.workflows.get(body.workflow)
         if body.idempotency_key:
             key = b"i/" + f"{body.workflow}\x1f{body.idempotency_key}".encode()
@@ -102,6 +128,8 @@ class AdmissionStage:
             if pending:
                 store.delete(timer_key(pending["due_ms"], doc_key.hex(), "debounce"))
             doc["debounce"] = {**_request_json(body, now_ms), "first_ms": first, "due_ms": due}
+            del doc["debounce"]["input"]  # kept as is under its own key: base64 in JSON is a third larger
+            store.put(_debounced_key(doc_key), body.input)
             store.put(timer_key(due, doc_key.hex(), "debounce"), b"")
             self._save(store, doc_key, doc)
             return fx
@@ -134,6 +162,10 @@ class AdmissionStage:
         if tag == "debounce" and doc.get("debounce"):
             pending = doc.pop("debounce")
             if pending["due_ms"] <= now_ms:
+                if "input" not in pending:  # documents written before kept it inline
+                    data = store.get(_debounced_key(key)) or b""
+                    store.delete(_debounced_key(key))
+                    pending["input"] = base64.b64encode(data).decode()
                 request = _request_from_json(pending)
                 self._enqueue(store, key, doc, admission, request, now_ms, fx)
                 return fx
@@ -168,8 +200,13 @@ class AdmissionStage:
             self._save(store, doc_key, doc)
             return
         doc["seq"] += 1
-        doc["waiting"].append({**_request_json(body, now_ms), "seq": doc["seq"]})
-        self._pump(store, doc_key, doc, admission, now_ms, fx)
+        meta = {**_request_json(body, now_ms), "seq": doc["seq"]}
+        del meta["input"]
+        arrived = _Waiting(meta, input=body.input)
+        waiting = [*self._waiting(store, doc_key), arrived]
+        self._pump(store, doc_key, doc, admission, now_ms, fx, waiting)
+        if any(w is arrived for w in waiting):  # not admitted at once: it waits in the store
+            self._put_waiting(store, doc_key, arrived)
         self._save(store, doc_key, doc)
 
     def _pump(
@@ -180,11 +217,15 @@ class AdmissionStage:
         admission: Admission,
         now_ms: int,
         fx: AdmissionEffects,
+        waiting: list[_Waiting] | None = None,
     ) -> None:
+        """Admit waiting starts while the limits allow; admitted ones are removed from ``waiting``."""
         per = to_millis(admission.per)
         aging = max(1, to_millis(admission.aging))
         doc["admitted"] = [t for t in doc["admitted"] if t > now_ms - per]
-        while doc["waiting"]:
+        if waiting is None:
+            waiting = self._waiting(store, doc_key)
+        while waiting:
             if admission.concurrency is not None and len(doc["running"]) >= admission.concurrency:
                 return
             if admission.rate is not None and len(doc["admitted"]) >= admission.rate:
@@ -192,13 +233,33 @@ class AdmissionStage:
                 store.put(timer_key(due, doc_key.hex(), "pump"), b"")
                 return
             best = max(
-                doc["waiting"],
-                key=lambda w: (w["priority"] + (now_ms - w["requested_ms"]) / aging, -w["seq"]),
+                waiting,
+                key=lambda w: (
+                    w.meta["priority"] + (now_ms - w.meta["requested_ms"]) / aging,
+                    -w.meta["seq"],
+                ),
             )
-            doc["waiting"].remove(best)
-            doc["running"].append(best["run_id"])
+            waiting.remove(best)
+            data = best.input
+            if best.key is not None:
+                data = store.get(_input_key(best.key))
+                store.delete(best.key)
+                store.delete(_input_key(best.key))
+            request = _request_from_json({**best.meta, "input": base64.b64encode(data or b"").decode()})
+            doc["running"].append(request.run_id)
             doc["admitted"].append(now_ms)
-            self._admit(_request_from_json(best), admit_routing(best["workflow"], best["key"]), now_ms, fx)
+            self._admit(request, admit_routing(request.workflow, request.key), now_ms, fx)
+
+    @staticmethod
+    def _waiting(store: PartitionStore, doc_key: bytes) -> list[_Waiting]:
+        """The starts waiting under ``doc_key`` (their inputs stay in the store until admitted)."""
+        return [_Waiting(json.loads(v), key=k) for k, v in store.scan_merged(_waiting_prefix(doc_key))]
+
+    @staticmethod
+    def _put_waiting(store: PartitionStore, doc_key: bytes, waiting: _Waiting) -> None:
+        key = _waiting_prefix(doc_key) + _SEQ.pack(waiting.meta["seq"])
+        store.put(key, json.dumps(waiting.meta, sort_keys=True).encode())
+        store.put(_input_key(key), waiting.input or b"")
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _admit(self, body: ev.AdmitRequest, routing: str, now_ms: int, fx: AdmissionEffects) -> None:
@@ -218,17 +279,34 @@ class AdmissionStage:
     def _doc_key(workflow: str, key: str) -> bytes:
         return b"a/" + f"{workflow}\x1f{key}".encode()
 
-    @staticmethod
-    def _load(store: PartitionStore, key: bytes) -> dict[str, Any]:
+    @classmethod
+    def _load(cls, store: PartitionStore, key: bytes) -> dict[str, Any]:
         raw = store.get(key)
-        if raw:
-            doc: dict[str, Any] = json.loads(raw)
-            return doc
-        return {"running": [], "waiting": [], "admitted": [], "seq": 0}
+        if not raw:
+            return {"running": [], "admitted": [], "seq": 0}
+        doc: dict[str, Any] = json.loads(raw)
+        # Documents written before waiting starts had records of their own keep them inline: move them
+        # out (every caller saves the document afterwards).
+        for entry in doc.pop("waiting", []):
+            data = base64.b64decode(entry.pop("input"))
+            cls._put_waiting(store, key, _Waiting(entry, input=data))
+        return doc
 
     @staticmethod
     def _save(store: PartitionStore, key: bytes, doc: dict[str, Any]) -> None:
         store.put(key, json.dumps(doc, sort_keys=True).encode())
+
+
+def _waiting_prefix(doc_key: bytes) -> bytes:
+    return b"w/" + doc_key[2:] + b"\x00"
+
+
+def _input_key(waiting_key: bytes) -> bytes:
+    return b"W" + waiting_key[1:]
+
+
+def _debounced_key(doc_key: bytes) -> bytes:
+    return b"D" + doc_key[1:]
 
 
 def _request_json(body: ev.AdmitRequest, now_ms: int) -> dict[str, Any]:

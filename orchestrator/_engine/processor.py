@@ -29,7 +29,7 @@ from confluent_kafka import (
 )
 
 from orchestrator import topology
-from orchestrator._engine import kafka
+from orchestrator._engine import kafka, limits
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import (
     Event,
@@ -44,7 +44,7 @@ from orchestrator._engine.faults import FaultLog, Retrier, Stopping, error_of, i
 from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.partitioning import partition_for
-from orchestrator._engine.record_size import OVERHEAD_BYTES, first_oversize, record_limit
+from orchestrator._engine.record_size import first_oversize, record_limit
 from orchestrator._engine.records import (
     DeadLetter,
     RunOutcome,
@@ -54,7 +54,7 @@ from orchestrator._engine.records import (
 )
 from orchestrator._engine.restore import restore
 from orchestrator._engine.router import Router, RouterEffects
-from orchestrator._engine.sources import SourceError, translate
+from orchestrator._engine.sources import SourceError, Translation, translate_each
 from orchestrator._engine.state import FAILED, PARKED, RunState, decode_state, encode_state
 from orchestrator._engine.state_cache import StateCache
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
@@ -750,6 +750,8 @@ class Processor:
         return parked
 
     def _handle_keyed(self, msg: Message, now_ms: int) -> None:
+        """A record of the keyed stage; dead-lettered (its offset committed all the same) when it is not one
+        of ours, not a request the stage takes, or the stage fails on it, so it never stops the loop."""
         store = self.keyed_stores[msg.partition() or 0]
         store.savepoint()  # a record that raises midway leaves none of its writes behind
         try:
@@ -757,38 +759,54 @@ class Processor:
             fx = self.router.handle(store, event, now_ms)
         except SchemaError as exc:
             store.rollback()
-            self._dead_letter(msg, "SchemaError", str(exc), now_ms)
-            return
+            error_type, reason = "SchemaError", str(exc)
         except Exception as exc:
             store.rollback()
             log.exception("internal error in the keyed stage")
-            self._dead_letter(msg, f"InternalError.{type(exc).__name__}", str(exc), now_ms)
-            return
-        records = self._routed_records(fx)
-        written = [
-            (self.keyed_changelog, store.get(k), k, store.partition) for k in store.written_since_savepoint()
-        ]
-        too_big = first_oversize([*written, *records], self._record_limit)
-        if too_big:
-            store.rollback()
-            self._dead_letter(msg, "RecordTooLarge", too_big, now_ms)
-            return
-        store.release()
-        if fx.ignored:
-            log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
-        self._produce_records(records)
+            error_type, reason = f"InternalError.{type(exc).__name__}", str(exc)
+        else:
+            records = self._routed_records(fx)
+            written = [
+                (self.keyed_changelog, store.get(k), k, store.partition)
+                for k in store.written_since_savepoint()
+            ]
+            too_big = first_oversize([*written, *records], self._record_limit)
+            if too_big:
+                store.rollback()
+                error_type, reason = "RecordTooLarge", too_big
+            else:
+                store.release()
+                if fx.ignored:
+                    log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
+                self._produce_records(records)
+                if not fx.rejected:
+                    return
+                error_type, reason = "Rejected", fx.rejected
+        self._dead_letter(msg, error_type, reason, now_ms)
 
     def _handle_source(self, msg: Message, now_ms: int) -> None:
+        """A record of a user's topic: the requests its triggers and sources make; dead-lettered (its offset
+        committed all the same) when one of them cannot use it, so a poison record never stops the loop."""
+        overrides = self.config.producer_overrides
+        # Requests travel on through the keyed stage, the inbox and the history: none may refuse them.
+        engine_topics = (self.inbox, self.keyed, self.history, self.changelog, self.keyed_changelog)
+        # Outside the guard: a broker that cannot say is not the record's fault.
+        limit = limits.record_limit(self.bootstrap, engine_topics, overrides)
         try:
-            routed = translate(self.app, msg, now_ms)
-        except SourceError as exc:
-            self._dead_letter(msg, "SourceError", str(exc), now_ms)
-            return
-        for r in routed:
+            result = translate_each(self.app, msg, now_ms, limit)
+        except Exception as exc:  # translate guards all user code: this is an engine bug; keep the record
+            log.exception("internal error translating %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
+            result = Translation(errors=[SourceError(f"internal error: {type(exc).__name__}: {exc}")])
+            error_type = f"InternalError.{type(exc).__name__}"
+        else:
+            error_type = "SourceError"
+        for r in result.routed:
             if r.routing is None:
                 self._to_inbox(r.event)
             else:
                 self._to_keyed(r.routing, r.event)
+        if result.errors:
+            self._dead_letter(msg, error_type, result.reason, now_ms)
 
     def _fire_timer(self, p: int, key: bytes, run_id: str, tag: str, now_ms: int) -> None:
         store = self.stores[p]
@@ -1004,11 +1022,12 @@ class Processor:
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), error_type, reason
         )
+        # A letter too large for the DLQ would fail the transaction like the record itself: it then keeps the
+        # record's coordinates, not its bytes.
+        # One limit for every output (the smallest): a letter is copied whole only where any record would fit.
+        dlq_limit = limits.RecordLimit(self._record_limit, "the processor's record limit")
+        msg, error_type, reason = limits.dead_letter_copy(msg, error_type, reason, dlq_limit)
         value = msg.value()
-        if len(value or b"") + len(reason) + OVERHEAD_BYTES > self._record_limit:
-            # The letter would be refused like the record itself: keep its coordinates, not its bytes.
-            reason += f" (its value, {len(value or b'')} bytes, is left out: too large for the dead letters)"
-            value = None
         letter = DeadLetter(
             source_topic=msg.topic() or "",
             source_partition=msg.partition() or 0,

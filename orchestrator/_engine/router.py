@@ -31,6 +31,7 @@ from orchestrator._engine.records import RunOutcome
 from orchestrator._engine.store import PartitionStore, timer_key
 from orchestrator.app import App
 from orchestrator.durations import to_millis
+from orchestrator.triggers import Schedule
 
 _MS = struct.Struct(">Q")
 _SUB = struct.Struct(">QQ")
@@ -45,11 +46,14 @@ class RouterEffects:
     keyed: list[tuple[str, Event]] = field(default_factory=list)
     outcomes: list[RunOutcome] = field(default_factory=list)
     commands: list[tuple[str, str, bytes]] = field(default_factory=list)  # (queue, run id, StepCommand)
-    ignored: str = ""
+    ignored: str = ""  # nothing to do, and nothing wrong (a duplicate, an unchanged schedule)
+    rejected: str = ""  # the record makes no sense here: the processor dead-letters it with this reason
 
     @classmethod
     def of(cls, fx: AdmissionEffects) -> RouterEffects:
-        return cls(inbox=fx.inbox, keyed=fx.keyed, outcomes=fx.outcomes, commands=fx.commands)
+        return cls(
+            inbox=fx.inbox, keyed=fx.keyed, outcomes=fx.outcomes, commands=fx.commands, rejected=fx.rejected
+        )
 
 
 def _sub_prefix(rk: str) -> bytes:
@@ -84,7 +88,10 @@ class Router:
             return RouterEffects.of(self.admission.on_request(store, event, body, now_ms))
         if isinstance(body, ev.Release):
             return RouterEffects.of(self.admission.on_release(store, body, now_ms))
-        return RouterEffects(ignored=f"{event.kind} does not belong on the keyed topic")
+        return RouterEffects(
+            rejected=f"{event.kind} does not belong on the keyed topic (it takes domain events, waits, "
+            "schedules and admission requests); the producer of this record writes to the wrong topic"
+        )
 
     def _on_domain_event(
         self, store: PartitionStore, event: Event, body: ev.DomainEvent, now_ms: int
@@ -126,6 +133,13 @@ class Router:
     def _on_schedule_register(
         self, store: PartitionStore, body: ev.ScheduleRegister, now_ms: int
     ) -> RouterEffects:
+        try:  # checked before anything changes: a bad registration must not stop the current schedule
+            Schedule(body.workflow, body.cron, body.timezone, body.missed)
+            next_ms = _next_tick(body.cron, body.timezone, now_ms)
+        except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            return RouterEffects(
+                rejected=f"schedule of {body.workflow!r} refused, the current one is kept: {exc}"
+            )
         key = b"c/" + body.workflow.encode()
         raw = store.get(key)
         current = json.loads(raw) if raw else None
@@ -134,7 +148,6 @@ class Router:
             return RouterEffects(ignored="schedule unchanged")
         if current is not None:
             store.delete(timer_key(current["next_ms"], body.workflow, "tick"))
-        next_ms = _next_tick(body.cron, body.timezone, now_ms)
         state = {
             **wanted,
             "workflow": body.workflow,
