@@ -340,6 +340,8 @@ class Decider:
         return fx
 
     def _on_run_timeout(self, state: st.RunState, now_ms: int) -> Effects:
+        if state.status != st.RUNNING:  # compensating: the deadline already fired and started it
+            return Effects(ignored=f"run deadline of a {state.status} run")
         if not state.deadline_ms or now_ms < state.deadline_ms:
             return Effects(ignored="run deadline moved")
         fx = Effects()
@@ -857,6 +859,6 @@ def timers_of(state: st.RunState) -> set[tuple[int, str]]:
             timers.add((s.deadline_ms, f"timer:{s.position}"))
         elif s.status == st.STEP_WAITING and s.kind == st.KIND_WAIT and s.deadline_ms:
             timers.add((s.deadline_ms, f"wait:{s.position}"))
-    if state.deadline_ms:
+    if state.deadline_ms and state.status == st.RUNNING:  # compensations run to the end, past the deadline
         timers.add((state.deadline_ms, "run"))
     return timers
