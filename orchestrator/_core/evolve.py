@@ -87,7 +87,7 @@ def _apply_step_scheduled(state: st.RunState, b: ev.StepScheduled, ts: int) -> N
                 retry=b.retry,
                 timeout_ms=b.timeout_ms,
                 schedule_to_start_ms=b.schedule_to_start_ms,
-                kind=st.StepKind(b.kind),
+                kind=st.STEP_KINDS.get(b.kind) or st.StepKind(b.kind),
                 compensate=b.compensate,
             )
         )

@@ -44,6 +44,12 @@ class StepKind(StrEnum):
     CHILD = "child"  # a child run; ``event_key`` holds its run id
 
 
+# Enum members by value: a dict lookup is ~30x cheaper than calling the enum, and decoding a state or
+# applying a StepScheduled does it per step.
+RUN_STATUSES: dict[str, RunStatus] = {m.value: m for m in RunStatus}
+STEP_STATUSES: dict[str, StepStatus] = {m.value: m for m in StepStatus}
+STEP_KINDS: dict[str, StepKind] = {m.value: m for m in StepKind}
+
 RUNNING = RunStatus.RUNNING
 COMPENSATING = RunStatus.COMPENSATING
 CANCELLED = RunStatus.CANCELLED
