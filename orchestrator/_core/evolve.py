@@ -267,7 +267,28 @@ def _apply_run_parked(state: st.RunState, b: ev.RunParked, ts: int) -> None:
 
 
 def _apply_run_resumed(state: st.RunState, b: ev.RunResumed, ts: int) -> None:
-    st.resume(state, b.from_position)
+    resume(state, b.from_position)
+
+
+def resume(state: st.RunState, from_position: int) -> None:
+    """Reopen a parked or failed run; with ``from_position``, forget everything from that step on.
+
+    Completed steps before ``from_position`` keep their recorded results and never run again.
+    """
+    if from_position < 0 and state.ending:  # parked while compensating: compensation goes on
+        state.status = st.COMPENSATING
+        return
+    state.status = st.RUNNING
+    state.error_type = state.error_message = ""
+    state.result = None
+    state.ending = ""
+    if from_position < 0:
+        return
+    del state.steps[from_position + 1 :]
+    state.resolutions = [r for r in state.resolutions if r.position < from_position]
+    step = state.steps[from_position]
+    step.error_type = step.error_message = ""
+    step.result = None
 
 
 STOPPING: frozenset[type[Any]] = frozenset(

@@ -159,11 +159,6 @@ class RunState:
             return self.steps[position]
         return None
 
-    def take_seq(self) -> int:
-        seq = self.next_seq
-        self.next_seq += 1
-        return seq
-
 
 def signal_matches(wait_name: str, wait_key: str, name: str, key: str) -> bool:
     """The one rule for which event a wait receives: same name, and same key unless the wait has none."""
@@ -188,24 +183,3 @@ def waiting_step(state: RunState, name: str, key: str) -> StepRecord | None:
         ):
             return s
     return None
-
-
-def resume(state: RunState, from_position: int) -> None:
-    """Reopen a parked or failed run; with ``from_position``, forget everything from that step on.
-
-    Completed steps before ``from_position`` keep their recorded results and never run again.
-    """
-    if from_position < 0 and state.ending:  # parked while compensating: compensation goes on
-        state.status = COMPENSATING
-        return
-    state.status = RUNNING
-    state.error_type = state.error_message = ""
-    state.result = None
-    state.ending = ""
-    if from_position < 0:
-        return
-    del state.steps[from_position + 1 :]
-    state.resolutions = [r for r in state.resolutions if r.position < from_position]
-    step = state.steps[from_position]
-    step.error_type = step.error_message = ""
-    step.result = None

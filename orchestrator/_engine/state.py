@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator._core.evolve import resume
 from orchestrator._core.state import (  # re-exported: the old import path stays valid
     CANCELLED,
     COMPENSATING,
@@ -43,7 +44,6 @@ from orchestrator._core.state import (  # re-exported: the old import path stays
     StepRecord,
     StepStatus,
     buffered_signal,
-    resume,
     signal_matches,
     waiting_step,
 )
