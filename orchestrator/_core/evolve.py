@@ -143,7 +143,11 @@ def _attempt_failed(state: st.RunState, step: st.StepRecord, error_type: str, me
 
 def _apply_retry_scheduled(state: st.RunState, b: ev.RetryScheduled, ts: int) -> None:
     step = _step(state, b.position)
-    if state.resolutions and state.resolutions[-1].position == b.position:
+    if step.kind != st.KIND_COMPENSATION:  # the failed attempt's resolution, just recorded, is taken back
+        if not state.resolutions or state.resolutions[-1].position != b.position:
+            raise FoldError(
+                f"RetryScheduled for position {b.position} does not follow that step's failed attempt"
+            )
         state.resolutions.pop()
     step.status, step.due_ms, step.error_type, step.error_message = st.STEP_BACKOFF, b.due_ms, "", ""
 

@@ -26,19 +26,21 @@ from orchestrator._engine.events import (
     CancelRun,
     Event,
     EventReceived,
+    RetryScheduled,
     RunParked,
     RunStarted,
     Signal,
     StartRun,
     StepCompleted,
     StepFailed,
+    StepScheduled,
     StepStarted,
     WaitStarted,
     decode_event,
     encode_event,
     event_record,
 )
-from orchestrator._engine.fold import fold
+from orchestrator._engine.fold import FoldError, fold
 from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.records import encode_command
 from orchestrator._engine.state import decode_state, encode_state
@@ -428,3 +430,16 @@ def test_statuses_and_kinds_are_enums_after_decoding(runs: list[Driver]) -> None
     loaded = decode_state(encode_state(d.state))
     assert type(loaded.status) is st.RunStatus and loaded.status == "running"
     assert type(loaded.steps[0].status) is st.StepStatus and type(loaded.steps[0].kind) is st.StepKind
+
+
+def test_a_retry_that_follows_no_failure_is_refused() -> None:
+    def at(seq: int, body: Body) -> Event:
+        return Event(f"x/{seq}", "x", "w", seq, body, seq)
+
+    events = [
+        at(0, RunStarted(b"null")),
+        at(1, StepScheduled(0, "s", "q", 1, b"[]", "x/0/s")),
+        at(2, RetryScheduled(0, 2, 100)),
+    ]
+    with pytest.raises(FoldError, match="does not follow"):
+        fold(events)
