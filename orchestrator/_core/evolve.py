@@ -10,7 +10,8 @@ coincidences (one exception, documented at ``_apply_event_received``: histories 
 event-v3 did not record which buffered signal a wait consumed).
 
 ``evolve`` mutates and returns the state it is given (copying a run's state per event would cost more than
-deciding); a caller that needs the old state keeps a copy.
+deciding); a caller that needs the old state keeps a copy. Each ``_apply_`` checks the event against the
+state before changing anything, so a FoldError leaves the state as it was.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ def _step(state: st.RunState, position: int) -> st.StepRecord:
     if step is None:
         raise FoldError(f"event for position {position}, which the history never scheduled")
     return step
+
+
+def _next_position(state: st.RunState, position: int) -> None:
+    """A new command takes the next position of the run's command sequence, or the history is broken."""
+    if position != len(state.steps):
+        raise FoldError(f"new command at position {position}, but the run has {len(state.steps)} commands")
 
 
 def _apply_step_scheduled(state: st.RunState, b: ev.StepScheduled, ts: int) -> None:
@@ -153,6 +160,7 @@ def _apply_retry_scheduled(state: st.RunState, b: ev.RetryScheduled, ts: int) ->
 
 
 def _apply_timer_started(state: st.RunState, b: ev.TimerStarted, ts: int) -> None:
+    _next_position(state, b.position)
     state.steps.append(
         st.StepRecord(
             b.position, "sleep", "", st.STEP_WAITING, 1, b"", ts, kind=st.KIND_TIMER, deadline_ms=b.due_ms
@@ -166,6 +174,7 @@ def _apply_timer_fired(state: st.RunState, b: ev.TimerFired, ts: int) -> None:
 
 
 def _apply_wait_started(state: st.RunState, b: ev.WaitStarted, ts: int) -> None:
+    _next_position(state, b.position)
     state.steps.append(
         st.StepRecord(
             b.position,
@@ -216,6 +225,7 @@ def _apply_wait_timed_out(state: st.RunState, b: ev.WaitTimedOut, ts: int) -> No
 
 
 def _apply_child_started(state: st.RunState, b: ev.ChildStarted, ts: int) -> None:
+    _next_position(state, b.position)
     step = st.StepRecord(b.position, b.workflow, "", st.STEP_SCHEDULED, 1, b.input, ts, kind=st.KIND_CHILD)
     step.event_key = b.child_run_id
     state.steps.append(step)
@@ -225,6 +235,7 @@ def _apply_child_started(state: st.RunState, b: ev.ChildStarted, ts: int) -> Non
 
 
 def _apply_marker(state: st.RunState, b: ev.MarkerRecorded, ts: int) -> None:
+    _next_position(state, b.position)
     state.steps.append(
         st.StepRecord(b.position, b.name, "", st.STEP_COMPLETED, 1, b"", ts, kind=st.KIND_MARKER)
     )

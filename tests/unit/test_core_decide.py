@@ -443,3 +443,12 @@ def test_a_retry_that_follows_no_failure_is_refused() -> None:
     ]
     with pytest.raises(FoldError, match="does not follow"):
         fold(events)
+
+
+def test_a_command_out_of_sequence_is_refused_and_leaves_the_state_alone() -> None:
+    state = fold([Event("x/0", "x", "w", 0, RunStarted(b"null"), 0)])
+    assert state is not None
+    before = decode_state(encode_state(state))
+    with pytest.raises(FoldError, match="position 3"):
+        evolve(state, Event("x/1", "x", "w", 1, WaitStarted(3, "e", "", 0, 0), 1))
+    assert state == before
