@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator._core.formats import admit_routing as admit_routing  # frozen formats live there
+from orchestrator._core.formats import idempotency_routing as idempotency_routing
 from orchestrator._engine import events as ev
 from orchestrator._engine.events import Event
 from orchestrator._engine.records import RunOutcome
@@ -26,14 +28,6 @@ from orchestrator._engine.store import PartitionStore, timer_key
 from orchestrator.app import App
 from orchestrator.durations import to_millis
 from orchestrator.flow import Admission
-
-
-def admit_routing(workflow: str, key: str) -> str:
-    return f"admit\x1f{workflow}\x1f{key}"
-
-
-def idempotency_routing(workflow: str, idempotency_key: str) -> str:
-    return f"idem\x1f{workflow}\x1f{idempotency_key}"
 
 
 @dataclass

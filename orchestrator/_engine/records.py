@@ -4,34 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator._core.effects import RunOutcome, StepCommand
 from orchestrator._engine import wire
 
-
-@dataclass(frozen=True, slots=True)
-class StepCommand:
-    run_id: str
-    workflow: str
-    position: int
-    step: str
-    attempt: int
-    args: bytes
-    idempotency_key: str
-    scheduled_ms: int
-    timeout_ms: int = 0
-    report_start: bool = False
-    cancel: bool = False
-    schedule_to_start_ms: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
-    run_id: str
-    workflow: str
-    status: str
-    timestamp_ms: int
-    result: bytes | None = None
-    error_type: str = ""
-    error_message: str = ""
+__all__ = [
+    "DeadLetter",
+    "RunOutcome",
+    "StepCommand",
+    "decode_command",
+    "decode_dead_letter",
+    "decode_outcome",
+    "encode_command",
+    "encode_dead_letter",
+    "encode_outcome",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,154 +1,106 @@
-"""The folded state of one run, as the processor keeps it in its store and changelog.
+"""The run state's wire encoding (the store and the changelog); the state itself is in the pure core.
 
-Mutable on purpose: the processor changes a run's state in place many times per second, and it is written
-out (encoded) once per batch. Everything the workflow function observed is in here, so that it can be
-re-executed deterministically after eviction or a restart: the steps it issued (with their recorded results)
-and the order in which results reached it (`resolutions`).
+``orchestrator._core.state`` defines the records and their enums; they are re-exported here so that
+``from orchestrator._engine import state as st`` keeps working.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator._core.evolve import resume
+from orchestrator._core.state import (  # re-exported: the old import path stays valid
+    CANCELLED,
+    COMPENSATING,
+    COMPLETED,
+    FAILED,
+    KIND_CHILD,
+    KIND_COMPENSATION,
+    KIND_MARKER,
+    KIND_STEP,
+    KIND_TIMER,
+    KIND_WAIT,
+    PARKED,
+    PENDING,
+    RUN_STATUSES,
+    RUNNING,
+    STEP_BACKOFF,
+    STEP_CANCELLED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_KINDS,
+    STEP_SCHEDULED,
+    STEP_STATUSES,
+    STEP_TIMED_OUT,
+    STEP_WAITING,
+    TERMINAL,
+    WORKER_KINDS,
+    AttemptRecord,
+    BufferedSignal,
+    Resolution,
+    RunState,
+    RunStatus,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    buffered_signal,
+    signal_matches,
+    waiting_step,
+)
 from orchestrator._engine import wire
 
-RUNNING = "running"
-COMPENSATING = "compensating"
-CANCELLED = "cancelled"
-COMPLETED = "completed"
-FAILED = "failed"
-PARKED = "parked"
-TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
-
-STEP_SCHEDULED = "scheduled"
-STEP_BACKOFF = "backoff"
-STEP_COMPLETED = "completed"
-STEP_FAILED = "failed"
-STEP_WAITING = "waiting"  # a timer or an event wait not yet resolved
-STEP_CANCELLED = "cancelled"
-
-KIND_STEP = "step"
-KIND_TIMER = "timer"
-KIND_WAIT = "wait"
-KIND_MARKER = "marker"  # a version marker taken by ctx.patched()
-KIND_COMPENSATION = "compensation"  # engine-issued: undoes a completed step (saga)
-KIND_CHILD = "child"  # a child run; ``event_key`` holds its run id
-
-
-@dataclass(slots=True)
-class AttemptRecord:
-    attempt: int
-    started_ms: int
-    finished_ms: int
-    error_type: str = ""
-    message: str = ""
-    worker: str = ""
-
-
-@dataclass(slots=True)
-class StepRecord:
-    position: int
-    step: str
-    queue: str
-    status: str
-    attempt: int
-    args: bytes
-    scheduled_ms: int
-    result: bytes | None = None
-    error_type: str = ""
-    error_message: str = ""
-    due_ms: int = 0
-    retry: str = ""
-    timeout_ms: int = 0
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    kind: str = KIND_STEP
-    event_name: str = ""
-    event_key: str = ""
-    deadline_ms: int = 0
-    started_ms: int = 0
-    schedule_to_start_ms: int = 0
-    compensate: str = ""
-
-
-@dataclass(slots=True)
-class Resolution:
-    position: int
-    timestamp_ms: int
-
-
-@dataclass(slots=True)
-class BufferedSignal:
-    name: str
-    key: str
-    payload: bytes
-    timestamp_ms: int
-    source: str = ""
-
-
-@dataclass(slots=True)
-class RunState:
-    run_id: str
-    workflow: str
-    status: str
-    input: bytes
-    created_ms: int
-    updated_ms: int
-    workflow_version: str = ""
-    next_seq: int = 0
-    result: bytes | None = None
-    error_type: str = ""
-    error_message: str = ""
-    steps: list[StepRecord] = field(default_factory=list)
-    resolutions: list[Resolution] = field(default_factory=list)
-    deadline_ms: int = 0
-    signals: list[BufferedSignal] = field(default_factory=list)
-    ending: str = ""
-    parent_run_id: str = ""
-    parent_position: int = -1
-    admission_key: str = ""
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    def step_at(self, position: int) -> StepRecord | None:
-        if 0 <= position < len(self.steps):
-            return self.steps[position]
-        return None
-
-    def take_seq(self) -> int:
-        seq = self.next_seq
-        self.next_seq += 1
-        return seq
-
-
-def resume(state: RunState, from_position: int) -> None:
-    """Reopen a parked or failed run; with ``from_position``, forget everything from that step on.
-
-    Shared by the processor (``ResumeRun``) and the history fold (``RunResumed``) so both reach the same
-    state. Completed steps before ``from_position`` keep their recorded results and never run again.
-    """
-    if from_position < 0 and state.ending:  # parked while compensating: compensation goes on
-        state.status = COMPENSATING
-        return
-    state.status = RUNNING
-    state.error_type = state.error_message = ""
-    state.result = None
-    state.ending = ""
-    if from_position < 0:
-        return
-    del state.steps[from_position + 1 :]
-    state.resolutions = [r for r in state.resolutions if r.position < from_position]
-    step = state.steps[from_position]
-    step.error_type = step.error_message = ""
-    step.result = None
-
+__all__ = [
+    "CANCELLED",
+    "COMPENSATING",
+    "COMPLETED",
+    "FAILED",
+    "KIND_CHILD",
+    "KIND_COMPENSATION",
+    "KIND_MARKER",
+    "KIND_STEP",
+    "KIND_TIMER",
+    "KIND_WAIT",
+    "PARKED",
+    "PENDING",
+    "RUNNING",
+    "RUN_STATUSES",
+    "STEP_BACKOFF",
+    "STEP_CANCELLED",
+    "STEP_COMPLETED",
+    "STEP_FAILED",
+    "STEP_KINDS",
+    "STEP_SCHEDULED",
+    "STEP_STATUSES",
+    "STEP_TIMED_OUT",
+    "STEP_WAITING",
+    "TERMINAL",
+    "WORKER_KINDS",
+    "AttemptRecord",
+    "BufferedSignal",
+    "Resolution",
+    "RunState",
+    "RunStatus",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
+    "buffered_signal",
+    "decode_state",
+    "encode_state",
+    "resume",
+    "signal_matches",
+    "state_record",
+    "step_bytes_used",
+    "waiting_step",
+]
 
 # Encoded steps by their full contents. A step that has not changed since the run's last write (every
-# finished step) is found here and spliced in as bytes; bounded by clearing, since misses only cost time.
+# finished step) is found here and spliced in as bytes. Bounded by memory, not by count: a step holds its
+# arguments and result, so 50,000 steps of 100 kB payloads would be gigabytes. Each entry costs about twice
+# its encoded size (the key tuple holds the same payloads); cleared when the total passes the budget,
+# since misses only cost time.
 _STEP_BYTES: dict[tuple[Any, ...], bytes] = {}
-_STEP_BYTES_LIMIT = 50_000
+_STEP_BYTES_BUDGET = 32 * 1024 * 1024
+_step_bytes_used = 0
 _STEP_FIELDS = (
     "position",
     "step",
@@ -263,11 +215,26 @@ def encode_state(state: RunState) -> bytes:
         data = _STEP_BYTES.get(contents)
         if data is None:
             data = writer.item_bytes(_step_record(contents))
-            if len(_STEP_BYTES) >= _STEP_BYTES_LIMIT:
-                _STEP_BYTES.clear()
-            _STEP_BYTES[contents] = data
+            _remember(contents, data)
         items.append(data)
     return writer.write(_head_record(state), items, _tail_record(state))
+
+
+def _remember(contents: tuple[Any, ...], data: bytes) -> None:
+    global _step_bytes_used
+    cost = 2 * len(data)
+    if cost > _STEP_BYTES_BUDGET // 8:  # a huge step would evict everything else: encode it each time
+        return
+    if _step_bytes_used + cost > _STEP_BYTES_BUDGET:
+        _STEP_BYTES.clear()
+        _step_bytes_used = 0
+    _STEP_BYTES[contents] = data
+    _step_bytes_used += cost
+
+
+def step_bytes_used() -> int:
+    """Approximate memory held by the encoded-step cache (for tests and metrics)."""
+    return _step_bytes_used
 
 
 def decode_state(data: bytes | None) -> RunState:
@@ -277,7 +244,7 @@ def decode_state(data: bytes | None) -> RunState:
             position=s["position"],
             step=s["step"],
             queue=s["queue"],
-            status=s["status"],
+            status=STEP_STATUSES.get(s["status"]) or StepStatus(s["status"]),
             attempt=s["attempt"],
             args=s["args"],
             scheduled_ms=s["scheduled_ms"],
@@ -287,7 +254,7 @@ def decode_state(data: bytes | None) -> RunState:
             due_ms=s["due_ms"],
             retry=s["retry"],
             timeout_ms=s["timeout_ms"],
-            kind=s["kind"],
+            kind=STEP_KINDS.get(s["kind"]) or StepKind(s["kind"]),
             event_name=s["event_name"],
             event_key=s["event_key"],
             deadline_ms=s["deadline_ms"],
@@ -301,7 +268,7 @@ def decode_state(data: bytes | None) -> RunState:
     return RunState(
         run_id=rec["run_id"],
         workflow=rec["workflow"],
-        status=rec["status"],
+        status=RUN_STATUSES.get(rec["status"]) or RunStatus(rec["status"]),
         input=rec["input"],
         created_ms=rec["created_ms"],
         updated_ms=rec["updated_ms"],

@@ -14,7 +14,7 @@ And per drive: (b) driving a new machine with the same inputs emits the same eff
 outcomes, keyed, inbox, ignored, dead letters), whether it restarts where the live one did or re-executes
 the workflow before every input; and every timer the final state arms does something when it fires.
 
-Every discrepancy found is kept below as a minimal explicit regression test, strict-xfail until fixed.
+Every discrepancy found is kept below as a minimal explicit regression test.
 """
 
 from __future__ import annotations
@@ -244,9 +244,8 @@ RESULT_KINDS = (st.KIND_STEP, st.KIND_COMPENSATION, st.KIND_CHILD)
 class Scenario:
     """Turns abstract actions into concrete inputs against the live state, checking after each one."""
 
-    def __init__(self, program: list[Any], timed: bool, avoid_known_bugs: bool, old: bool = False) -> None:
+    def __init__(self, program: list[Any], timed: bool, old: bool = False) -> None:
         self.driver = Driver(unpatched if old else app, "interp_timed" if timed else "interp")
-        self.avoid_known_bugs = avoid_known_bugs
         self.program = program
         self.now = 1_000
         self.tags_seen: set[tuple[int, str]] = set()
@@ -270,8 +269,6 @@ class Scenario:
         d, state = self.driver, self.driver.state
         assert state is not None
         op, dt, pick, delta, flag, n = action
-        if self.avoid_known_bugs and _known_bug(op, state):
-            return
         self.now += dt
         if op in ("complete", "fail", "started"):
             pool = [s for s in state.steps if s.kind in RESULT_KINDS and s.status == st.STEP_SCHEDULED]
@@ -295,8 +292,6 @@ class Scenario:
             if not tags:
                 return
             due, tag = tags[pick % len(tags)]
-            if self.avoid_known_bugs and tag == "run" and state.status == st.COMPENSATING:
-                return  # KNOWN_BUGS[0]
             self.now = max(self.now, due)
             d.fire(tag, self.now)
         elif op == "signal":
@@ -319,21 +314,14 @@ class Scenario:
         self.check()
 
 
-def _known_bug(op: str, state: st.RunState) -> bool:
-    """Inputs that reach a bug pinned by a strict xfail below (``KNOWN_BUGS``); the guarding run skips."""
-    parked_compensating = state.status == st.PARKED and bool(state.ending)
-    return op in ("cancel", "signal") and parked_compensating  # KNOWN_BUGS[1], KNOWN_BUGS[2]
-
-
 def run_scenario(
     program: list[Any],
     timed: bool,
     script: list[tuple[str, int, int, int, bool, int]],
-    avoid_known_bugs: bool = False,
     old: bool = False,
 ) -> Driver:
     """Drive one generated scenario (on the code from before ``ctx.patched`` changes if ``old``)."""
-    scenario = Scenario(program, timed, avoid_known_bugs, old)
+    scenario = Scenario(program, timed, old)
     try:
         scenario.begin()
         for action in script:
@@ -400,45 +388,22 @@ SAGA = ["seq", [["step", "work", 1, True, False], ["step", "once", 2, False, Fal
 """A compensated step, then a step whose failure makes the run compensate the first."""
 
 
-KNOWN_BUGS = (
-    "a run timeout that fires while the run compensates ends it with RunFailed but leaves state.ending set "
-    "(the fold clears it); the run timer also stays armed and cancels the compensation in flight",
-    "cancelling a run parked while compensating ends it with RunCancelled but leaves state.ending set",
-    "a signal sent to a run parked while compensating is buffered, and stays in state.signals after the "
-    "resumed compensation ends the run (the fold clears signals at the end)",
-)
-
 scripts = hs.lists(actions, min_size=8, max_size=50)
 
 
 @PROFILE
 @given(program=programs, timed=hs.booleans(), script=scripts, old=hs.sampled_from((False, False, True)))
-def test_fold_of_the_history_is_the_live_state(
-    program: list[Any], timed: bool, script: list[tuple[str, int, int, int, bool, int]], old: bool
-) -> None:
-    """(a), (b), (c) on every generated scenario except the inputs that reach ``KNOWN_BUGS``.
-
-    This is the guard while those are open: it holds on the current code, so any new discrepancy fails it.
-    """
-    driver = run_scenario(program, timed, script, avoid_known_bugs=True, old=old)
-    try:
-        assert_same_effects(driver)
-        assert_armed_timers_do_something(driver)
-    finally:
-        driver.close()
-
-
-@pytest.mark.xfail(strict=True, reason="; ".join(KNOWN_BUGS))
-@PROFILE
-@given(program=programs, timed=hs.booleans(), script=scripts)
-# One explicit example per known bug, so that this fails until every one is fixed, whatever the generator
-# happens to reach within its budget. Each: SAGA's first step completes, its second fails for good.
-@example(  # KNOWN_BUGS[0]: the run deadline passes while undo(0) runs
+# One explicit example per divergence the generator found in the first engine (fixed by the event-sourced
+# core, ADR 0009), so each stays covered whatever the generator reaches within its budget. Each: SAGA's
+# first step completes, its second fails for good.
+@example(  # the run deadline passes while undo(0) runs
+    old=False,
     program=SAGA,
     timed=True,
     script=[("complete", 0, 0, 0, True, 0), ("fail", 0, 0, 0, False, 0), ("fire", 28_000, 0, 0, True, 0)],
 )
-@example(  # KNOWN_BUGS[1]: undo(0) fails (one attempt allowed), the run parks, then is cancelled
+@example(  # undo(0) fails (one attempt allowed), the run parks, then is cancelled
+    old=False,
     program=SAGA,
     timed=False,
     script=[
@@ -448,7 +413,8 @@ def test_fold_of_the_history_is_the_live_state(
         ("cancel", 0, 0, 0, True, 0),
     ],
 )
-@example(  # KNOWN_BUGS[2]: parked as above, a signal comes, the resumed undo(0) completes
+@example(  # parked as above, a signal comes, the resumed undo(0) completes
+    old=False,
     program=SAGA,
     timed=False,
     script=[
@@ -460,12 +426,12 @@ def test_fold_of_the_history_is_the_live_state(
         ("complete", 0, 0, 0, True, 0),
     ],
 )
-def test_fold_of_the_history_is_the_live_state_for_every_input(
-    program: list[Any], timed: bool, script: list[tuple[str, int, int, int, bool, int]]
+def test_fold_of_the_history_is_the_live_state(
+    program: list[Any], timed: bool, script: list[tuple[str, int, int, int, bool, int]], old: bool
 ) -> None:
-    """The same with nothing skipped: passes once ``KNOWN_BUGS`` are fixed (then drop the xfail and the
-    ``avoid_known_bugs`` switch)."""
-    driver = run_scenario(program, timed, script)
+    """(a), (b), (c) on every generated scenario: the fold of the history is the live state after every
+    input, the same inputs give the same effects, and every armed timer does something."""
+    driver = run_scenario(program, timed, script, old=old)
     try:
         assert_same_effects(driver)
         assert_armed_timers_do_something(driver)
@@ -489,15 +455,14 @@ def saga_failing(drivers: list[Driver]) -> Driver:
     return d
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[0])
 def test_run_timeout_while_compensating_folds_to_the_live_state(saga_failing: Driver) -> None:
     d = saga_failing
+    before = list(d.kinds)
     d.fire("run", 31_000)  # the run's deadline passes while the compensation of position 0 runs
-    assert d.kinds[-1] == "RunFailed"
-    assert_fold_matches(d)  # live state.ending == "failed", fold's == ""
+    assert d.kinds == before and d.status == st.COMPENSATING  # ignored: the run is already ending
+    assert_fold_matches(d)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[1])
 def test_cancel_of_a_run_parked_while_compensating_folds_to_the_live_state(saga_failing: Driver) -> None:
     d = saga_failing
     d.fail(2, 4_000, retryable=False)  # the compensation fails: the run parks, still ending "failed"
@@ -505,10 +470,9 @@ def test_cancel_of_a_run_parked_while_compensating_folds_to_the_live_state(saga_
     assert_fold_matches(d)
     d.cancel(5_000)
     assert d.kinds[-1] == "RunCancelled"
-    assert_fold_matches(d)  # live state.ending == "failed", fold's == ""
+    assert_fold_matches(d)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[2])
 def test_signal_to_a_run_parked_while_compensating_folds_to_the_live_state(saga_failing: Driver) -> None:
     d = saga_failing
     d.fail(2, 4_000, retryable=False)  # the compensation fails: the run parks
@@ -516,4 +480,4 @@ def test_signal_to_a_run_parked_while_compensating_folds_to_the_live_state(saga_
     d.resume(5_000)
     d.complete(2, 6_000, value=0)  # the compensation goes through: RunFailed
     assert d.kinds[-1] == "RunFailed"
-    assert_fold_matches(d)  # live state.signals keeps the signal, the fold's is empty
+    assert_fold_matches(d)

@@ -808,7 +808,7 @@ def test_run_timeout_compensates_completed_steps(make: Make) -> None:
 
 
 def _timed_out_while_compensating(make: Make) -> Driver:
-    d = make("timed_saga", check_fold=False)  # the fold divergence is pinned in test_core_properties.py
+    d = make("timed_saga")
     d.start(now=1_000)
     d.complete(0, 2_000, value=0)
     d.complete(1, 3_000, value=1)
@@ -818,13 +818,11 @@ def _timed_out_while_compensating(make: Make) -> Driver:
     return d
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a run timeout while compensating stays armed")
 def test_run_timeout_while_compensating_does_not_fire_again(make: Make) -> None:
     d = _timed_out_while_compensating(make)
     assert all(tag != "run" for _, tag in d.timers())
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a run timeout while compensating skips compensations")
 def test_run_timeout_while_compensating_skips_no_compensation(make: Make) -> None:
     d = _timed_out_while_compensating(make)
     for _, tag in d.timers():  # whatever the machine still has armed comes due in the next loop
