@@ -59,6 +59,10 @@ class OffsetTracker:
         with self._lock:
             self._parts.pop((topic, partition), None)
 
+    def forget_all(self) -> None:
+        with self._lock:
+            self._parts.clear()
+
     def inflight_count(self) -> int:
         with self._lock:
             return sum(len(t.inflight) for t in self._parts.values())

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +56,11 @@ log = logging.getLogger("orchestrator.worker")
 _LIBRDKAFKA_LOG_LEVEL = 2
 """librdkafka logs every failed reconnect at level 3 (a line a second per broker while it is down); errors
 reach us through ``error_cb`` instead and are logged once per episode (`episodes.Episode`)."""
+
+
+CONSUMER_FAILURES = 3
+CONSUMER_FAILURE_WINDOW_S = 300.0
+"""A worker whose consumer fails fatally this many times within this window stops (`_replace_consumer`)."""
 
 
 class WorkerFailedError(RuntimeError):
@@ -120,6 +126,8 @@ class Worker:
         self._running: dict[tuple[str, int, int], tuple[StepInfo, asyncio.Future[Any] | None]] = {}
         self._stop = threading.Event()
         self._fatal: str | None = None
+        self._consumer_failed: str | None = None  # set by librdkafka's error callback, acted on by run()
+        self._consumer_failures: deque[float] = deque()
 
     def stop(self) -> None:
         self._stop.set()
@@ -167,10 +175,7 @@ class Worker:
         poller.start()
         slots = asyncio.Semaphore(self.config.concurrency)
         tasks: set[asyncio.Task[None]] = set()
-        await loop.run_in_executor(
-            consumer_thread,
-            lambda: consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_lost),
-        )
+        await loop.run_in_executor(consumer_thread, self._subscribe, consumer)
         log.info("worker %s serving %s", self.config.worker_id, ", ".join(self.topics))
         last_commit = time.monotonic()
         try:
@@ -191,6 +196,8 @@ class Worker:
                     task = asyncio.create_task(self._execute(msg, loop, sync_pool))
                     tasks.add(task)
                     task.add_done_callback(functools.partial(_task_done, tasks, slots))
+                if self._consumer_failed is not None:
+                    consumer = await loop.run_in_executor(consumer_thread, self._replace_consumer, consumer)
                 if time.monotonic() - last_commit >= self.config.commit_interval_ms / 1000:
                     await loop.run_in_executor(consumer_thread, self._committer.commit, consumer)
                     last_commit = time.monotonic()
@@ -217,7 +224,42 @@ class Worker:
         if self._fatal is not None:
             raise WorkerFailedError(self._fatal)
 
-    # -- consumer-thread callbacks ------------------------------------------------------------------------
+    # -- consumer thread ----------------------------------------------------------------------------------
+    def _subscribe(self, consumer: Consumer) -> None:
+        consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _replace_consumer(self, old: Consumer) -> Consumer:
+        """A consumer librdkafka declared fatal is replaced, unless that keeps happening.
+
+        After a broker restart a static member can be fenced although no other worker has its instance id
+        (the processor side saw the same); replacing the consumer rides that out. A genuine duplicate
+        instance id fences the new consumer again at once: after `CONSUMER_FAILURES` within
+        `CONSUMER_FAILURE_WINDOW_S` the worker stops and says why.
+        """
+        reason, self._consumer_failed = self._consumer_failed, None
+        now = time.monotonic()
+        self._consumer_failures.append(now)
+        while self._consumer_failures[0] < now - CONSUMER_FAILURE_WINDOW_S:
+            self._consumer_failures.popleft()
+        if len(self._consumer_failures) >= CONSUMER_FAILURES:
+            self._fatal = (
+                f"the consumer failed fatally {len(self._consumer_failures)} times in "
+                f"{CONSUMER_FAILURE_WINDOW_S:.0f} s, last: {reason}; if it says fenced, another worker runs "
+                f"with instance id {self.config.instance_id!r}"
+            )
+            log.error("worker %s: %s; stopping", self.config.worker_id, self._fatal)
+            self._stop.set()
+            return old
+        log.error("worker %s: consumer failed fatally (%s); replacing it", self.config.worker_id, reason)
+        self._tracker.forget_all()  # as if lost: commands fetched again join their attempts
+        try:
+            old.close()
+        except Exception:  # a failed consumer may refuse to close cleanly; it is dropped anyway
+            log.debug("closing the failed consumer", exc_info=True)
+        consumer = self._make_consumer()
+        self._subscribe(consumer)
+        return consumer
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions handed over in a rebalance: commit what finished on them first."""
         self._committer.commit_now(consumer, partitions)
@@ -240,10 +282,7 @@ class Worker:
 
     def _on_consumer_error(self, err: KafkaError) -> None:
         if err.fatal():
-            # E.g. another worker took this static instance id: this one cannot consume any more.
-            self._fatal = f"the consumer failed fatally: {err.str()}"
-            log.error("worker %s: %s; stopping", self.config.worker_id, self._fatal)
-            self._stop.set()
+            self._consumer_failed = f"{err.name()}: {err.str()}"
             return
         self._consumer_trouble.failed(err.str())
 

@@ -177,3 +177,41 @@ async def test_poison_commands_are_dead_lettered_with_the_reason(
     assert topic == "w.dlq" and letter.error_type == error_type and reason in letter.reason, letter
     assert letter.value == value and letter.component.startswith("worker:")
     assert runs == []
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.closed = False
+        self.subscribed: list[str] = []
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.subscribed = topics
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_consumer_failing_fatally_is_replaced_until_it_keeps_failing() -> None:
+    """After a broker restart librdkafka may fence a static member spuriously: ride it out, but a duplicate
+    instance id (fenced again and again) stops the worker with the reason."""
+    worker = Worker(_app([]))
+    made: list[FakeConsumer] = []
+
+    def make() -> FakeConsumer:
+        made.append(FakeConsumer())
+        return made[-1]
+
+    worker._make_consumer = make  # type: ignore[method-assign,assignment]
+    worker._tracker.started(TASKS, 0, 3)
+    fenced = KafkaError(KafkaError.FENCED_INSTANCE_ID, "Broker: Instance fenced", fatal=True)
+    current: Any = FakeConsumer()
+    for round_ in (1, 2):
+        worker._on_consumer_error(fenced)
+        old, current = current, worker._replace_consumer(current)
+        assert old.closed and current is made[-1] and current.subscribed == worker.topics, round_
+        assert worker._tracker.committable() == {}  # its partitions are gone, as if lost
+        assert worker._fatal is None and not worker._stop.is_set()
+    worker._on_consumer_error(fenced)
+    assert worker._replace_consumer(current) is current
+    assert worker._stop.is_set() and worker._fatal is not None
+    assert "3 times" in worker._fatal and "FENCED_INSTANCE_ID" in worker._fatal
