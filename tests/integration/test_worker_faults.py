@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from engine_support import (
     APP_SPEC,
@@ -65,6 +66,13 @@ def _kill_broker(pid: int) -> None:
     psutil.Process(pid).wait(30)  # reaps it: it was started by this process
 
 
+def _tail(log: Path, lines: int = 15) -> str:
+    """The log's last lines without librdkafka's own (``%3|...``), for a failure message."""
+    ours = [line[:300] for line in log.read_text(errors="replace").splitlines() if not line.startswith("%")]
+    return "\n".join(ours[-lines:])
+
+
+@pytest.mark.timeout(600)
 async def test_steps_finished_while_the_broker_is_down_are_reported_once(
     unique_name: str, tmp_path: Path, pick_free_ports: Callable[[int], list[int]]
 ) -> None:
@@ -114,7 +122,14 @@ async def test_steps_finished_while_the_broker_is_down_are_reported_once(
         broker = _devkafka.start(data_dir, port, controller_port)
         async with app.client() as client:
             handles = [client.get_handle(f"o{i}", "outage") for i in range(RUNS)]
-            values = await asyncio.wait_for(asyncio.gather(*(h.result(timeout=300) for h in handles)), 320)
+            try:
+                values = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 240)
+            except TimeoutError:
+                raise AssertionError(
+                    f"runs did not complete after the outage (worker alive: {work.alive}, processor alive: "
+                    f"{proc.alive}); worker log:\n{_tail(worker_log)}\nprocessor log:\n"
+                    f"{_tail(tmp_path / 'processor.log')}"
+                ) from None
         assert work.alive and work.proc.pid == worker_pid, "the worker exited or was replaced"
         proc_alive_at_end = proc.alive
     finally:
