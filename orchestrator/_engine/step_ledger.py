@@ -60,6 +60,12 @@ class StepLedger:
                 self._done.popitem(last=False)
             return waiters
 
+    def release(self, attempt: Attempt) -> list[Coords]:
+        """The attempt ended without a report (an internal error): forget it, so that a re-driven command
+        runs it; the offsets of every command that asked for it."""
+        with self._lock:
+            return self._open.pop(attempt, [])
+
     def open_count(self) -> int:
         with self._lock:
             return len(self._open)

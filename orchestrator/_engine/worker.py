@@ -371,8 +371,9 @@ class Worker:
 
         def delivered() -> None:
             self._tracker.finished(*coords)
-            if attempt is not None:
-                self._reported(attempt)
+            if attempt is not None:  # not reported: a re-drive of the dead letter runs the step again
+                for waiting in self._ledger.release(attempt):
+                    self._tracker.finished(*waiting)
 
         what = f"dead letter for {coords[0]}[{coords[1]}]@{coords[2]} ({error_type})"
         self._require_outbox().send(

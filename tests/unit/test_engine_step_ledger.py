@@ -36,3 +36,11 @@ def test_delivered_attempts_are_remembered_up_to_capacity() -> None:
         ledger.delivered(("r", i, 1))
     assert ledger.claim(("r", 0, 1), ("t", 0, 0)) is Claim.RUN  # the oldest was forgotten
     assert ledger.claim(("r", 2, 1), ("t", 0, 2)) is Claim.DONE
+
+
+def test_a_released_attempt_runs_again_when_its_command_is_re_driven() -> None:
+    ledger = StepLedger()
+    ledger.claim(A, ("t", 0, 5))
+    ledger.claim(A, ("t", 0, 5))
+    assert ledger.release(A) == [("t", 0, 5), ("t", 0, 5)]
+    assert ledger.claim(A, ("t", 0, 9)) is Claim.RUN

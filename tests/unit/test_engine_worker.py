@@ -149,6 +149,11 @@ async def test_an_internal_error_dead_letters_the_command_and_completes_its_offs
     assert (letter.error_type, letter.reason) == ("WorkerError", "ValueError: encoder bug")
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == (TASKS, 0, 11)
     assert letter.value == _command()
+    # Re-driven after the fix, the command runs (the failed attempt was not remembered as reported).
+    monkeypatch.undo()
+    await h.handle(Msg(_command(), 12))
+    await h.pump_until(lambda: h.committable() == {(TASKS, 0): 13})
+    assert runs == [5, 5]
 
 
 @pytest.mark.parametrize(
