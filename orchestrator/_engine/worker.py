@@ -128,6 +128,7 @@ class Worker:
         self._fatal: str | None = None
         self._consumer_failed: str | None = None  # set by librdkafka's error callback, acted on by run()
         self._consumer_failures: deque[float] = deque()
+        self._paused = False  # consumer thread only: the assignment is paused because every slot is busy
 
     def stop(self) -> None:
         self._stop.set()
@@ -181,11 +182,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 free = self.config.concurrency - len(tasks)
-                msgs: list[Message] = []
-                if free > 0:
-                    msgs = await loop.run_in_executor(consumer_thread, _poll_batch, consumer, free, 0.05)
-                else:
-                    await asyncio.sleep(0.005)
+                msgs = await loop.run_in_executor(consumer_thread, self._poll, consumer, free, 0.05)
                 for msg in msgs:
                     if msg.error() is not None:
                         self._consumer_trouble.failed(msg.error())
@@ -225,6 +222,34 @@ class Worker:
             raise WorkerFailedError(self._fatal)
 
     # -- consumer thread ----------------------------------------------------------------------------------
+    def _poll(self, consumer: Consumer, free: int, timeout: float) -> list[Message]:
+        """Up to ``free`` records; with no free slot, poll paused (`_poll_paused`) and return none."""
+        if free <= 0:
+            self._poll_paused(consumer, min(timeout, 0.005))  # a slot may free up any moment
+            return []
+        if self._paused:
+            self._paused = False
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.resume(assignment)
+        return _poll_batch(consumer, free, timeout)
+
+    def _poll_paused(self, consumer: Consumer, timeout: float) -> None:
+        """Every slot is busy: keep polling with the assignment paused, so that commit results, rebalances
+        and errors are still served and the group does not drop a worker whose steps take long
+        (``max.poll.interval.ms``). A record that comes anyway (a partition assigned meanwhile) is put back.
+        """
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.pause(assignment)
+            self._paused = True
+        msg = consumer.poll(timeout)
+        if msg is not None and msg.error() is None:
+            back = TopicPartition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+            consumer.seek(back)
+            consumer.pause([back])
+            self._paused = True
+
     def _subscribe(self, consumer: Consumer) -> None:
         consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
@@ -257,6 +282,7 @@ class Worker:
         except Exception:  # a failed consumer may refuse to close cleanly; it is dropped anyway
             log.debug("closing the failed consumer", exc_info=True)
         consumer = self._make_consumer()
+        self._paused = False
         self._subscribe(consumer)
         return consumer
 

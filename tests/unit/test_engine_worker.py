@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, TopicPartition
 from kafka_fakes import TIMED_OUT, FakeProducer
 
 from orchestrator import App, Settings
@@ -220,3 +220,50 @@ def test_a_consumer_failing_fatally_is_replaced_until_it_keeps_failing() -> None
     assert worker._replace_consumer(current) is current
     assert worker._stop.is_set() and worker._fatal is not None
     assert "3 times" in worker._fatal and "FENCED_INSTANCE_ID" in worker._fatal
+
+
+class PollingConsumer:
+    """Records pause/resume/seek; ``poll`` hands out the queued messages."""
+
+    def __init__(self, queued: list[Msg]) -> None:
+        self.queued = queued
+        self.calls: list[tuple[str, list[tuple[str, int, int]]]] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(TASKS, 0), TopicPartition(TASKS, 1)]
+
+    def _note(self, what: str, tps: list[TopicPartition]) -> None:
+        self.calls.append((what, [(tp.topic, tp.partition, tp.offset) for tp in tps]))
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        self._note("pause", tps)
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        self._note("resume", tps)
+
+    def seek(self, tp: TopicPartition) -> None:
+        self._note("seek", [tp])
+
+    def poll(self, timeout: float) -> Msg | None:
+        return self.queued.pop(0) if self.queued else None
+
+    def consume(self, n: int, timeout: float) -> list[Msg]:
+        out, self.queued = self.queued[:n], self.queued[n:]
+        return out
+
+
+def test_a_busy_worker_polls_paused_and_puts_back_what_comes_anyway() -> None:
+    """With every slot busy the consumer is still polled (commit results, rebalances and errors are served,
+    the group keeps the worker), but no record is taken: one that arrives is sought back."""
+    worker = Worker(_app([]))
+    consumer = PollingConsumer([Msg(_command(), 9)])
+    assert worker._poll(consumer, 0, 0.05) == []  # type: ignore[arg-type]
+    paused = [(TASKS, 0, -1001), (TASKS, 1, -1001)]
+    assert consumer.calls == [("pause", paused), ("seek", [(TASKS, 0, 9)]), ("pause", [(TASKS, 0, 9)])]
+    consumer.queued = [Msg(_command(), 9)]
+    got = worker._poll(consumer, 4, 0.05)  # type: ignore[arg-type]
+    assert [m.offset() for m in got] == [9]
+    assert consumer.calls[-1] == ("resume", paused)
+    worker._poll(consumer, 4, 0.05)  # type: ignore[arg-type]
+    assert consumer.calls[-1] == ("resume", paused)  # not resumed again: it was not paused
+    assert sum(1 for what, _ in consumer.calls if what == "resume") == 1
