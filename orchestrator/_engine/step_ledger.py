@@ -7,7 +7,10 @@ would pay twice for work this worker already did. Instead the redelivered comman
 offset completes when the attempt's result is delivered (or at once if it already was).
 
 Attempts are keyed by (run id, position, attempt), so a command the processor sent twice for the same
-attempt is covered too. Delivered attempts are remembered up to ``capacity`` (oldest forgotten first).
+attempt is covered too. Delivered attempts are remembered up to ``capacity`` (oldest forgotten first):
+a command can only come back from below the last committed offset, and a worker commits every 200 ms
+while the broker is up and fetches nothing new while it is down, so the window that matters is small.
+20,000 entries take about 5 MB (100,000 took 23 MB, measured with tracemalloc).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Claim(enum.Enum):
 class StepLedger:
     """Shared by the event loop (claims) and the producer poll thread (deliveries)."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 20_000) -> None:
         self._capacity = capacity
         self._lock = threading.Lock()
         self._open: dict[Attempt, list[Coords]] = {}
