@@ -41,6 +41,8 @@ class Episode:
             )
 
     def recovered(self) -> None:
+        if self._since is None:  # the common case, once per record: no lock needed to see nothing is wrong
+            return
         with self._lock:
             if self._since is None:
                 return
