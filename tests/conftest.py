@@ -43,6 +43,12 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+@pytest.fixture
+def pick_free_ports() -> Callable[[int], list[int]]:
+    """`free_ports`, for a test that starts a broker of its own (one it may kill)."""
+    return free_ports
+
+
 def _warm_up_transactions(bootstrap: str) -> None:
     """Create the transaction coordinator's topic once, so the first transactional test is not slow."""
     producer = Producer(

@@ -1,10 +1,20 @@
 """Step workers: consume step commands, run the user's step functions, report results to the inbox.
 
-At-least-once by design: a result is produced (idempotent producer) and only then is the command's offset
-committed. A worker that dies in between runs the step again, which is why steps get an idempotency key and
-the processor drops duplicate or stale results. All consumer calls happen on one dedicated thread
-(librdkafka consumers are not meant to be shared across threads); step coroutines run on the asyncio loop
-and plain functions on a thread pool.
+A worker that finished a step holds its result until Kafka has it (`outbox.Outbox` produces it again after
+a timeout, a full local queue or a fatal producer error), and only then is the command's offset committed.
+A command that reaches the worker again meanwhile (its partition was lost in a broker outage and fetched
+again from the committed offset) joins its attempt instead of running the step again
+(`step_ledger.StepLedger`). So only a worker that died runs a step again, which is why steps get an
+idempotency key and the processor drops duplicate or stale results.
+
+Nothing a command does can leave its offset in flight: records that are not commands we can run (junk,
+wrong schema, unknown step) and internal errors go to the dead-letter topic with the reason, and the offset
+completes when the dead letter is delivered. A broker outage is ridden out: errors are logged once per
+episode, commits are retried, consumption resumes when the broker is back.
+
+Threads: all consumer calls happen on one dedicated thread (librdkafka consumers are not meant to be shared
+across threads); one thread polls the producer (delivery callbacks); step coroutines run on the asyncio
+loop and plain functions on a thread pool.
 """
 
 from __future__ import annotations
@@ -20,23 +30,41 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._engine import attempts, kafka
+from orchestrator._engine.committer import Committer
+from orchestrator._engine.episodes import Episode
 from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted, encode_event
 from orchestrator._engine.offsets import OffsetTracker
+from orchestrator._engine.outbox import Outbox, Outgoing
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import DeadLetter, StepCommand, decode_command, encode_dead_letter
+from orchestrator._engine.step_ledger import Attempt, Claim, Coords, StepLedger
 from orchestrator.app import App
 from orchestrator.context import StepInfo, _current_step
 from orchestrator.errors import SchemaError
 
 log = logging.getLogger("orchestrator.worker")
+
+_LIBRDKAFKA_LOG_LEVEL = 2
+"""librdkafka logs every failed reconnect at level 3 (a line a second per broker while it is down); errors
+reach us through ``error_cb`` instead and are logged once per episode (`episodes.Episode`)."""
+
+
+CONSUMER_FAILURES = 3
+CONSUMER_FAILURE_WINDOW_S = 300.0
+"""A worker whose consumer fails fatally this many times within this window stops (`_replace_consumer`)."""
+
+
+class WorkerFailedError(RuntimeError):
+    """The worker cannot go on (e.g. its static instance id was taken by another worker)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +78,13 @@ class WorkerConfig:
             without a rebalance wait); None for dynamic membership.
         sync_threads: threads for plain (non-async) step functions.
         commit_interval_ms: how often finished offsets are committed.
+        delivery_timeout_ms: librdkafka's ``message.timeout.ms`` for results: how long one produce of a
+            result may wait for the broker before it is handed back and produced again. The result is held
+            and produced again however long the outage lasts; this only bounds one try. Each try after a
+            timeout may write the result twice (the processor keeps one per attempt), never runs the step.
+        drain_timeout_s: on stop, how long to wait for held results to be delivered. Results still held
+            then are lost with the process, and their steps run again on another worker.
+        consumer_overrides, producer_overrides: librdkafka settings on top of the engine's.
     """
 
     queues: tuple[str, ...] | None = None
@@ -58,7 +93,10 @@ class WorkerConfig:
     commit_interval_ms: int = 200
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     instance_id: str | None = None
+    delivery_timeout_ms: int = 30_000
+    drain_timeout_s: float = 30.0
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
+    producer_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,143 +116,249 @@ class Worker:
         self.inbox = topology.inbox_topic(app.name)
         self.stats = WorkerStats()
         self._tracker = OffsetTracker()
-        # Results Kafka has acknowledged, appended by librdkafka's delivery callbacks (producer poll thread)
-        # and folded into the tracker before each commit: no event-loop wake-up per result.
-        self._delivered: deque[tuple[str, int, int]] = deque()
+        self._ledger = StepLedger()
+        self._committer = Committer(self._tracker)
+        self._consumer_trouble = Episode(log, "task topics unreachable")
+        self._outbox: Outbox | None = None  # made by run(); tests may install one with a fake producer
         # Unique event ids without a uuid4 per result: a random prefix for this process, then a counter.
         self._id_prefix = uuid.uuid4().hex[:8]
         self._ids = itertools.count()
         self._running: dict[tuple[str, int, int], tuple[StepInfo, asyncio.Future[Any] | None]] = {}
         self._stop = threading.Event()
+        self._fatal: str | None = None
+        self._consumer_failed: str | None = None  # set by librdkafka's error callback, acted on by run()
+        self._consumer_failures: deque[float] = deque()
+        self._paused = False  # consumer thread only: the assignment is paused because every slot is busy
 
     def stop(self) -> None:
         self._stop.set()
 
+    def _make_producer(self, on_error: Callable[[KafkaError], None]) -> Producer:
+        conf = kafka.producer_config(
+            self.app.settings.bootstrap_servers,
+            **{
+                "message.timeout.ms": self.config.delivery_timeout_ms,
+                "error_cb": on_error,
+                "log_level": _LIBRDKAFKA_LOG_LEVEL,
+            }
+            | self.config.producer_overrides,
+        )
+        return Producer(conf)
+
+    def _make_consumer(self) -> Consumer:
+        static = {"group.instance.id": f"worker-{self.config.instance_id}"} if self.config.instance_id else {}
+        conf = kafka.consumer_config(
+            self.app.settings.bootstrap_servers,
+            f"{self.app.name}.workers",
+            **static,
+            **{
+                "on_commit": self._committer.on_commit,
+                "error_cb": self._on_consumer_error,
+                "log_level": _LIBRDKAFKA_LOG_LEVEL,
+            }
+            | self.config.consumer_overrides,
+        )
+        return Consumer(conf)
+
     async def run(self) -> None:
-        """Serve until `stop()`; in-flight steps finish (their results are reported) before returning."""
-        s = self.app.settings
+        """Serve until `stop()`; in-flight steps finish and their results are delivered before returning."""
         await asyncio.to_thread(kafka.ensure_topics, self.app)
         loop = asyncio.get_running_loop()
         consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="orchestrator-consumer")
         sync_pool = ThreadPoolExecutor(self.config.sync_threads, thread_name_prefix="orchestrator-step")
-        producer = Producer(kafka.producer_config(s.bootstrap_servers))
-        static = {"group.instance.id": f"worker-{self.config.instance_id}"} if self.config.instance_id else {}
-        consumer = Consumer(
-            kafka.consumer_config(
-                s.bootstrap_servers, f"{self.app.name}.workers", **static, **self.config.consumer_overrides
-            )
+        outbox = self._outbox = Outbox(self._make_producer)
+        consumer = self._make_consumer()
+        pumping = threading.Event()
+        pumping.set()
+        poller = threading.Thread(
+            target=_pump, args=(outbox, pumping), daemon=True, name="orchestrator-producer"
         )
-        poller = threading.Thread(target=self._poll_producer, args=(producer,), daemon=True)
         poller.start()
         slots = asyncio.Semaphore(self.config.concurrency)
         tasks: set[asyncio.Task[None]] = set()
-        await loop.run_in_executor(
-            consumer_thread,
-            lambda: consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_revoke),
-        )
+        await loop.run_in_executor(consumer_thread, self._subscribe, consumer)
         log.info("worker %s serving %s", self.config.worker_id, ", ".join(self.topics))
         last_commit = time.monotonic()
         try:
             while not self._stop.is_set():
                 free = self.config.concurrency - len(tasks)
-                msgs: list[Message] = []
-                if free > 0:
-                    msgs = await loop.run_in_executor(consumer_thread, _poll_batch, consumer, free, 0.05)
-                else:
-                    await asyncio.sleep(0.005)
+                msgs = await loop.run_in_executor(consumer_thread, self._poll, consumer, free, 0.05)
                 for msg in msgs:
                     if msg.error() is not None:
-                        log.warning("consumer error: %s", msg.error())
+                        self._consumer_trouble.failed(msg.error())
                         continue
+                    self._consumer_trouble.recovered()
                     await slots.acquire()
                     self._tracker.started(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
-                    task = asyncio.create_task(self._execute(msg, producer, loop, sync_pool))
+                    task = asyncio.create_task(self._execute(msg, loop, sync_pool))
                     tasks.add(task)
                     task.add_done_callback(functools.partial(_task_done, tasks, slots))
+                if self._consumer_failed is not None:
+                    consumer = await loop.run_in_executor(consumer_thread, self._replace_consumer, consumer)
                 if time.monotonic() - last_commit >= self.config.commit_interval_ms / 1000:
-                    await loop.run_in_executor(consumer_thread, self._commit, consumer)
+                    await loop.run_in_executor(consumer_thread, self._committer.commit, consumer)
                     last_commit = time.monotonic()
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.to_thread(producer.flush, 30)
-            await loop.run_in_executor(consumer_thread, self._commit, consumer)
+            pumping.clear()
+            await asyncio.to_thread(poller.join)
+            left = await asyncio.to_thread(outbox.drain, self.config.drain_timeout_s)
+            if left:
+                log.error(
+                    "worker %s stopping with %d result(s) not delivered after %.0f s; their steps will run "
+                    "again on another worker",
+                    self.config.worker_id,
+                    left,
+                    self.config.drain_timeout_s,
+                )
+            await loop.run_in_executor(consumer_thread, self._committer.commit_now, consumer)
             await loop.run_in_executor(consumer_thread, consumer.close)
             self._stop.set()
-            poller.join(5)
             consumer_thread.shutdown()
             sync_pool.shutdown(wait=False, cancel_futures=True)
-            log.info("worker %s stopped: %s", self.config.worker_id, self.stats)
+            log.info("worker %s stopped: %s, outbox %s", self.config.worker_id, self.stats, outbox.stats)
+        if self._fatal is not None:
+            raise WorkerFailedError(self._fatal)
 
-    # -- consumer-thread helpers --------------------------------------------------------------------------
-    def _commit(self, consumer: Consumer) -> None:
-        while self._delivered:
-            self._tracker.finished(*self._delivered.popleft())
-        offsets = self._tracker.committable()
-        if not offsets:
-            return
-        try:
-            consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+    # -- consumer thread ----------------------------------------------------------------------------------
+    def _poll(self, consumer: Consumer, free: int, timeout: float) -> list[Message]:
+        """Up to ``free`` records; with no free slot, poll paused (`_poll_paused`) and return none."""
+        if free <= 0:
+            self._poll_paused(consumer, min(timeout, 0.005))  # a slot may free up any moment
+            return []
+        if self._paused:
+            self._paused = False
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.resume(assignment)
+        return _poll_batch(consumer, free, timeout)
+
+    def _poll_paused(self, consumer: Consumer, timeout: float) -> None:
+        """Every slot is busy: keep polling with the assignment paused, so that commit results, rebalances
+        and errors are still served and the group does not drop a worker whose steps take long
+        (``max.poll.interval.ms``). A record that comes anyway (a partition assigned meanwhile) is put back.
+        """
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.pause(assignment)
+            self._paused = True
+        msg = consumer.poll(timeout)
+        if msg is not None and msg.error() is None:
+            back = TopicPartition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+            consumer.seek(back)
+            consumer.pause([back])
+            self._paused = True
+
+    def _subscribe(self, consumer: Consumer) -> None:
+        consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _replace_consumer(self, old: Consumer) -> Consumer:
+        """A consumer librdkafka declared fatal is replaced, unless that keeps happening.
+
+        After a broker restart a static member can be fenced although no other worker has its instance id
+        (the processor side saw the same); replacing the consumer rides that out. A genuine duplicate
+        instance id fences the new consumer again at once: after `CONSUMER_FAILURES` within
+        `CONSUMER_FAILURE_WINDOW_S` the worker stops and says why.
+        """
+        reason, self._consumer_failed = self._consumer_failed, None
+        now = time.monotonic()
+        self._consumer_failures.append(now)
+        while self._consumer_failures[0] < now - CONSUMER_FAILURE_WINDOW_S:
+            self._consumer_failures.popleft()
+        if len(self._consumer_failures) >= CONSUMER_FAILURES:
+            self._fatal = (
+                f"the consumer failed fatally {len(self._consumer_failures)} times in "
+                f"{CONSUMER_FAILURE_WINDOW_S:.0f} s, last: {reason}; if it says fenced, another worker runs "
+                f"with instance id {self.config.instance_id!r}"
             )
-            self._tracker.mark_committed(offsets)
-        except KafkaException as exc:
-            log.warning("offset commit failed (will retry): %s", exc)
+            log.error("worker %s: %s; stopping", self.config.worker_id, self._fatal)
+            self._stop.set()
+            return old
+        log.error("worker %s: consumer failed fatally (%s); replacing it", self.config.worker_id, reason)
+        self._tracker.forget_all()  # as if lost: commands fetched again join their attempts
+        try:
+            old.close()
+        except Exception:  # a failed consumer may refuse to close cleanly; it is dropped anyway
+            log.debug("closing the failed consumer", exc_info=True)
+        consumer = self._make_consumer()
+        self._paused = False
+        self._subscribe(consumer)
+        return consumer
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit(consumer)
+        """Partitions handed over in a rebalance: commit what finished on them first."""
+        self._committer.commit_now(consumer, partitions)
         for tp in partitions:
             self._tracker.forget(tp.topic, tp.partition)
 
-    def _poll_producer(self, producer: Producer) -> None:
-        while not self._stop.is_set():
-            producer.poll(0.05)
-        producer.poll(0)
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions lost (e.g. the session expired in a broker outage): no commit is possible any more.
+
+        Steps of theirs still running here go on and their results are delivered; if the partitions come
+        back, the commands fetched again join those attempts (`StepLedger`) instead of running again.
+        """
+        log.warning(
+            "worker %s lost %d partition(s); they will be fetched again",
+            self.config.worker_id,
+            len(partitions),
+        )
+        for tp in partitions:
+            self._tracker.forget(tp.topic, tp.partition)
+
+    def _on_consumer_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._consumer_failed = f"{err.name()}: {err.str()}"
+            return
+        self._consumer_trouble.failed(err.str())
 
     # -- one command --------------------------------------------------------------------------------------
-    async def _execute(
-        self, msg: Message, producer: Producer, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
-    ) -> None:
-        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-
-        def delivered(err: Any, _msg: Message) -> None:
-            if err is None:
-                self._delivered.append((topic, partition, offset))
-            else:
-                log.error(
-                    "result of %s[%d]@%d not delivered: %s; the step will run again",
-                    topic,
-                    partition,
-                    offset,
-                    err,
-                )
-
+    async def _execute(self, msg: Message, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor) -> None:
+        """Handle one command; whatever happens, its offset completes (after its report is delivered)."""
+        coords = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        claimed: Attempt | None = None
         try:
-            cmd = decode_command(msg.value())
-        except SchemaError as exc:
-            self.stats.dead_letters += 1
-            letter = DeadLetter(
-                topic,
-                partition,
-                offset,
-                msg.key(),
-                msg.value(),
-                "SchemaError",
-                str(exc),
-                attempts.now_ms(),
-                f"worker:{self.config.worker_id}",
-            )
-            producer.produce(
-                topology.dlq_topic(self.app.name),
-                encode_dead_letter(letter),
-                msg.key(),
-                on_delivery=delivered,
-            )
-            return
-        if cmd.cancel:
-            self._cancel_running(cmd)
-            self._tracker.finished(topic, partition, offset)
-            return
+            try:
+                cmd = decode_command(msg.value())
+            except SchemaError as exc:
+                self._dead_letter(msg, coords, "SchemaError", str(exc))
+                return
+            if cmd.cancel:
+                self._cancel_running(cmd)
+                self._tracker.finished(*coords)
+                return
+            if cmd.step not in self.app.steps:
+                reason = (
+                    f"this worker (queues served: {', '.join(self.queues)}) has no step {cmd.step!r}; deploy "
+                    "the code that registers it, then re-drive this record (orchestrator dlq redrive)"
+                )
+                self._dead_letter(msg, coords, "UnknownStepError", reason)
+                return
+            attempt = (cmd.run_id, cmd.position, cmd.attempt)
+            claim = self._ledger.claim(attempt, coords)
+            if claim is not Claim.RUN:
+                log.info(
+                    "step %s of %s attempt %d delivered again: %s, not running it again",
+                    cmd.step,
+                    cmd.run_id,
+                    cmd.attempt,
+                    "already reported" if claim is Claim.DONE else "it ran here already",
+                )
+                if claim is Claim.DONE:
+                    self._tracker.finished(*coords)
+                return
+            claimed = attempt
+            await self._attempt(cmd, attempt, loop, pool)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("internal error on %s[%d]@%d; dead-lettering the command", *coords)
+            self._dead_letter(msg, coords, "WorkerError", f"{type(exc).__name__}: {exc}", claimed)
+
+    async def _attempt(
+        self, cmd: StepCommand, attempt: Attempt, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
+    ) -> None:
+        """Run the step once and hand its result to the outbox: the last thing this does, it never raises."""
         self.stats.started += 1
         if cmd.report_start:
             started = Event(
@@ -224,22 +368,58 @@ class Worker:
                 timestamp_ms=attempts.now_ms(),
                 body=StepStarted(cmd.position, cmd.attempt, attempts.now_ms(), self.config.worker_id),
             )
-            self._to_inbox(producer, started, None)
+            self._to_inbox(started, f"start of {cmd.step} for run {cmd.run_id}", None)
         body = await self._run_step(cmd, loop, pool)
-        self._to_inbox(producer, attempts.result_event(cmd, body, self._event_suffix()), delivered)
+        event = attempts.result_event(cmd, body, self._event_suffix())
+        what = f"result of {cmd.step} for run {cmd.run_id} (attempt {cmd.attempt})"
+        self._to_inbox(event, what, functools.partial(self._reported, attempt))
+
+    def _reported(self, attempt: Attempt) -> None:
+        """The attempt's report reached Kafka (producer poll thread): its commands' offsets are done."""
+        for coords in self._ledger.delivered(attempt):
+            self._tracker.finished(*coords)
+
+    def _dead_letter(
+        self, msg: Message, coords: Coords, error_type: str, reason: str, attempt: Attempt | None = None
+    ) -> None:
+        self.stats.dead_letters += 1
+        letter = DeadLetter(
+            coords[0],
+            coords[1],
+            coords[2],
+            msg.key(),
+            msg.value(),
+            error_type,
+            reason,
+            attempts.now_ms(),
+            f"worker:{self.config.worker_id}",
+        )
+
+        def delivered() -> None:
+            self._tracker.finished(*coords)
+            if attempt is not None:  # not reported: a re-drive of the dead letter runs the step again
+                for waiting in self._ledger.release(attempt):
+                    self._tracker.finished(*waiting)
+
+        what = f"dead letter for {coords[0]}[{coords[1]}]@{coords[2]} ({error_type})"
+        self._require_outbox().send(
+            Outgoing(
+                topology.dlq_topic(self.app.name), encode_dead_letter(letter), msg.key(), what, -1, delivered
+            )
+        )
 
     def _event_suffix(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
 
-    def _to_inbox(self, producer: Producer, event: Event, on_delivery: Any) -> None:
-        kwargs = {"on_delivery": on_delivery} if on_delivery is not None else {}
-        producer.produce(
-            self.inbox,
-            encode_event(event),
-            event.run_id.encode(),
-            partition=partition_for(event.run_id, self.app.settings.partitions),
-            **kwargs,
-        )
+    def _to_inbox(self, event: Event, what: str, on_delivered: Callable[[], None] | None) -> None:
+        partition = partition_for(event.run_id, self.app.settings.partitions)
+        out = Outgoing(self.inbox, encode_event(event), event.run_id.encode(), what, partition, on_delivered)
+        self._require_outbox().send(out)
+
+    def _require_outbox(self) -> Outbox:
+        if self._outbox is None:
+            raise RuntimeError("Worker._outbox is made by run(); tests install one before calling _execute")
+        return self._outbox
 
     def _cancel_running(self, cmd: StepCommand) -> None:
         """The run was cancelled (or this attempt timed out): stop the attempt if it runs here."""
@@ -292,6 +472,11 @@ class Worker:
 def _task_done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
     tasks.discard(task)
     slots.release()
+
+
+def _pump(outbox: Outbox, pumping: threading.Event) -> None:
+    while pumping.is_set():
+        outbox.pump(0.05)
 
 
 def _poll_batch(consumer: Consumer, limit: int, timeout: float) -> list[Message]:

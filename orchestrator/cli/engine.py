@@ -133,12 +133,19 @@ def worker(
     instance_id: Annotated[
         str | None, typer.Option(help="Stable name for static group membership (e.g. the pod name).")
     ] = None,
+    delivery_timeout_ms: Annotated[
+        int,
+        typer.Option(
+            help="How long one try to deliver a step's result may take before it is produced again "
+            "(results are held until delivered, whatever the outage; the step never runs again)."
+        ),
+    ] = 30_000,
     verbose: bool = False,
 ) -> None:
     """Run a worker: executes steps from the task queues and reports results."""
     import signal
 
-    from orchestrator._engine.worker import Worker, WorkerConfig
+    from orchestrator._engine.worker import Worker, WorkerConfig, WorkerFailedError
 
     _logging(verbose)
     app = _app(app_spec)
@@ -146,12 +153,18 @@ def worker(
     w = Worker(
         app,
         WorkerConfig(
-            queues=tuple(queue) if queue else None, concurrency=concurrency, instance_id=instance_id
+            queues=tuple(queue) if queue else None,
+            concurrency=concurrency,
+            instance_id=instance_id,
+            delivery_timeout_ms=delivery_timeout_ms,
         ),
     )
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
-    asyncio.run(w.run())
+    try:
+        asyncio.run(w.run())
+    except WorkerFailedError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def start(

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
+import threading
+from typing import Any
+
+import pytest
+
+from orchestrator._engine import offsets
 from orchestrator._engine.offsets import OffsetTracker
 
 TP = ("app.tasks.default", 0)
@@ -83,3 +90,39 @@ def test_forget_on_revoke() -> None:
     assert t.committable() == {}
     t.started(*TP, 50)  # reassigned later: tracked afresh
     assert t.committable() == {TP: 50}
+
+
+def test_a_thread_cannot_change_the_tracker_while_another_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's event loop, its consumer thread and librdkafka's delivery callbacks all use the tracker.
+
+    ``committable()`` is held open (through the ``min`` it calls) while another thread starts an offset on
+    a new partition. Without a lock the second thread gets in, and ``committable()`` iterates a dict that
+    changed size; with it, the second thread waits until the read is over.
+    """
+    t = OffsetTracker()
+    t.started(*TP, 1)
+    inside, other_done = threading.Event(), threading.Event()
+
+    def held_min(values: Any) -> int:
+        inside.set()
+        other_done.wait(1.0)  # give the other thread every chance to get in
+        return int(builtins.min(values))
+
+    monkeypatch.setattr(offsets, "min", held_min, raising=False)
+    result: list[Any] = []
+    reader = threading.Thread(target=lambda: result.append(_safely(t.committable)))
+    reader.start()
+    assert inside.wait(10)
+    writer = threading.Thread(target=lambda: (t.started("other", 0, 5), other_done.set()))
+    writer.start()
+    reader.join(10)
+    writer.join(10)
+    assert result == [{TP: 1}], "the tracker changed while it was being read"
+    assert t.committable() == {TP: 1, ("other", 0): 5}
+
+
+def _safely(fn: Any) -> Any:
+    try:
+        return fn()
+    except RuntimeError as exc:  # "dictionary changed size during iteration"
+        return exc

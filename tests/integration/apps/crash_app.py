@@ -83,6 +83,22 @@ async def gated(ctx: WorkflowContext, x: int) -> int:
     return await ctx.step(s2, x)
 
 
+@app.step
+async def held(x: int) -> int:
+    """Logs its execution, then finishes only once the gate file exists (e.g. while the broker is down)."""
+    _log_execution()
+    while GATE_FILE and not os.path.exists(GATE_FILE):
+        await asyncio.sleep(0.05)
+    return x + 5
+
+
+@app.workflow
+async def outage(ctx: WorkflowContext, x: int) -> int:
+    x = await ctx.step(s1, x)
+    x = await ctx.step(held, x)
+    return await ctx.step(s2, x)
+
+
 @app.workflow
 async def sleepy(ctx: WorkflowContext, seconds: float) -> dict[str, float]:
     before = ctx.now().timestamp()
