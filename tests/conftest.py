@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -136,3 +138,56 @@ def create_topics(admin: AdminClient) -> CreateTopics:
             time.sleep(0.05)
 
     return create
+
+
+class PrivateBroker:
+    """A broker of a test's own, to kill and start again: an outage must not touch the shared broker.
+
+    A real ``_devkafka`` broker in a temp dir on free ports. ``kill()`` is SIGKILL (no controlled shutdown:
+    what a crashed machine looks like); ``start()`` brings it back on the same data dir and ports, so the
+    engine's clients, configured with its address, reconnect by themselves.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port, self.controller_port = free_ports(2)
+        self.pid = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from orchestrator import _devkafka
+
+        self.pid = _devkafka.start(self.data_dir, self.port, self.controller_port, heap_mb=384).pid
+
+    def kill(self) -> None:
+        """SIGKILL the broker and wait until it is gone (and reaped: a zombie would look alive)."""
+        from orchestrator import _devkafka
+
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                psutil.Process(self.pid).wait(30)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        _devkafka.stop(self.data_dir, timeout=5)  # only clears the run files of a dead broker
+        self.pid = 0
+
+    def stop(self) -> None:
+        from orchestrator import _devkafka
+
+        _devkafka.stop(self.data_dir)
+        self.pid = 0
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A started broker of this test's own (for tests that kill it); stopped at the end."""
+    broker = PrivateBroker(tmp_path / "kafka")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
