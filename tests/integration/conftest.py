@@ -1,10 +1,26 @@
-"""Everything under ``tests/integration`` needs the real broker: mark it so ``-m "not integration"`` works."""
+"""The real broker for ``tests/integration``, and its marker (``-m "not integration"`` skips them all).
+
+Unit tests (``tests/unit``) need no Java and no Kafka. Integration tests get one real broker per session:
+the one named by ``ORCHESTRATOR_TEST_BOOTSTRAP`` (``./dev test`` starts it), or else a fresh broker in a
+temp dir on free ports, stopped at session end. Tests share the broker but never a name: each takes
+``unique_name`` for its topics, groups and apps. A test that kills a broker takes ``private_broker``, a
+broker of its own.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from engine_support import PrivateBroker, free_ports
 
 _HERE = Path(__file__).parent
 
@@ -14,3 +30,113 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.integration)
+
+
+BOOTSTRAP_ENV = "ORCHESTRATOR_TEST_BOOTSTRAP"
+KAFKA_DIR_ENV = "ORCHESTRATOR_TEST_KAFKA_DIR"
+"""Data dir of the broker behind ``ORCHESTRATOR_TEST_BOOTSTRAP``, when the test runner started it."""
+
+QUIET_LOGGER = logging.getLogger("tests.librdkafka")
+"""Give clients ``{"logger": QUIET_LOGGER}`` to keep expected librdkafka errors out of the output."""
+QUIET_LOGGER.addHandler(logging.NullHandler())
+QUIET_LOGGER.propagate = False
+
+
+def _warm_up_transactions(bootstrap: str) -> None:
+    """Create the transaction coordinator's topic once, so the first transactional test is not slow."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"warmup-{uuid.uuid4().hex}",
+            "logger": QUIET_LOGGER,
+        }
+    )
+    producer.init_transactions(60)
+    producer.flush(10)
+
+
+@pytest.fixture(scope="session")
+def kafka_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path | None]]:
+    """(bootstrap, data dir or None) of the session's broker; started here unless the env names one."""
+    external = os.environ.get(BOOTSTRAP_ENV)
+    if external:
+        external_dir = os.environ.get(KAFKA_DIR_ENV)
+        _warm_up_transactions(external)
+        yield external, Path(external_dir) if external_dir else None
+        return
+    from orchestrator import _devkafka
+
+    data_dir = tmp_path_factory.mktemp("kafka")
+    port, controller_port = free_ports(2)
+    info = _devkafka.start(data_dir, port, controller_port)
+    try:
+        _warm_up_transactions(info.bootstrap)
+        yield info.bootstrap, data_dir
+    finally:
+        _devkafka.stop(data_dir)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_session: tuple[str, Path | None]) -> str:
+    """Bootstrap servers of a real broker for this test session."""
+    return kafka_session[0]
+
+
+@pytest.fixture(scope="session")
+def kafka_data_dir(kafka_session: tuple[str, Path | None]) -> Path:
+    """Data dir of the session broker if it is a ``_devkafka`` broker we know; skips the test otherwise."""
+    if kafka_session[1] is None:
+        pytest.skip(f"the broker came from {BOOTSTRAP_ENV} without {KAFKA_DIR_ENV}")
+    return kafka_session[1]
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh name for this test's topics, groups, transactional ids and apps (valid everywhere)."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def admin(kafka_bootstrap: str) -> AdminClient:
+    """An AdminClient on the session broker."""
+    conf: dict[str, Any] = {"bootstrap.servers": kafka_bootstrap, "logger": QUIET_LOGGER}
+    return AdminClient(conf)
+
+
+CreateTopics = Callable[..., list[str]]
+
+
+@pytest.fixture
+def create_topics(admin: AdminClient) -> CreateTopics:
+    """``create_topics(*names, partitions=1, config=None)``: create topics and wait until they are usable.
+
+    The create call returns once the controller accepted the topics; the broker's metadata (what clients
+    see) follows a moment later, and a consumer subscribing in between gets "unknown topic" errors.
+    """
+
+    def create(*names: str, partitions: int = 1, config: dict[str, str] | None = None) -> list[str]:
+        new = [
+            NewTopic(n, num_partitions=partitions, replication_factor=1, config=config or {}) for n in names
+        ]
+        for future in admin.create_topics(new, operation_timeout=30).values():
+            future.result(30)
+        deadline = time.monotonic() + 30
+        while True:
+            topics = admin.list_topics(timeout=10).topics
+            if all(n in topics and len(topics[n].partitions) == partitions for n in names):
+                return list(names)
+            assert time.monotonic() < deadline, f"topics {names} not visible after 30 s"
+            time.sleep(0.05)
+
+    return create
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A started broker of this test's own (for tests that kill it); stopped at the end."""
+    broker = PrivateBroker(tmp_path / "kafka")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

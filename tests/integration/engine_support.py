@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -175,21 +175,23 @@ class EngineProcess:
 
 
 def free_ports(count: int) -> list[int]:
-    """``tests/conftest.py``'s ``free_ports``; that module cannot be imported by name from here, because this
-    folder's own ``conftest.py`` shadows it."""
-    spec = importlib.util.spec_from_file_location("tests_root_conftest", REPO / "tests" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    ports: list[int] = module.free_ports(count)
-    return ports
+    """Ports free right now, all distinct: held open together, then released for the broker to bind."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class PrivateBroker:
-    """A broker of the test's own, on free ports in a tmp dir, that the test may SIGKILL and start again.
+    """A broker of a test's own, to kill and start again: an outage must not touch the shared broker.
 
-    Tests that take a broker down must never touch the shared one (other tests, other engineers use it).
-    ``start()`` starts it (again: same data dir, same ports, so clients reconnect by themselves).
+    A real ``_devkafka`` broker in a temp dir on free ports. ``kill()`` is SIGKILL (no controlled shutdown:
+    what a crashed machine looks like); ``start()`` brings it back on the same data dir and ports, so the
+    engine's clients, configured with its address, reconnect by themselves.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -204,15 +206,17 @@ class PrivateBroker:
     def start(self) -> None:
         from orchestrator import _devkafka
 
-        self.pid = _devkafka.start(self.data_dir, self.port, self.controller_port).pid
+        self.pid = _devkafka.start(self.data_dir, self.port, self.controller_port, heap_mb=384).pid
 
     def kill(self) -> None:
         """SIGKILL, as a crashed machine would: no controlled shutdown, no flushed state."""
         from orchestrator._devkafka import broker
 
+        if not self.pid:
+            return
         os.kill(self.pid, signal.SIGKILL)
-        # Reap it through its Popen (a zombie would still look like a running broker, and a forgotten Popen
-        # warns when collected).
+        # Reap it through its Popen: a zombie would still look like a running broker to the next start, and a
+        # forgotten Popen warns when collected (an error under filterwarnings=error).
         child = broker._CHILDREN.pop(self.pid, None)
         if child is not None:
             child.wait(30)

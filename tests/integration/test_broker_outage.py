@@ -15,7 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_support import APP_SPEC, EngineProcess, PrivateBroker, child_env, executions, history, settings
+from engine_support import (
+    APP_SPEC,
+    EngineProcess,
+    PrivateBroker,
+    child_env,
+    executions,
+    history,
+    settings,
+)
 
 from orchestrator import App
 from orchestrator._engine import events as ev
@@ -32,9 +40,10 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 @pytest.mark.timeout(900)
-async def test_engine_survives_a_30s_broker_outage(unique_name: str, tmp_path: Path) -> None:
-    broker = PrivateBroker(tmp_path / "kafka")
-    broker.start()
+async def test_engine_survives_a_30s_broker_outage(
+    private_broker: PrivateBroker, unique_name: str, tmp_path: Path
+) -> None:
+    broker = private_broker
     env = child_env(unique_name, broker.bootstrap, tmp_path)
     log = tmp_path / "engine.log"
     proc = EngineProcess(
@@ -49,11 +58,11 @@ async def test_engine_survives_a_30s_broker_outage(unique_name: str, tmp_path: P
         "50",
         log=log,
     )
-    # The worker runs without --instance-id (dynamic group membership). With static membership its consumer
-    # was declared fatally fenced ("Static consumer fenced by other consumer with same group.instance.id")
-    # when the broker came back, and the worker kept polling a dead consumer: a worker fault, reported to
-    # the worker's owners; the processor handles the same fault (it replaces its consumer).
-    work = EngineProcess("worker", APP_SPEC, env, "--concurrency", "32", log=log)
+    # Static membership for both: after a broker restart librdkafka may declare a static member fatally
+    # fenced; processor and worker replace their consumer then (and must, for this test to pass).
+    work = EngineProcess(
+        "worker", APP_SPEC, env, "--instance-id", "outage-w0", "--concurrency", "32", log=log
+    )
     app = App(unique_name, settings=settings(broker.bootstrap))
     exits: list[str] = []
 
@@ -116,11 +125,10 @@ async def test_engine_survives_a_30s_broker_outage(unique_name: str, tmp_path: P
 
 @pytest.mark.timeout(600)
 async def test_processor_started_while_the_broker_is_down_waits_for_it(
-    unique_name: str, tmp_path: Path
+    private_broker: PrivateBroker, unique_name: str, tmp_path: Path
 ) -> None:
     """Start-up (topic check, init_transactions, restore) waits for the broker instead of exiting."""
-    broker = PrivateBroker(tmp_path / "kafka")
-    broker.start()
+    broker = private_broker
     broker.kill()
     env = child_env(unique_name, broker.bootstrap, tmp_path)
     log = tmp_path / "engine.log"

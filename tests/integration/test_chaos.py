@@ -12,10 +12,17 @@ import asyncio
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from engine_support import APP_SPEC, EngineProcess, child_env, executions, history, settings
+from engine_support import (
+    APP_SPEC,
+    EngineProcess,
+    PrivateBroker,
+    child_env,
+    executions,
+    history,
+    settings,
+)
 
 from orchestrator import App
 from orchestrator._engine import events as ev
@@ -33,7 +40,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 @pytest.mark.slow
 async def test_chaos_processes_and_broker_killed(
-    private_broker: Any, unique_name: str, tmp_path: Path
+    private_broker: PrivateBroker, unique_name: str, tmp_path: Path
 ) -> None:
     broker = private_broker
     env = child_env(unique_name, broker.bootstrap, tmp_path)

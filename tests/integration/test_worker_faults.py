@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from engine_support import (
     APP_SPEC,
     EngineProcess,
+    PrivateBroker,
     ProcessorThread,
     WorkerThread,
     child_env,
@@ -32,7 +30,7 @@ from engine_support import (
     settings,
 )
 
-from orchestrator import App, WorkflowContext, _devkafka
+from orchestrator import App, WorkflowContext
 from orchestrator._engine import kafka
 from orchestrator._engine.events import Event, StartRun, encode_event
 from orchestrator._engine.reader import read_partitions
@@ -61,11 +59,6 @@ def _executions_at(side: Path, position: int) -> int:
     return sum(1 for (_, pos), runs in executions(side).items() if pos == position for _ in runs)
 
 
-def _kill_broker(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    psutil.Process(pid).wait(30)  # reaps it: it was started by this process
-
-
 def _tail(log: Path, lines: int = 15) -> str:
     """The log's last lines without librdkafka's own (``%3|...``), for a failure message."""
     ours = [line[:300] for line in log.read_text(errors="replace").splitlines() if not line.startswith("%")]
@@ -74,11 +67,9 @@ def _tail(log: Path, lines: int = 15) -> str:
 
 @pytest.mark.timeout(600)
 async def test_steps_finished_while_the_broker_is_down_are_reported_once(
-    unique_name: str, tmp_path: Path, pick_free_ports: Callable[[int], list[int]]
+    private_broker: PrivateBroker, unique_name: str, tmp_path: Path
 ) -> None:
-    data_dir = tmp_path / "kafka"
-    port, controller_port = pick_free_ports(2)
-    broker = _devkafka.start(data_dir, port, controller_port)
+    broker = private_broker
     env = child_env(unique_name, broker.bootstrap, tmp_path)
     side, gate = tmp_path / "executions.log", tmp_path / "gate"
     worker_log = tmp_path / "worker.log"
@@ -113,13 +104,13 @@ async def test_steps_finished_while_the_broker_is_down_are_reported_once(
                 await client.start("outage", i, run_id=f"o{i}")
             # Every run is inside its held step, in the worker.
             await _wait_for(lambda: _executions_at(side, 1) >= RUNS, "all held steps running")
-        _kill_broker(broker.pid)
+        broker.kill()
         gate.touch()  # the held steps finish now, with the broker down
         deadline = time.monotonic() + OUTAGE_S
         while time.monotonic() < deadline:
             assert work.alive, "the worker exited during the broker outage"
             await asyncio.sleep(0.5)
-        broker = _devkafka.start(data_dir, port, controller_port)
+        broker.start()
         async with app.client() as client:
             handles = [client.get_handle(f"o{i}", "outage") for i in range(RUNS)]
             try:
@@ -135,7 +126,6 @@ async def test_steps_finished_while_the_broker_is_down_are_reported_once(
     finally:
         proc.terminate()
         work.terminate()
-        _devkafka.stop(data_dir)
     assert values == [i + 16 for i in range(RUNS)]
     done = executions(side)
     assert sorted(done) == sorted((f"o{i}", pos) for i in range(RUNS) for pos in (0, 1, 2))
