@@ -55,7 +55,7 @@ ENDED = frozenset({*TERMINAL, PARKED})
 """Outcome statuses that say how a run ended (or stopped, for parked); the rest acknowledge starts."""
 
 
-class RunOutcome(faust.Record, serializer="json"):
+class RunOutcome(faust.Record):
     """A record of the engine's outcomes topic: how a run ended, or an idempotent start's answer.
 
     ``status`` is completed, failed, cancelled or parked for an end (`ended` is true); accepted or
@@ -76,7 +76,7 @@ class RunOutcome(faust.Record, serializer="json"):
         return self.status in ENDED
 
 
-class HistoryEvent(faust.Record, serializer="json"):
+class HistoryEvent(faust.Record):
     """A record of the engine's history topic: one accepted fact about one run, ``seq`` 0, 1, ... per run.
 
     ``kind`` names the fact (RunStarted, StepScheduled, StepCompleted, RunCompleted, ...; the branches of
