@@ -20,7 +20,11 @@ from engine_support import engine, history, settings
 
 from orchestrator import App, WorkflowContext
 from orchestrator._engine.kafka import ensure_topics
+from orchestrator._engine.partitioning import partition_for
+from orchestrator._engine.records import RunOutcome as EngineOutcome
+from orchestrator._engine.records import encode_outcome
 from orchestrator.integrations.faust import FaustBridge, HistoryEvent, RunOutcome
+from orchestrator.topology import outcomes_topic
 
 
 @dataclass
@@ -155,3 +159,50 @@ async def test_faust_agents_start_and_signal_runs_and_see_outcomes_and_history(
         assert "EventReceived" in kinds and "StepCompleted" in kinds
         assert json.loads(seen[0].body["input"]) == {"order_id": run_id, "qty": n + 1}
     assert sum(1 for e in history(app)["o0"] if e.kind == "RunStarted") == 1
+    # The Faust app's shutdown closed the bridge's client; confirmed() opens another (closed below).
+    assert await bridge.confirmed(ended["o0"])  # agrees with the committed run state
+    assert not await bridge.confirmed(RunOutcome("o0", "checkout", "failed", 0))
+    await bridge.client.close()
+
+
+async def test_faust_agents_see_records_of_aborted_transactions(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """Why the docs call an outcome seen through Faust a hint: Faust 0.15.3 reads read_uncommitted, so an
+    outcome a processor wrote in a transaction it then aborted reaches agents (ADR 0010)."""
+    app, _ = _app(unique_name, kafka_bootstrap)
+    ensure_topics(app)
+    topic = outcomes_topic(app.name)
+    producer = Producer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "transactional.id": f"{unique_name}-tx",
+            "compression.type": "lz4",  # as the processors write
+        }
+    )
+    producer.init_transactions(30)
+    for status, commit in (("failed", False), ("completed", True)):
+        producer.begin_transaction()
+        value = encode_outcome(EngineOutcome("r1", "checkout", status, 1))
+        producer.produce(topic, value, b"r1", partition=partition_for("r1", app.settings.partitions))
+        producer.flush(30)
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
+
+    fapp = _faust_app(f"{unique_name}-faust", kafka_bootstrap, tmp_path)
+    bridge = FaustBridge(fapp, app)
+    seen: list[str] = []
+
+    @fapp.agent(bridge.outcomes)
+    async def watch(stream: Any) -> None:
+        async for outcome in stream:
+            seen.append(outcome.status)
+
+    await fapp.start()
+    try:
+        await _until(lambda: "completed" in seen, "the committed outcome")
+    finally:
+        await fapp.stop()
+    assert seen == ["failed", "completed"]
