@@ -25,6 +25,7 @@ from typing import Any
 
 try:
     import faust
+    from aiokafka.codec import has_lz4
     from faust.serializers.codecs import Codec
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -191,6 +192,12 @@ class FaustBridge:
     """
 
     def __init__(self, faust_app: faust.App, app: App) -> None:
+        if not has_lz4():
+            # Faust's fetcher would crash on the first engine record and stop every agent (ADR 0010).
+            raise OrchestratorError(
+                "the engine's topics are lz4-compressed and aiokafka (Faust's driver) cannot read lz4 "
+                "without cramjam: pip install 'kafka-orchestrator[faust]'"
+            )
         self.faust_app = faust_app
         self.app = app
         self._client: Client | None = None

@@ -111,3 +111,11 @@ def test_records_become_plain_input() -> None:
 
     cart = Cart(cart_id="c-7", items=[Item(sku="a"), Item(sku="b")])
     assert _plain(cart) == {"cart_id": "c-7", "items": [{"sku": "a"}, {"sku": "b"}]}
+
+
+def test_bridge_refuses_to_start_without_lz4(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.integrations.faust as integration
+
+    monkeypatch.setattr(integration, "has_lz4", lambda: False)
+    with pytest.raises(OrchestratorError, match="cramjam"):
+        FaustBridge(faust.App("unit-faust"), App("unit", settings=Settings(bootstrap_servers="x:1")))
