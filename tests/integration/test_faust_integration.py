@@ -206,3 +206,36 @@ async def test_faust_agents_see_records_of_aborted_transactions(
     finally:
         await fapp.stop()
     assert seen == ["failed", "completed"]
+
+
+async def test_a_record_that_is_not_the_engines_does_not_stop_the_agent(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """Junk on the outcomes topic raises in the agent; Faust acks it, restarts the agent, and the next
+    outcome still arrives (what docs/faust.md promises)."""
+    app, _ = _app(unique_name, kafka_bootstrap)
+    ensure_topics(app)
+    topic = outcomes_topic(app.name)
+    partition = partition_for("r1", app.settings.partitions)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, b"not an engine record", b"r1", partition=partition)
+    producer.produce(
+        topic, encode_outcome(EngineOutcome("r1", "checkout", "completed", 1)), b"r1", partition=partition
+    )
+    assert producer.flush(30) == 0
+
+    fapp = _faust_app(f"{unique_name}-faust", kafka_bootstrap, tmp_path)
+    bridge = FaustBridge(fapp, app)
+    seen: list[str] = []
+
+    @fapp.agent(bridge.outcomes)
+    async def watch(stream: Any) -> None:
+        async for outcome in stream:
+            seen.append(outcome.status)
+
+    await fapp.start()
+    try:
+        await _until(lambda: "completed" in seen, "the outcome after the junk record")
+    finally:
+        await fapp.stop()
+    assert seen == ["completed"]
