@@ -103,22 +103,35 @@ class _EngineCodec(Codec):
     Writing is refused: only processors write these topics.
     """
 
-    def __init__(self, what: str, **kwargs: Any) -> None:
-        self.what = what
-        super().__init__(**kwargs)
+    topic = ""
+
+    def _dumps(self, s: Any) -> bytes:
+        raise OrchestratorError(
+            f"the engine's {self.topic} topic is written only by processors; start or signal runs with "
+            "FaustBridge.start / FaustBridge.signal"
+        )
+
+
+class _OutcomeCodec(_EngineCodec):
+    topic = "outcomes"
 
     def _loads(self, s: bytes) -> Any:
-        if self.what == "outcome":
-            o = decode_outcome(s)
-            return {
-                "run_id": o.run_id,
-                "workflow": o.workflow,
-                "status": o.status,
-                "timestamp_ms": o.timestamp_ms,
-                "result": o.result,
-                "error_type": o.error_type,
-                "error_message": o.error_message,
-            }
+        o = decode_outcome(s)
+        return {
+            "run_id": o.run_id,
+            "workflow": o.workflow,
+            "status": o.status,
+            "timestamp_ms": o.timestamp_ms,
+            "result": o.result,
+            "error_type": o.error_type,
+            "error_message": o.error_message,
+        }
+
+
+class _HistoryCodec(_EngineCodec):
+    topic = "history"
+
+    def _loads(self, s: bytes) -> Any:
         e = decode_event(s)
         return {
             "event_id": e.event_id,
@@ -131,16 +144,10 @@ class _EngineCodec(Codec):
             "body": to_record(e.body),
         }
 
-    def _dumps(self, s: Any) -> bytes:
-        raise OrchestratorError(
-            f"the engine's {self.what} topic is written only by processors; start or signal runs with "
-            "FaustBridge.start / FaustBridge.signal"
-        )
 
-
-OUTCOME_CODEC = _EngineCodec("outcome")
+OUTCOME_CODEC = _OutcomeCodec()
 """Value codec of the outcomes topic: engine Avro -> `RunOutcome` fields."""
-HISTORY_CODEC = _EngineCodec("history")
+HISTORY_CODEC = _HistoryCodec()
 """Value codec of the history topic: engine Avro -> `HistoryEvent` fields."""
 
 

@@ -78,8 +78,26 @@ def test_other_bytes_are_refused_with_the_reason() -> None:
 
 def test_engine_topics_refuse_writes() -> None:
     outcome = RunOutcome(run_id="r", workflow="w", status="completed", timestamp_ms=1)
-    with pytest.raises(OrchestratorError, match="written only by processors"):
+    with pytest.raises(OrchestratorError, match="outcomes topic is written only by processors"):
         OUTCOME_CODEC.dumps(outcome.asdict())
+    with pytest.raises(OrchestratorError, match="history topic is written only by processors"):
+        HISTORY_CODEC.dumps({"run_id": "r"})
+
+
+def test_public_surface_is_pinned() -> None:
+    import orchestrator.integrations.faust as integration
+
+    assert integration.__all__ == [
+        "ENDED",
+        "EVENT_VALUE",
+        "HISTORY_CODEC",
+        "OUTCOME_CODEC",
+        "FaustBridge",
+        "HistoryEvent",
+        "RunOutcome",
+        "run_id_of",
+    ]
+    assert all(getattr(integration, name) is not None for name in integration.__all__)
 
 
 def _event(key: object, value: object) -> SimpleNamespace:
