@@ -137,3 +137,19 @@ def test_bridge_refuses_to_start_without_lz4(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(integration, "has_lz4", lambda: False)
     with pytest.raises(OrchestratorError, match="cramjam"):
         FaustBridge(faust.App("unit-faust"), App("unit", settings=Settings(bootstrap_servers="x:1")))
+
+
+def test_without_the_extra_the_import_error_says_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['faust'] = None\n"  # what an install without faust-streaming looks like
+        "import orchestrator\n"  # the core never needs it
+        "try:\n"
+        "    import orchestrator.integrations.faust\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'kafka-orchestrator[faust]'" in out.stdout
