@@ -1,6 +1,6 @@
 """Faust integration: start and signal runs from Faust agents, react to run outcomes and history.
 
-For teams whose domain events already flow through Faust agents (ADR 0010). Needs the ``faust`` extra
+For teams whose domain events already flow through Faust agents (ADR 0014). Needs the ``faust`` extra
 (``pip install kafka-orchestrator[faust]``); importing this module without faust-streaming raises
 ImportError with that hint.
 
@@ -12,7 +12,7 @@ ImportError with that hint.
   `HistoryEvent`.
 
 The engine writes those topics in Kafka transactions, and Faust 0.15.3 consumes with
-``read_uncommitted`` (even with ``processing_guarantee="exactly_once"``; measured in ADR 0010), so an
+``read_uncommitted`` (even with ``processing_guarantee="exactly_once"``; measured in ADR 0014), so an
 agent can also see records of aborted transactions: treat an outcome as a hint that is almost always
 final, dedupe by run id (outcomes) or event id (history), and ask `FaustBridge.confirmed` (which reads
 committed state) when acting on a phantom would be wrong.
@@ -200,7 +200,7 @@ class FaustBridge:
 
     def __init__(self, faust_app: faust.App, app: App) -> None:
         if not has_lz4():
-            # Faust's fetcher would crash on the first engine record and stop every agent (ADR 0010).
+            # Faust's fetcher would crash on the first engine record and stop every agent (ADR 0014).
             raise OrchestratorError(
                 "the engine's topics are lz4-compressed and aiokafka (Faust's driver) cannot read lz4 "
                 "without cramjam: pip install 'kafka-orchestrator[faust]'"
@@ -225,7 +225,7 @@ class FaustBridge:
         *,
         run_id: str | None = None,
         run_id_from: KeyExpr | None = None,
-    ) -> RunHandle:
+    ) -> RunHandle[Any]:
         """Start a run of ``workflow`` for the event the calling agent is processing.
 
         ``input`` defaults to the event's value (a Faust record is passed as its fields). The run id is
