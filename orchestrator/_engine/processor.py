@@ -160,6 +160,7 @@ class Processor:
         self._clock = time.monotonic  # replaced by tests
         self._producer_config: dict[str, Any] = {}
         self._record_limit = record_limit({}, [])  # with the topics' own limits once run() has seen them
+        self._txn_began = float("inf")  # monotonic start of the open transaction (none yet)
         self._handling_deadline = float("inf")  # past it, the open transaction takes no more work
         self._retry = Retrier(self.faults, lambda: self._running)
 
@@ -243,6 +244,7 @@ class Processor:
         assert producer is not None
         try:
             self._retry.call("begin_transaction", producer.begin_transaction)
+            self._txn_began = time.monotonic()
             self._produce(self.changelog, None, b"m/ownership-probe", partition=0)
             producer.flush(self._txn_timeout_s)
         except KafkaException as exc:
@@ -296,6 +298,7 @@ class Processor:
             assert producer is not None
             try:
                 self._retry.call("begin_transaction", producer.begin_transaction)
+                self._txn_began = time.monotonic()
                 for schedule in self.app.schedules.values():
                     body = ScheduleRegister(
                         schedule.workflow, schedule.cron, schedule.timezone, schedule.missed
@@ -426,6 +429,7 @@ class Processor:
         # retrying send_offsets then, abort, and poll the consumer again (a group that is rebalancing waits
         # for this instance to rejoin, which it cannot do while stuck here).
         give_up_at = time.monotonic() + self._txn_timeout_s
+        self._txn_began = time.monotonic()
         self._handling_deadline = self._clock() + BATCH_TIME_SHARE * self._txn_timeout_s
         try:
             self._retry.call("begin_transaction", producer.begin_transaction)
@@ -538,13 +542,26 @@ class Processor:
         if not is_fatal(err):
             return False
         assert err is not None
-        if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+        if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED) and not self._outlived_timeout():
             raise ProcessorFencedError(
                 f"processor {self.config.instance_id} was fenced ({exc}); another instance with the same id "
                 "owns its partitions now. Stopping."
             ) from exc
         self._renew_producer(exc)
         return True
+
+    def _outlived_timeout(self) -> bool:
+        """Whether the open transaction began more than ``transaction.timeout.ms`` ago.
+
+        Why: the coordinator aborts a transaction that outlives its timeout (a broker outage in the middle of
+        one does that) and bumps the producer epoch, so the producer's next call fails exactly as if a newer
+        instance had fenced it (_FENCED). Measured in test_broker_outage: after a 30 s outage the abort
+        failed with "fenced by a newer instance" although no other instance ran. A real second instance
+        fences a fresh transaction; a transaction this old was fenced by its own timeout, and the instance
+        goes on with a new producer (like Kafka Streams after a TaskMigrated). A real duplicate still stops
+        at its next, fresh transaction.
+        """
+        return time.monotonic() - self._txn_began >= self._txn_timeout_s
 
     def _renew_producer(self, exc: KafkaException) -> None:
         """Replace a producer librdkafka declared dead for a reason other than a fence.

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._engine import attempts, kafka
@@ -47,6 +47,7 @@ from orchestrator._engine.outbox import Outbox, Outgoing
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import DeadLetter, StepCommand, decode_command, encode_dead_letter
 from orchestrator._engine.step_ledger import Attempt, Claim, Coords, StepLedger
+from orchestrator._topic_admin import TopicAdminError
 from orchestrator.app import App
 from orchestrator.context import StepInfo, _current_step
 from orchestrator.errors import SchemaError
@@ -160,9 +161,31 @@ class Worker:
         )
         return Consumer(conf)
 
+    async def _wait_for_topics(self) -> None:
+        """Create missing topics, waiting for a broker that is away instead of exiting.
+
+        Why: a worker (re)started during a broker outage (a pod rescheduled while the cluster restarts) used
+        to exit at this first call, and whatever supervises it had to notice and try again. It waits, logging
+        the trouble once, until the broker answers or the worker is stopped (seen in test_chaos).
+        """
+        trouble = Episode(log, "broker unreachable at start-up")
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(kafka.ensure_topics, self.app)
+            except (TopicAdminError, KafkaException) as exc:
+                trouble.failed(exc)
+                await asyncio.to_thread(self._stop.wait, delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            trouble.recovered()
+            return
+
     async def run(self) -> None:
         """Serve until `stop()`; in-flight steps finish and their results are delivered before returning."""
-        await asyncio.to_thread(kafka.ensure_topics, self.app)
+        await self._wait_for_topics()
+        if self._stop.is_set():
+            return
         loop = asyncio.get_running_loop()
         consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="orchestrator-consumer")
         sync_pool = ThreadPoolExecutor(self.config.sync_threads, thread_name_prefix="orchestrator-step")
