@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # three JVMs on a shared 2-core machine
 QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/conftest.py
 
 

@@ -25,6 +25,7 @@ from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo
 from orchestrator._devkafka.security import read_client_properties
 
+pytestmark = pytest.mark.timeout(600)  # a JVM start on a shared 2-core machine
 QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/conftest.py
 
 
@@ -103,11 +104,19 @@ def _first_error(settings: dict[str, Any]) -> KafkaError:
     return errors[0]
 
 
-@pytest.mark.parametrize("how", ["no credentials", "wrong password"])
-def test_client_without_credentials_gets_an_authentication_error(secured: BrokerInfo, how: str) -> None:
+def test_client_without_credentials_is_refused_before_connecting(secured: BrokerInfo) -> None:
     settings = _client_settings(secured)
-    if how == "no credentials":
-        del settings["sasl.username"], settings["sasl.password"]
+    del settings["sasl.username"], settings["sasl.password"]
+
+    with pytest.raises(KafkaException, match=r"sasl\.username and sasl\.password must be set"):
+        Producer(settings)
+
+
+@pytest.mark.parametrize("how", ["unknown user", "wrong password"])
+def test_client_with_wrong_credentials_gets_an_authentication_error(secured: BrokerInfo, how: str) -> None:
+    settings = _client_settings(secured)
+    if how == "unknown user":
+        settings["sasl.username"] = "nobody"
     else:
         settings["sasl.password"] = "not-the-password"
 
