@@ -80,6 +80,9 @@ class BrokerInfo:
     """Whether the brokers answered a metadata request (``status`` may see them still booting)."""
     kafka_version: str = KAFKA_VERSION
     nodes: tuple[NodeInfo, ...] = ()
+    """The nodes running now (``status`` of a cluster with a node down lists fewer than ``brokers``)."""
+    brokers: int = 1
+    """How many nodes the data dir was formatted for."""
     secure: bool = False
     client_properties: Path | None = None
     """A secured data dir's librdkafka settings file (holds the admin password; owner-only)."""
@@ -262,7 +265,8 @@ def _info(root: Path, shape: Shape, client: dict[str, str], started_new: bool, s
     secure_file = SecureFiles(root).client_properties if shape.secure else None
     return BrokerInfo(
         shape.bootstrap, nodes[0].pid, nodes[0].log_path, root, started_new, seconds,
-        nodes=nodes, secure=shape.secure, client_properties=secure_file, client_config=client,
+        nodes=nodes, brokers=shape.brokers, secure=shape.secure, client_properties=secure_file,
+        client_config=client,
     )  # fmt: skip
 
 
@@ -539,8 +543,8 @@ def status(data_dir: Path | None = None) -> BrokerInfo | None:
     ready = len(nodes) == shape.brokers and probe.broker_answers(shape.bootstrap, 3.0, client, shape.brokers)
     return BrokerInfo(
         shape.bootstrap, nodes[0].pid, nodes[0].log_path, root, False, time.monotonic() - began, ready=ready,
-        nodes=nodes, secure=shape.secure, client_properties=files.client_properties if shape.secure else None,
-        client_config=client,
+        nodes=nodes, brokers=shape.brokers, secure=shape.secure,
+        client_properties=files.client_properties if shape.secure else None, client_config=client,
     )  # fmt: skip
 
 

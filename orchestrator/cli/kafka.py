@@ -69,7 +69,10 @@ def _info_table(info: BrokerInfo, title: str) -> Table:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("bootstrap", info.bootstrap)
-    if len(info.nodes) > 1:
+    if info.brokers > 1:
+        running = {node.node_id for node in info.nodes}
+        for missing in sorted(set(range(1, info.brokers + 1)) - running):
+            table.add_row(f"node {missing}", "[red]not running[/] (start again with the same options)")
         for node in info.nodes:
             table.add_row(
                 f"node {node.node_id}", f"pid {node.pid}, {node.bootstrap}, log {escape(str(node.log_path))}"
@@ -86,6 +89,10 @@ def _info_table(info: BrokerInfo, title: str) -> Table:
     return table
 
 
+def _what(info: BrokerInfo) -> str:
+    return "Kafka broker" if info.brokers == 1 else f"Kafka cluster of {info.brokers} brokers"
+
+
 def start(
     data_dir: DirOption = None,
     port: PortOption = None,
@@ -99,8 +106,7 @@ def start(
     except DevKafkaError as exc:
         raise _fail(exc) from exc
     how = "started" if info.started_new else "[yellow]reused[/] (already running)"
-    what = "Kafka broker" if len(info.nodes) <= 1 else f"Kafka cluster of {len(info.nodes)} brokers"
-    table = _info_table(info, f"{what} {how}")
+    table = _info_table(info, f"{_what(info)} {how}")
     table.add_row("ready in", f"{info.seconds:.2f} s")
     _console.print(table)
 
@@ -112,7 +118,7 @@ def stop(data_dir: DirOption = None) -> None:
     except DevKafkaError as exc:
         raise _fail(exc) from exc
     where = data_dir or _devkafka.default_data_dir()
-    _console.print(f"Kafka broker of {where} " + ("[green]stopped[/]" if stopped else "was not running"))
+    _console.print(f"Kafka broker(s) of {where} " + ("[green]stopped[/]" if stopped else "not running"))
 
 
 def status(data_dir: DirOption = None) -> None:
@@ -122,7 +128,7 @@ def status(data_dir: DirOption = None) -> None:
         _console.print(f"No Kafka broker running for {data_dir or _devkafka.default_data_dir()}")
         raise typer.Exit(code=1)
     state = "[green]running[/]" if info.ready else "[yellow]running, not (all) answering[/]"
-    _console.print(_info_table(info, f"Kafka broker {state}"))
+    _console.print(_info_table(info, f"{_what(info)} {state}"))
     if not info.ready:
         raise typer.Exit(code=1)
 
