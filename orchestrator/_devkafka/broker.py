@@ -18,16 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 from confluent_kafka.admin import AdminClient
 
-from orchestrator._devkafka import cluster, probe, security, state
+from orchestrator._devkafka import cluster, probe, process, security, state
 from orchestrator._devkafka.cluster import NodePorts, Shape, node_dir
 from orchestrator._devkafka.config import (
     BrokerConfig,
     DataDir,
     TlsSettings,
-    jvm_options,
     new_cluster_id,
     read_properties,
     write_config_files,
@@ -41,12 +39,6 @@ DEFAULT_PORT = 19092
 DEFAULT_CONTROLLER_PORT = 19093
 START_TIMEOUT_S = 90.0
 """Per start of one broker; a cluster gets twice as long (its JVMs share the machine's cores)."""
-STOP_TIMEOUT_S = 30.0
-_LOG_TAIL_LINES = 30
-
-# Brokers started by this process. Keeping the Popen objects lets ``stop`` reap them (no zombies, which
-# would still look alive to a pid check) and stops Python warning that a running child was forgotten.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True)
@@ -100,13 +92,6 @@ def _root(data_dir: Path | None) -> Path:
     return (data_dir or default_data_dir()).expanduser().resolve()
 
 
-def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no broker log)"
-
-
 def start(
     data_dir: Path | None = None,
     port: int | Sequence[int] | None = None,
@@ -152,20 +137,20 @@ def start(
     for node_id, config in configs.items():
         layout = node_dir(root, node_id, brokers)
         write_config_files(layout, config)
-        _format_once(java, lib, layout, config, shape.cluster_id, credentials)
+        process.format_once(java, lib, layout, config, shape.cluster_id, credentials)
     client = _client_config(shape, files, credentials)
     if credentials is not None:
         security.write_client_properties(files, client)
     launched = {
-        node_id: _launch(java, lib, node_dir(root, node_id, brokers), config)
+        node_id: process.launch(java, lib, node_dir(root, node_id, brokers), config)
         for node_id, config in configs.items()
     }
-    for node_id, process in launched.items():
-        _record(node_dir(root, node_id, brokers), process.pid, configs[node_id], shape.cluster_id, 0.0)
+    for node_id, child in launched.items():
+        _record(node_dir(root, node_id, brokers), child.pid, configs[node_id], shape.cluster_id, 0.0)
     _wait_started(root, shape, launched, client, deadline)
     seconds = time.monotonic() - began
-    for node_id, process in launched.items():
-        _record(node_dir(root, node_id, brokers), process.pid, configs[node_id], shape.cluster_id, seconds)
+    for node_id, child in launched.items():
+        _record(node_dir(root, node_id, brokers), child.pid, configs[node_id], shape.cluster_id, seconds)
     return _info(root, shape, client, True, seconds)
 
 
@@ -306,7 +291,7 @@ def _reuse_legacy(root: Path, pid: int, began: float, deadline: float) -> Broker
             raise DevKafkaError(
                 f"The broker of {root} (pid {pid}) is running but does not answer on {bootstrap}. "
                 f"Stop it with 'orchestrator kafka stop --dir {root}'. Log tail:\n"
-                + log_tail(layout.log_path)
+                + process.log_tail(layout.log_path)
             )
         time.sleep(0.2)
     node = NodeInfo(1, pid, bootstrap, 0, root, layout.log_path)
@@ -349,53 +334,6 @@ def _check_legacy_controller_port(layout: DataDir, node: NodePorts) -> None:
         )
 
 
-def _java_command(java: str, lib: Path, layout: DataDir, config: BrokerConfig) -> list[str]:
-    # The JVM expands the "lib/*" wildcard itself; no shell is involved.
-    return [java, *jvm_options(layout, config), "-cp", f"{lib}/*"]
-
-
-def _format_once(
-    java: str,
-    lib: Path,
-    layout: DataDir,
-    config: BrokerConfig,
-    cluster_id: str,
-    credentials: Credentials | None,
-) -> None:
-    """Format a node's storage on first use; formatting twice would fail.
-
-    Nodes of a cluster share the cluster id and are formatted alike against the static voter set; a lone
-    node is formatted ``--standalone`` (a one-voter dynamic quorum). A secured node's SCRAM users are
-    created here; their passwords are on this short-lived command line, never in its quoted output.
-    """
-    if layout.meta_properties.is_file():
-        return
-    command = [*_java_command(java, lib, layout, config), "kafka.tools.StorageTool", "format"]
-    command += [] if config.voters else ["--standalone"]
-    command += ["-t", cluster_id, "-c", str(layout.server_properties)]
-    command += security.scram_format_arguments(credentials) if credentials is not None else []
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    if result.returncode != 0:
-        output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-_LOG_TAIL_LINES:])
-        raise DevKafkaError(
-            f"Formatting {layout.kraft_dir} failed (exit {result.returncode}):\n"
-            + security.redact(output, credentials)
-        )
-
-
-def _launch(java: str, lib: Path, layout: DataDir, config: BrokerConfig) -> subprocess.Popen[bytes]:
-    command = [*_java_command(java, lib, layout, config), "kafka.Kafka", str(layout.server_properties)]
-    with layout.log_path.open("ab") as log:
-        log.write(f"\n==== orchestrator: starting Kafka {KAFKA_VERSION} at {time.ctime()} ====\n".encode())
-        log.flush()
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=layout.root, start_new_session=True, close_fds=True,
-        )  # fmt: skip
-    _CHILDREN[process.pid] = process
-    return process
-
-
 def _wait_started(
     root: Path,
     shape: Shape,
@@ -412,14 +350,14 @@ def _wait_started(
     pending = dict(launched)
     admins: dict[int, AdminClient] = {}
     while True:
-        for node_id, process in list(pending.items()):
+        for node_id, child in list(pending.items()):
             layout = node_dir(root, node_id, shape.brokers)
-            code = process.poll()
+            code = child.poll()
             if code is not None:
                 _abort(root, shape, launched)
                 raise DevKafkaError(
                     f"Broker node {node_id} exited with code {code} while starting. Log tail "
-                    f"({layout.log_path}):\n" + log_tail(layout.log_path)
+                    f"({layout.log_path}):\n" + process.log_tail(layout.log_path)
                 )
             node = ports[node_id]
             if probe.tcp_open(node.port):
@@ -431,7 +369,7 @@ def _wait_started(
         if time.monotonic() > deadline:
             _abort(root, shape, launched)
             logs = [node_dir(root, node_id, shape.brokers).log_path for node_id in launched]
-            tail = log_tail(logs[0])
+            tail = process.log_tail(logs[0])
             raise DevKafkaError(
                 f"The broker(s) did not all answer on {shape.bootstrap} in time and were stopped "
                 f"(waiting for nodes {sorted(pending) or 'to see each other'}). Logs: "
@@ -441,38 +379,12 @@ def _wait_started(
 
 
 def _abort(root: Path, shape: Shape, launched: dict[int, subprocess.Popen[bytes]]) -> None:
-    for node_id, process in launched.items():
-        if process.poll() is None:
+    for node_id, child in launched.items():
+        if child.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-        _wait_gone(process.pid, 10.0)
+                os.kill(child.pid, signal.SIGKILL)
+        process.wait_gone(child.pid, 10.0)
         state.clear_run_files(node_dir(root, node_id, shape.brokers))
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    child = _CHILDREN.get(pid)
-    try:
-        if child is not None:
-            child.wait(timeout)
-            _CHILDREN.pop(pid, None)
-        else:
-            psutil.Process(pid).wait(timeout)
-    except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
-        return False
-    except psutil.NoSuchProcess:
-        pass
-    return True
-
-
-def _terminate(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM for a controlled shutdown; SIGKILL if it hangs (it can wait minutes for a lost quorum)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if _wait_gone(pid, timeout):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _wait_gone(pid, 10.0)
 
 
 def _node_dirs(root: Path) -> list[tuple[int, DataDir]]:
@@ -483,7 +395,7 @@ def _node_dirs(root: Path) -> list[tuple[int, DataDir]]:
     return [(node.node_id, node_dir(root, node.node_id, shape.brokers)) for node in shape.nodes]
 
 
-def stop(data_dir: Path | None = None, *, timeout: float = STOP_TIMEOUT_S) -> bool:
+def stop(data_dir: Path | None = None, *, timeout: float = process.STOP_TIMEOUT_S) -> bool:
     """Stop the data dir's broker(s); False if none was running. The formatted storage is kept.
 
     Every node gets SIGTERM at once: stopped one by one, the last ones would wait in vain for a controller
@@ -497,7 +409,7 @@ def stop(data_dir: Path | None = None, *, timeout: float = STOP_TIMEOUT_S) -> bo
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for layout, pid in running:
-        _terminate(pid, max(0.1, deadline - time.monotonic()))
+        process.terminate(pid, max(0.1, deadline - time.monotonic()))
         state.clear_run_files(layout)
     return bool(running)
 
@@ -512,7 +424,7 @@ def kill_node(data_dir: Path | None, node_id: int) -> bool:
         if each_id == node_id and pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 30.0)
+            process.wait_gone(pid, 30.0)
             state.clear_run_files(layout)
             return True
     return False

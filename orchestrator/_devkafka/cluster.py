@@ -125,8 +125,10 @@ def check_same_shape(root: Path, recorded: Shape, brokers: int, secure: bool) ->
             "or use a new --dir."
         )
     if recorded.secure != secure:
-        flag, how = ("--secure", "secured") if recorded.secure else ("no --secure", "not secured")
-        raise DevKafkaError(f"{root} was formatted {how}; start it with {flag} or use a new --dir.")
+        how = "with" if recorded.secure else "without"
+        raise DevKafkaError(
+            f"{root} was formatted {how} --secure; start it {how} --secure or use a new --dir."
+        )
 
 
 def check_controllers_unchanged(root: Path, recorded: Shape, planned: tuple[NodePorts, ...]) -> None:
