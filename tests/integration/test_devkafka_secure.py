@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -150,3 +151,25 @@ def test_cli_and_broker_log_show_no_password(secured: BrokerInfo) -> None:
     for password in passwords:
         assert password not in result.stdout + result.stderr
         assert password not in broker_log
+
+
+def _speak_tls_without_a_certificate(port: int, ca: str) -> None:
+    context = ssl.create_default_context(cafile=ca)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"\x00\x00\x00\x00")
+        if tls.recv(1) == b"":
+            raise ConnectionError("closed by the controller")
+
+
+def test_controller_listener_wants_a_broker_certificate(secured: BrokerInfo) -> None:
+    """Mutual TLS: a caller that trusts the CA but has no certificate of its own is turned away."""
+    assert secured.client_properties is not None
+    ca = read_client_properties(secured.client_properties)["ssl.ca.location"]
+    # TLS 1.2 refuses in the handshake, TLS 1.3 right after it (the client's handshake ends first).
+    with pytest.raises((ssl.SSLError, ConnectionError)) as refused:
+        _speak_tls_without_a_certificate(secured.nodes[0].controller_port, ca)
+    # Java answers a missing client certificate with a "bad certificate" alert (SSLV3_ALERT_BAD_CERTIFICATE).
+    assert isinstance(refused.value, ConnectionError) or "CERTIFICATE" in str(refused.value).upper()
