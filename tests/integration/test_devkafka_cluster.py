@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo
@@ -117,6 +117,12 @@ def test_killed_leader_fails_over_and_rejoins_the_isr(cluster: tuple[BrokerInfo,
     consumer.commit(asynchronous=False)
     consumer.close()
     assert seen == list(range(210))
+    topics = admin.list_topics(timeout=10).topics
+    for internal in ("__consumer_offsets", "__transaction_state"):  # made while a broker was down
+        assert len(topics[internal].partitions[0].replicas) == 3
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(30)
+    assert configs["min.insync.replicas"].value == "2"
 
     again = _devkafka.restart_node(data_dir, leader)
     assert {node.node_id for node in again.nodes} == {1, 2, 3}
