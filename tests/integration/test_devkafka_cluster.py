@@ -7,7 +7,6 @@ broker; the cluster is stopped at the end whatever happens.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,24 +16,13 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
+from engine_support import free_ports
 
 from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # three JVMs on a shared 2-core machine
-QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/conftest.py
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports free right now (``tests/conftest.py`` has the same; a test module cannot import it)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/integration/conftest.py
 
 
 @pytest.fixture

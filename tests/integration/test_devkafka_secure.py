@@ -22,30 +22,20 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from engine_support import free_ports
 
 from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo
 from orchestrator._devkafka.security import read_client_properties
 
 pytestmark = pytest.mark.timeout(600)  # a JVM start on a shared 2-core machine
-QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/conftest.py
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/integration/conftest.py
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
     data_dir = tmp_path_factory.mktemp("secure") / "kafka"
-    port, controller_port = _free_ports(2)
+    port, controller_port = free_ports(2)
     info = _devkafka.start(data_dir, port, controller_port, secure=True, heap_mb=384)
     print(f"secured broker ready in {info.seconds:.1f} s")
     try:
