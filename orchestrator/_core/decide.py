@@ -237,9 +237,12 @@ class Decider:
 
     def _on_step_started(self, state: st.RunState, body: ev.StepStarted, fx: Effects, now_ms: int) -> None:
         step = state.step_at(body.position)
+        # Recorded whenever that attempt still runs: while the run runs, compensates (a compensation's
+        # command asks for the report too) or is parked (its steps keep running and its timers re-arm on
+        # resume), so the start-to-close limit always counts from the start, not from the scheduling.
         if step is None or step.status != st.STEP_SCHEDULED or step.attempt != body.attempt:
             fx.ignored = "start report of an attempt that is no longer running"
-        elif state.status != st.RUNNING:
+        elif state.status not in (st.RUNNING, st.COMPENSATING, st.PARKED):
             fx.ignored = f"run is {state.status}"
         else:
             self._record(state, fx, body, now_ms)
@@ -469,6 +472,7 @@ class Decider:
             args=original.args,
             queue=definition.queue if definition else original.queue,
             timeout_ms=definition.timeout_ms if definition else 0,
+            schedule_to_start_ms=definition.schedule_to_start_ms if definition else 0,
             retry="",
             kind=st.KIND_COMPENSATION,
             compensate=str(original.position),

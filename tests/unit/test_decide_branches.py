@@ -159,6 +159,11 @@ async def guarded_flow(ctx: WorkflowContext) -> int:
 
 
 @app.workflow
+async def guarded_pair(ctx: WorkflowContext) -> list[int]:
+    return list(await asyncio.gather(ctx.step(act, 1), ctx.step(guarded, 2)))
+
+
+@app.workflow
 async def closes_flow(ctx: WorkflowContext) -> int:
     return await ctx.step(closes, 1)
 
@@ -514,26 +519,33 @@ def _compensating_with_timeouts(make: Make) -> Driver:
     return d
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: a compensation is scheduled without its step's schedule-to-start timeout"
-)
 def test_a_compensation_has_its_steps_schedule_to_start_timeout(make: Make) -> None:
     d = _compensating_with_timeouts(make)
     assert d.commands()[-1].schedule_to_start_ms == 2_000
     assert d.timers() == [(5_000, "timeout:2:1")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a compensation's start report is ignored while the run compensates (the command asks for "
-    "it), so its start-to-close timeout also counts the time it waited for a worker",
-)
 def test_a_compensations_start_report_starts_its_start_to_close_timeout(make: Make) -> None:
     d = _compensating_with_timeouts(make)
     assert d.commands()[-1].report_start
     fx = d.started(2, 4_500)
     assert bodies(fx, ev.StepStarted) == [ev.StepStarted(2, 1, 4_500, "w-1")]
     assert d.timers() == [(9_500, "timeout:2:1")]
+
+
+def test_a_start_report_while_parked_is_kept_for_the_resume(make: Make) -> None:
+    """A parked run keeps its scheduled steps running; a worker that starts one reports it (the command
+    asked), so after the resume the attempt is held to its start-to-close limit from that start."""
+    d = make("guarded_pair")
+    d.start(now=1_000)
+    d.restart(no_workflows)
+    d.complete(0, 1_500, value=1)  # parks: the workflow is gone; guarded(2) is still out
+    assert d.status == st.PARKED
+    fx = d.started(1, 1_600)
+    assert bodies(fx, ev.StepStarted) == [ev.StepStarted(1, 1, 1_600, "w-1")]
+    d.restart(app)
+    d.resume(1_700)
+    assert d.timers() == [(6_600, "timeout:1:1")]
 
 
 def test_a_compensation_times_out_and_retries(make: Make) -> None:
