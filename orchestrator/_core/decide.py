@@ -517,14 +517,14 @@ class Decider:
         recorded: list[tuple[str, str]] = [(s.kind, s.step) for s in state.steps]
         inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms, recorded)
         try:
-            _check_replay(state, inst)
+            checked = _check_replay(state, inst, 0)
             for res in state.resolutions[:resolutions]:
                 step = state.steps[res.position]
                 failure = None
                 if step.status == st.STEP_FAILED:
                     failure = StepFailedError(step.step, step.error_type, step.error_message, step.attempt)
                 inst.resolve(res.position, res.timestamp_ms, step.result, failure)
-                _check_replay(state, inst)
+                checked = _check_replay(state, inst, checked)
             if len(inst.issued) < len(state.steps):
                 missing = state.steps[len(inst.issued)]
                 raise NonDeterminismError(
@@ -606,8 +606,16 @@ class Decider:
         self._record(state, fx, ev.RunCompleted(result=data), now_ms)  # cancels steps it did not await
 
 
-def _check_replay(state: st.RunState, inst: WorkflowInstance) -> None:
-    for issued in inst.issued[: len(state.steps)]:
+def _check_replay(state: st.RunState, inst: WorkflowInstance, checked: int) -> int:
+    """Check the commands issued since the last check against the history; returns how many are checked.
+
+    The first ``checked`` recorded positions were already compared: an issued command never changes (the
+    list only grows), so each is compared once, as it appears, and re-executing a run costs time linear
+    in its history. Checking the whole prefix after every resolution made a run that sleeps n times cost
+    O(n^3) over its life (it is re-executed at every wake). NonDeterminismError at the first difference.
+    """
+    upto = min(len(inst.issued), len(state.steps))
+    for issued in inst.issued[checked:upto]:
         recorded = state.steps[issued.position]
         if recorded.step != issued.step or recorded.kind != issued.kind:
             raise NonDeterminismError(
@@ -615,6 +623,7 @@ def _check_replay(state: st.RunState, inst: WorkflowInstance) -> None:
                 f"current code issued {issued.kind} {issued.step!r} (workflow code changed under a running "
                 "run; deploy the previous code, or guard the change behind a version check)"
             )
+    return max(checked, upto)
 
 
 def _policy_fields(raw: dict[str, Any]) -> dict[str, Any]:
