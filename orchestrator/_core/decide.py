@@ -272,14 +272,22 @@ class Decider:
             self._record(state, fx, ev.RunCancelled(body.reason), now_ms)
 
     def _on_resume(self, state: st.RunState, body: ev.ResumeRun, fx: Effects, now_ms: int) -> None:
+        """Reopen a parked or failed run (ADR 0009, "Resuming a run").
+
+        A run that goes back to running gets a fresh deadline (now plus its workflow's timeout), recorded
+        in ``RunResumed``: the old one may have passed (that may be why it failed), and a resumed run
+        must get to run. A run parked while compensating goes on compensating; its deadline is moot.
+        """
         if state.status == st.PARKED and body.from_position < 0 and state.ending:
-            self._record(state, fx, ev.RunResumed(body.reason, -1), now_ms)  # back to compensating
+            self._record(state, fx, ev.RunResumed(body.reason, -1, -1), now_ms)  # back to compensating
             for comp in list(state.steps):
                 if comp.kind == st.KIND_COMPENSATION and comp.status == st.STEP_FAILED:
                     self._schedule(state, fx, comp, comp.attempt + 1, now_ms)
             return
         if state.status == st.PARKED and body.from_position < 0:
-            self._record(state, fx, ev.RunResumed(body.reason, -1), now_ms)
+            self._record(
+                state, fx, ev.RunResumed(body.reason, -1, self._fresh_deadline(state, now_ms)), now_ms
+            )
             self.cache.evict(state.run_id)
             inst = self._instance(state, fx, now_ms, fresh=0)  # parks again if the code still diverges
             if inst is not None:
@@ -288,20 +296,23 @@ class Decider:
         if state.status != st.FAILED:
             fx.ignored = f"resume of a {state.status} run (only parked or failed runs resume)"
             return
-        position = body.from_position
-        if position < 0:
-            failed = [s.position for s in state.steps if s.status == st.STEP_FAILED]
-            if not failed:
-                fx.dead_letter = "re-run of a run with no failed step: name the step position"
-                return
-            position = failed[0]
-        step = state.step_at(position)
-        if step is None or step.kind != st.KIND_STEP:
-            fx.dead_letter = f"re-run from position {position}, which is not a step of the run"
+        position, refusal = _rerun_point(state, body.from_position)
+        if refusal:
+            fx.dead_letter = refusal
             return
-        self._record(state, fx, ev.RunResumed(body.reason, position), now_ms)
+        resumed = ev.RunResumed(body.reason, position, self._fresh_deadline(state, now_ms))
+        self._record(state, fx, resumed, now_ms)
         self.cache.evict(state.run_id)
-        self._schedule(state, fx, state.steps[position], step.attempt + 1, now_ms)
+        step = state.steps[position]
+        self._schedule(state, fx, step, step.attempt + 1, now_ms)
+
+    def _fresh_deadline(self, state: st.RunState, now_ms: int) -> int:
+        """The deadline of a run resumed at ``now_ms``: its workflow's timeout from now (0: none); -1 (keep
+        it) when the workflow is not registered, since such a run parks again at once."""
+        definition = self.app.workflows.get(state.workflow)
+        if definition is None:
+            return -1
+        return now_ms + definition.timeout_ms if definition.timeout_ms else 0
 
     # -- timers -------------------------------------------------------------------------------------------
     def _on_retry_due(self, state: st.RunState, position: int, fx: Effects, now_ms: int) -> None:
@@ -346,7 +357,10 @@ class Decider:
             fx.ignored = "run deadline moved"
             return
         self.cache.evict(state.run_id)
-        message = f"run exceeded its timeout of {state.deadline_ms - state.created_ms} ms"
+        definition = self.app.workflows.get(state.workflow)
+        limit = definition.timeout_ms if definition is not None and definition.timeout_ms else 0
+        # A resumed run's deadline counts from its resume, so the limit is the workflow's, not the span.
+        message = f"run exceeded its timeout of {limit or state.deadline_ms - state.created_ms} ms"
         if not self._begin_compensation(state, fx, st.FAILED, "RunTimeout", message, now_ms):
             self._fail_with(state, fx, "RunTimeout", message, now_ms)
 
@@ -624,6 +638,48 @@ def _check_replay(state: st.RunState, inst: WorkflowInstance, checked: int) -> i
                 "run; deploy the previous code, or guard the change behind a version check)"
             )
     return max(checked, upto)
+
+
+def _rerun_point(state: st.RunState, requested: int) -> tuple[int, str]:
+    """(position, "") to re-run a failed run from, or (-1, why not).
+
+    ``requested`` -1 picks the earliest command the failure stopped: a failed step, or one the run's end
+    cancelled (a run that timed out has no failed step). A re-run keeps every command before its position
+    with its recorded outcome, so it is refused when one of them was cancelled (the re-executed workflow
+    would wait for it forever) or undone by its compensation (the run would go on as if the undone work
+    still held). Re-running from the earliest undone step redoes it and all that followed.
+    """
+    commands = [s for s in state.steps if s.kind != st.KIND_COMPENSATION]
+    position = requested
+    if position < 0:
+        stopped = [s.position for s in commands if s.status in (st.STEP_FAILED, st.STEP_CANCELLED)]
+        if not stopped:
+            return -1, "re-run of a run with no failed or cancelled step: name the step position"
+        position = stopped[0]
+    step = state.step_at(position)
+    if step is None or step.kind != st.KIND_STEP:
+        what = f"its {step.kind} {step.step!r}" if step is not None else "not a command of the run"
+        return -1, (
+            f"re-run from position {position} refused: it is {what}, and a re-run restarts a step; "
+            "name the position of a step before it"
+        )
+    undone = sorted(int(s.compensate) for s in state.steps if s.kind == st.KIND_COMPENSATION)
+    if undone and undone[0] < position:
+        return -1, (
+            f"re-run from position {position} refused: the compensations of the steps at positions "
+            f"{', '.join(map(str, undone))} ran, and the run would go on as if their work still held. Re-run "
+            f"from position {undone[0]} or earlier to do that work again (each step under its original "
+            "idempotency key), or start a new run"
+        )
+    cancelled = [s.position for s in commands if s.position < position and s.status == st.STEP_CANCELLED]
+    if cancelled:
+        return -1, (
+            f"re-run from position {position} refused: the command(s) at position(s) "
+            f"{', '.join(map(str, cancelled))} before it were cancelled when the run ended, and the "
+            "re-executed workflow would wait for them forever; re-run from position "
+            f"{cancelled[0]} or earlier"
+        )
+    return position, ""
 
 
 def _policy_fields(raw: dict[str, Any]) -> dict[str, Any]:

@@ -891,7 +891,7 @@ def test_resume_of_a_failed_run_retries_its_failed_step(make: Make) -> None:
     d.start(now=1_000)
     d.fail(0, 2_000, "TerminalError", retryable=False)
     fx = d.resume(3_000)
-    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0)]
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0, 33_000)]  # a fresh deadline
     assert [(c.position, c.attempt) for _, c in fx.commands] == [(0, 2)]
     d.complete(0, 4_000, value=7)
     assert d.decoded_result() == 7
@@ -904,7 +904,7 @@ def test_resume_from_a_position_forgets_what_followed(make: Make) -> None:
     d.fail(1, 3_000, "TerminalError", retryable=False)
     assert d.status == st.FAILED
     fx = d.resume(4_000, from_position=0)  # re-run from the first step: the failed second one is forgotten
-    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0)]
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0, 0)]  # no timeout: no deadline
     assert d.state is not None and len(d.state.steps) == 1 and d.state.resolutions == []
     assert [(c.position, c.step, c.attempt) for _, c in fx.commands] == [(0, "act", 2)]
     d.complete(0, 5_000, value=5)
@@ -912,11 +912,6 @@ def test_resume_from_a_position_forgets_what_followed(make: Make) -> None:
     assert d.decoded_result() == [5, 6]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="suspected bug: resuming a failed run whose compensations ran keeps the undone steps as "
-    "completed (their compensation records are dropped) and goes on as if they still held",
-)
 def test_resume_after_compensations_does_not_build_on_undone_steps(make: Make) -> None:
     d = _saga_failed(make)
     for position in (5, 6, 7):  # undo(3), undo(2), undo(0) all ran
@@ -927,11 +922,63 @@ def test_resume_after_compensations_does_not_build_on_undone_steps(make: Make) -
     assert fx.dead_letter or {0, 2, 3} <= redone  # refuse, or do again what was undone
 
 
-@pytest.mark.parametrize("position", [-1, 9])
+@pytest.mark.parametrize("position", [-1, 1, 2, 3, 4])
+def test_a_rerun_after_the_first_undone_step_is_refused_with_where_to_rerun_from(
+    make: Make, position: int
+) -> None:
+    d = _saga_failed(make)
+    for undo_at in (5, 6, 7):
+        d.complete(undo_at, 4_000 + undo_at, value=0)
+    fx = d.resume(5_000, from_position=position)
+    refused(fx)
+    assert "0, 2, 3" in fx.dead_letter and "from position 0 or earlier" in fx.dead_letter
+    assert d.status == st.FAILED
+
+
+def test_a_rerun_from_the_first_undone_step_does_the_undone_work_again(make: Make) -> None:
+    d = _saga_failed(make)
+    for undo_at in (5, 6, 7):
+        d.complete(undo_at, 4_000 + undo_at, value=0)
+    fx = d.resume(5_000, from_position=0)
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0, 0)]  # saga has no timeout: none
+    assert d.state is not None and len(d.state.steps) == 1  # the compensation records went with the rest
+    assert [(c.position, c.step, c.attempt) for _, c in fx.commands] == [(0, "act", 2)]
+    now = 6_000
+    for position in range(4):  # each undone (or not) step runs again, and is compensable again
+        cmds = d.complete(position, now, value=position).commands
+        now += 100
+        assert [c.position for _, c in cmds] == [position + 1]
+    fx = d.fail(4, now, "TerminalError", retryable=False)
+    assert [c.step for _, c in fx.commands] == ["undo"] and d.status == st.COMPENSATING
+
+
+def test_a_rerun_behind_a_cancelled_command_is_refused(make: Make) -> None:
+    d = make("pair")
+    d.start(now=1_000)
+    d.fail(1, 2_000, "TerminalError", retryable=False)  # step 0 is cancelled when the run fails
+    assert d.status == st.FAILED and d.state is not None
+    assert d.state.steps[0].status == st.STEP_CANCELLED
+    fx = d.resume(3_000, from_position=1)
+    refused(fx)
+    assert "from position 0 or earlier" in fx.dead_letter
+    fx = d.resume(3_000)  # the default is the earliest stopped step
+    assert bodies(fx, ev.RunResumed)[0].from_position == 0
+    assert [(c.position, c.attempt) for _, c in fx.commands] == [(0, 2)]
+    d.complete(0, 4_000, value=1)
+    d.complete(1, 4_100, value=2)  # re-issued by the re-executed workflow
+    assert d.decoded_result() == [1, 2]
+
+
+@pytest.mark.parametrize("position", [9, -5])
 def test_resume_that_names_no_step_is_refused(make: Make, position: int) -> None:
     d = make("timed")
     d.start(now=1_000)
     d.fire("run", 31_000)  # failed without a failed step
+    if position == -5:  # -1 picks the earliest stopped step: here, none
+        d.state.steps.clear()  # type: ignore[union-attr]
+        d.state.resolutions.clear()  # type: ignore[union-attr]
+        d.check_fold = False
+        position = -1
     refused(d.resume(32_000, from_position=position))
 
 
@@ -941,17 +988,58 @@ def test_resume_of_a_running_run_is_ignored(make: Make) -> None:
     ignored(d.resume(2_000))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="suspected bug: a run that failed with RunTimeout and is resumed fails again at once (its passed "
-    "deadline stays armed), so a timed-out run cannot be resumed",
-)
 def test_a_resumed_timed_out_run_gets_to_run(make: Make) -> None:
     d = make("timed")
     d.start(now=1_000)
     d.fire("run", 31_000)
     d.resume(40_000, from_position=0)
     assert all(due > 40_000 for due, _ in d.timers())
+
+
+@pytest.mark.parametrize("position", [-1, 0])
+def test_a_resumed_timed_out_run_gets_a_fresh_deadline_and_finishes(make: Make, position: int) -> None:
+    d = make("timed")
+    d.start(now=1_000)
+    d.fire("run", 31_000)  # step 0 was running: cancelled, no step failed
+    fx = d.resume(40_000, from_position=position)
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0, 70_000)]  # now + the 30 s timeout
+    assert [(c.position, c.attempt) for _, c in fx.commands] == [(0, 2)]
+    assert d.timers() == [(70_000, "run")]
+    ignored(d.fire("run", 31_000))  # the old deadline, should it still be in an index, moved
+    d.complete(0, 41_000, value=3)
+    assert d.decoded_result() == 3
+
+
+def test_a_resumed_run_that_times_out_again_says_its_timeout(make: Make) -> None:
+    d = make("timed")
+    d.start(now=1_000)
+    d.fire("run", 31_000)
+    d.resume(40_000)
+    fx = d.fire("run", 70_000)
+    assert bodies(fx, ev.RunFailed) == [ev.RunFailed("RunTimeout", "run exceeded its timeout of 30000 ms")]
+
+
+def test_a_parked_run_resumed_after_its_deadline_gets_a_fresh_one(make: Make) -> None:
+    d = make("timed")
+    d.start(now=1_000)
+    d.restart(no_workflows)
+    d.complete(0, 2_000, value=1)  # parks: the workflow is gone
+    d.restart(app)
+    fx = d.resume(50_000)  # parked past its deadline (31 000)
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", -1, 80_000)]
+    assert d.decoded_result() == 1
+
+
+def test_a_run_resumed_into_compensation_keeps_its_deadline(make: Make) -> None:
+    d = make("timed_saga")
+    d.start(now=1_000)
+    d.complete(0, 2_000, value=0)
+    d.fail(1, 3_000, "TerminalError", retryable=False)  # compensating
+    d.fail(2, 4_000, retryable=False)  # undo(0) fails: parked while compensating
+    assert d.status == st.PARKED
+    fx = d.resume(50_000)
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", -1, -1)]
+    assert d.state is not None and d.state.deadline_ms == 31_000 and d.status == st.COMPENSATING
 
 
 no_workflows = App("branches")  # a deployment with the steps but without the workflows
