@@ -23,8 +23,8 @@ from orchestrator._core.commands import Commands, outcome_of, stopped_by
 from orchestrator._core.effects import Effects, StepCommand
 from orchestrator._core.events import Body, Event
 from orchestrator._core.evolve import evolve
-from orchestrator._engine.instance_cache import InstanceCache
-from orchestrator._engine.runtime import IssuedStep, WorkflowInstance
+from orchestrator._core.instance_cache import InstanceCache
+from orchestrator._core.runtime import IssuedStep, WorkflowInstance
 from orchestrator.app import App, WorkflowDefinition
 from orchestrator.errors import NonDeterminismError, StepFailedError
 from orchestrator.retry import RetryPolicy

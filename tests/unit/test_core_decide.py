@@ -17,6 +17,7 @@ from orchestrator import App, RetryPolicy, WorkflowContext
 from orchestrator._core.commands import Commands, stopped_by
 from orchestrator._core.decide import PARK_INTERNAL_ERROR
 from orchestrator._core.evolve import evolve
+from orchestrator._core.instance_cache import InstanceCache
 from orchestrator._engine import state as engine_state
 from orchestrator._engine import state as st
 from orchestrator._engine import wire
@@ -44,7 +45,6 @@ from orchestrator._engine.events import (
     event_record,
 )
 from orchestrator._engine.fold import FoldError, fold
-from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.records import encode_command
 from orchestrator._engine.state import decode_state, encode_state
 
