@@ -164,6 +164,12 @@ async def guarded_pair(ctx: WorkflowContext) -> list[int]:
 
 
 @app.workflow
+async def buggy(ctx: WorkflowContext) -> None:
+    await ctx.step(act, 1)
+    raise ValueError("a bug in the workflow")
+
+
+@app.workflow
 async def closes_flow(ctx: WorkflowContext) -> int:
     return await ctx.step(closes, 1)
 
@@ -969,17 +975,13 @@ def test_a_rerun_behind_a_cancelled_command_is_refused(make: Make) -> None:
     assert d.decoded_result() == [1, 2]
 
 
-@pytest.mark.parametrize("position", [9, -5])
+@pytest.mark.parametrize("position", [-1, 9])
 def test_resume_that_names_no_step_is_refused(make: Make, position: int) -> None:
-    d = make("timed")
+    d = make("buggy")
     d.start(now=1_000)
-    d.fire("run", 31_000)  # failed without a failed step
-    if position == -5:  # -1 picks the earliest stopped step: here, none
-        d.state.steps.clear()  # type: ignore[union-attr]
-        d.state.resolutions.clear()  # type: ignore[union-attr]
-        d.check_fold = False
-        position = -1
-    refused(d.resume(32_000, from_position=position))
+    d.complete(0, 2_000, value=1)  # the workflow raises: it failed with no failed or cancelled step
+    assert d.status == st.FAILED
+    refused(d.resume(3_000, from_position=position))
 
 
 def test_resume_of_a_running_run_is_ignored(make: Make) -> None:
