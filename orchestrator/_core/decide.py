@@ -23,8 +23,8 @@ from orchestrator._core.commands import Commands, outcome_of, stopped_by
 from orchestrator._core.effects import Effects, StepCommand
 from orchestrator._core.events import Body, Event
 from orchestrator._core.evolve import evolve
-from orchestrator._engine.instance_cache import InstanceCache
-from orchestrator._engine.runtime import IssuedStep, WorkflowInstance
+from orchestrator._core.instance_cache import InstanceCache
+from orchestrator._core.runtime import IssuedStep, WorkflowInstance
 from orchestrator.app import App, WorkflowDefinition
 from orchestrator.errors import NonDeterminismError, StepFailedError
 from orchestrator.retry import RetryPolicy
@@ -237,9 +237,12 @@ class Decider:
 
     def _on_step_started(self, state: st.RunState, body: ev.StepStarted, fx: Effects, now_ms: int) -> None:
         step = state.step_at(body.position)
+        # Recorded whenever that attempt still runs: while the run runs, compensates (a compensation's
+        # command asks for the report too) or is parked (its steps keep running and its timers re-arm on
+        # resume), so the start-to-close limit always counts from the start, not from the scheduling.
         if step is None or step.status != st.STEP_SCHEDULED or step.attempt != body.attempt:
             fx.ignored = "start report of an attempt that is no longer running"
-        elif state.status != st.RUNNING:
+        elif state.status not in (st.RUNNING, st.COMPENSATING, st.PARKED):
             fx.ignored = f"run is {state.status}"
         else:
             self._record(state, fx, body, now_ms)
@@ -269,14 +272,22 @@ class Decider:
             self._record(state, fx, ev.RunCancelled(body.reason), now_ms)
 
     def _on_resume(self, state: st.RunState, body: ev.ResumeRun, fx: Effects, now_ms: int) -> None:
+        """Reopen a parked or failed run (ADR 0009, "Resuming a run").
+
+        A run that goes back to running gets a fresh deadline (now plus its workflow's timeout), recorded
+        in ``RunResumed``: the old one may have passed (that may be why it failed), and a resumed run
+        must get to run. A run parked while compensating goes on compensating; its deadline is moot.
+        """
         if state.status == st.PARKED and body.from_position < 0 and state.ending:
-            self._record(state, fx, ev.RunResumed(body.reason, -1), now_ms)  # back to compensating
+            self._record(state, fx, ev.RunResumed(body.reason, -1, -1), now_ms)  # back to compensating
             for comp in list(state.steps):
                 if comp.kind == st.KIND_COMPENSATION and comp.status == st.STEP_FAILED:
                     self._schedule(state, fx, comp, comp.attempt + 1, now_ms)
             return
         if state.status == st.PARKED and body.from_position < 0:
-            self._record(state, fx, ev.RunResumed(body.reason, -1), now_ms)
+            self._record(
+                state, fx, ev.RunResumed(body.reason, -1, self._fresh_deadline(state, now_ms)), now_ms
+            )
             self.cache.evict(state.run_id)
             inst = self._instance(state, fx, now_ms, fresh=0)  # parks again if the code still diverges
             if inst is not None:
@@ -285,20 +296,23 @@ class Decider:
         if state.status != st.FAILED:
             fx.ignored = f"resume of a {state.status} run (only parked or failed runs resume)"
             return
-        position = body.from_position
-        if position < 0:
-            failed = [s.position for s in state.steps if s.status == st.STEP_FAILED]
-            if not failed:
-                fx.dead_letter = "re-run of a run with no failed step: name the step position"
-                return
-            position = failed[0]
-        step = state.step_at(position)
-        if step is None or step.kind != st.KIND_STEP:
-            fx.dead_letter = f"re-run from position {position}, which is not a step of the run"
+        position, refusal = _rerun_point(state, body.from_position)
+        if refusal:
+            fx.dead_letter = refusal
             return
-        self._record(state, fx, ev.RunResumed(body.reason, position), now_ms)
+        resumed = ev.RunResumed(body.reason, position, self._fresh_deadline(state, now_ms))
+        self._record(state, fx, resumed, now_ms)
         self.cache.evict(state.run_id)
-        self._schedule(state, fx, state.steps[position], step.attempt + 1, now_ms)
+        step = state.steps[position]
+        self._schedule(state, fx, step, step.attempt + 1, now_ms)
+
+    def _fresh_deadline(self, state: st.RunState, now_ms: int) -> int:
+        """The deadline of a run resumed at ``now_ms``: its workflow's timeout from now (0: none); -1 (keep
+        it) when the workflow is not registered, since such a run parks again at once."""
+        definition = self.app.workflows.get(state.workflow)
+        if definition is None:
+            return -1
+        return now_ms + definition.timeout_ms if definition.timeout_ms else 0
 
     # -- timers -------------------------------------------------------------------------------------------
     def _on_retry_due(self, state: st.RunState, position: int, fx: Effects, now_ms: int) -> None:
@@ -343,7 +357,10 @@ class Decider:
             fx.ignored = "run deadline moved"
             return
         self.cache.evict(state.run_id)
-        message = f"run exceeded its timeout of {state.deadline_ms - state.created_ms} ms"
+        definition = self.app.workflows.get(state.workflow)
+        limit = definition.timeout_ms if definition is not None and definition.timeout_ms else 0
+        # A resumed run's deadline counts from its resume, so the limit is the workflow's, not the span.
+        message = f"run exceeded its timeout of {limit or state.deadline_ms - state.created_ms} ms"
         if not self._begin_compensation(state, fx, st.FAILED, "RunTimeout", message, now_ms):
             self._fail_with(state, fx, "RunTimeout", message, now_ms)
 
@@ -469,6 +486,7 @@ class Decider:
             args=original.args,
             queue=definition.queue if definition else original.queue,
             timeout_ms=definition.timeout_ms if definition else 0,
+            schedule_to_start_ms=definition.schedule_to_start_ms if definition else 0,
             retry="",
             kind=st.KIND_COMPENSATION,
             compensate=str(original.position),
@@ -513,14 +531,14 @@ class Decider:
         recorded: list[tuple[str, str]] = [(s.kind, s.step) for s in state.steps]
         inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms, recorded)
         try:
-            _check_replay(state, inst)
+            checked = _check_replay(state, inst, 0)
             for res in state.resolutions[:resolutions]:
                 step = state.steps[res.position]
                 failure = None
                 if step.status == st.STEP_FAILED:
                     failure = StepFailedError(step.step, step.error_type, step.error_message, step.attempt)
                 inst.resolve(res.position, res.timestamp_ms, step.result, failure)
-                _check_replay(state, inst)
+                checked = _check_replay(state, inst, checked)
             if len(inst.issued) < len(state.steps):
                 missing = state.steps[len(inst.issued)]
                 raise NonDeterminismError(
@@ -602,8 +620,16 @@ class Decider:
         self._record(state, fx, ev.RunCompleted(result=data), now_ms)  # cancels steps it did not await
 
 
-def _check_replay(state: st.RunState, inst: WorkflowInstance) -> None:
-    for issued in inst.issued[: len(state.steps)]:
+def _check_replay(state: st.RunState, inst: WorkflowInstance, checked: int) -> int:
+    """Check the commands issued since the last check against the history; returns how many are checked.
+
+    The first ``checked`` recorded positions were already compared: an issued command never changes (the
+    list only grows), so each is compared once, as it appears, and re-executing a run costs time linear
+    in its history. Checking the whole prefix after every resolution made a run that sleeps n times cost
+    O(n^3) over its life (it is re-executed at every wake). NonDeterminismError at the first difference.
+    """
+    upto = min(len(inst.issued), len(state.steps))
+    for issued in inst.issued[checked:upto]:
         recorded = state.steps[issued.position]
         if recorded.step != issued.step or recorded.kind != issued.kind:
             raise NonDeterminismError(
@@ -611,6 +637,49 @@ def _check_replay(state: st.RunState, inst: WorkflowInstance) -> None:
                 f"current code issued {issued.kind} {issued.step!r} (workflow code changed under a running "
                 "run; deploy the previous code, or guard the change behind a version check)"
             )
+    return max(checked, upto)
+
+
+def _rerun_point(state: st.RunState, requested: int) -> tuple[int, str]:
+    """(position, "") to re-run a failed run from, or (-1, why not).
+
+    ``requested`` -1 picks the earliest command the failure stopped: a failed step, or one the run's end
+    cancelled (a run that timed out has no failed step). A re-run keeps every command before its position
+    with its recorded outcome, so it is refused when one of them was cancelled (the re-executed workflow
+    would wait for it forever) or undone by its compensation (the run would go on as if the undone work
+    still held). Re-running from the earliest undone step redoes it and all that followed.
+    """
+    commands = [s for s in state.steps if s.kind != st.KIND_COMPENSATION]
+    position = requested
+    if position < 0:
+        stopped = [s.position for s in commands if s.status in (st.STEP_FAILED, st.STEP_CANCELLED)]
+        if not stopped:
+            return -1, "re-run of a run with no failed or cancelled step: name the step position"
+        position = stopped[0]
+    step = state.step_at(position)
+    if step is None or step.kind != st.KIND_STEP:
+        what = f"its {step.kind} {step.step!r}" if step is not None else "not a command of the run"
+        return -1, (
+            f"re-run from position {position} refused: it is {what}, and a re-run restarts a step; "
+            "name the position of a step before it"
+        )
+    undone = sorted(int(s.compensate) for s in state.steps if s.kind == st.KIND_COMPENSATION)
+    if undone and undone[0] < position:
+        return -1, (
+            f"re-run from position {position} refused: the compensations of the steps at positions "
+            f"{', '.join(map(str, undone))} ran, and the run would go on as if their work still held. Re-run "
+            f"from position {undone[0]} or earlier to do that work again (each step under its original "
+            "idempotency key), or start a new run"
+        )
+    cancelled = [s.position for s in commands if s.position < position and s.status == st.STEP_CANCELLED]
+    if cancelled:
+        return -1, (
+            f"re-run from position {position} refused: the command(s) at position(s) "
+            f"{', '.join(map(str, cancelled))} before it were cancelled when the run ended, and the "
+            "re-executed workflow would wait for them forever; re-run from position "
+            f"{cancelled[0]} or earlier"
+        )
+    return position, ""
 
 
 def _policy_fields(raw: dict[str, Any]) -> dict[str, Any]:

@@ -222,8 +222,17 @@ class ResumeRun:
 
 @dataclass(frozen=True, slots=True)
 class RunResumed:
+    """An operator reopened a parked or failed run; ``from_position`` >= 0 re-runs from that step.
+
+    ``deadline_ms`` is the run's deadline from here on: a resume restarts the run's clock (now plus the
+    workflow's timeout, 0 for none), so a run that timed out, or waited parked past its deadline, gets
+    to run. -1 leaves the deadline as it was: records written before event-v4 read so, which is what the
+    engine of that time did, and a resume into compensation (which ignores the deadline) writes it.
+    """
+
     reason: str
     from_position: int = -1
+    deadline_ms: int = -1
 
 
 @dataclass(frozen=True, slots=True)

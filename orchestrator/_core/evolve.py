@@ -282,7 +282,13 @@ def _apply_run_parked(state: st.RunState, b: ev.RunParked, ts: int) -> None:
 
 
 def _apply_run_resumed(state: st.RunState, b: ev.RunResumed, ts: int) -> None:
+    if b.from_position >= 0:
+        step = _step(state, b.from_position)  # checked before anything changes (FoldError leaves it)
+        if step.kind != st.KIND_STEP:
+            raise FoldError(f"RunResumed from position {b.from_position}, which is a {step.kind}")
     resume(state, b.from_position)
+    if b.deadline_ms >= 0:  # -1: unchanged (records before event-v4, resumes into compensation)
+        state.deadline_ms = b.deadline_ms
 
 
 def resume(state: st.RunState, from_position: int) -> None:

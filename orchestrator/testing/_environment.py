@@ -23,11 +23,11 @@ from typing import Any, TypeVar, cast, overload
 import pydantic_core
 from confluent_kafka import Message
 
+from orchestrator._core.instance_cache import InstanceCache
 from orchestrator._engine import events as ev
 from orchestrator._engine import state as st
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import Event
-from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.records import RunOutcome, StepCommand, decode_command
 from orchestrator._engine.router import Router, RouterEffects
 from orchestrator._engine.sources import translate

@@ -18,12 +18,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator._core.instance_cache import InstanceCache
 from orchestrator._engine import events as ev
 from orchestrator._engine import state as st
 from orchestrator._engine.decider import Decider, Effects
 from orchestrator._engine.events import Event
 from orchestrator._engine.fold import apply, fold
-from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.state import RunState
 from orchestrator.app import App
 from orchestrator.errors import NonDeterminismError

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from orchestrator import App
+from orchestrator._core.instance_cache import InstanceCache
 from orchestrator._engine import state as st
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import (
@@ -36,7 +37,6 @@ from orchestrator._engine.events import (
     encode_event,
 )
 from orchestrator._engine.fold import fold
-from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.records import RunOutcome, StepCommand
 from orchestrator._engine.state import decode_state, encode_state
 

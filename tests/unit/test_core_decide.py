@@ -17,6 +17,7 @@ from orchestrator import App, RetryPolicy, WorkflowContext
 from orchestrator._core.commands import Commands, stopped_by
 from orchestrator._core.decide import PARK_INTERNAL_ERROR
 from orchestrator._core.evolve import evolve
+from orchestrator._core.instance_cache import InstanceCache
 from orchestrator._engine import state as engine_state
 from orchestrator._engine import state as st
 from orchestrator._engine import wire
@@ -27,7 +28,9 @@ from orchestrator._engine.events import (
     Event,
     EventReceived,
     RetryScheduled,
+    RunFailed,
     RunParked,
+    RunResumed,
     RunStarted,
     Signal,
     StartRun,
@@ -35,13 +38,13 @@ from orchestrator._engine.events import (
     StepFailed,
     StepScheduled,
     StepStarted,
+    TimerStarted,
     WaitStarted,
     decode_event,
     encode_event,
     event_record,
 )
 from orchestrator._engine.fold import FoldError, fold
-from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.records import encode_command
 from orchestrator._engine.state import decode_state, encode_state
 
@@ -410,6 +413,50 @@ def test_histories_without_the_buffered_field_still_fold() -> None:
     state = fold(decoded)
     assert state is not None and state.signals == [] and state.steps[0].status == st.STEP_COMPLETED
     assert wire.registry().current[wire.EVENT] != 6
+
+
+def test_resumes_written_before_event_v4_keep_the_runs_deadline() -> None:
+    """A RunResumed written with event-v3 (no ``deadline_ms``) decodes as -1: the deadline stays as it
+    was, as the engine of that time left it; one written now sets the fresh deadline it records."""
+    v3 = json.loads((SCHEMAS / "event-v3.avsc").read_text())  # id 9
+    run = "old-2"
+
+    def old(seq: int, ts: int, body: Body) -> Event:
+        return Event(f"{run}/{seq}", run, "w", ts, body, seq)
+
+    history = [
+        old(0, 1_000, RunStarted(b"null", deadline_ms=31_000)),
+        old(1, 1_000, StepScheduled(0, "act", "default", 1, b"[1]", f"{run}/0/act")),
+        old(2, 2_000, StepFailed(0, 1, "TerminalError", "boom", False, 1_500, 1_900)),
+        old(3, 2_000, RunFailed("StepFailedError", "boom")),
+        old(4, 3_000, RunResumed("fixed", 0)),
+    ]
+    decoded = []
+    for e in history:
+        record = event_record(e)
+        name, body = record["body"]
+        if name.endswith("RunResumed"):
+            record["body"] = (name, {k: v for k, v in body.items() if k != "deadline_ms"})
+        buf = io.BytesIO()
+        buf.write(b"\x00" + (9).to_bytes(4, "big"))
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(v3, named_schemas={}), record)
+        decoded.append(decode_event(buf.getvalue()))
+    assert [e.body.deadline_ms for e in decoded if isinstance(e.body, RunResumed)] == [-1]
+    state = fold(decoded)
+    assert state is not None and state.status == st.RUNNING and state.deadline_ms == 31_000
+    now = decode_event(encode_event(old(5, 4_000, RunResumed("again", 0, 34_000))))
+    assert wire.registry().current[wire.EVENT] != 9 and now.body == RunResumed("again", 0, 34_000)
+
+
+def test_a_resume_from_a_command_that_is_not_a_step_does_not_fold() -> None:
+    history = [
+        Event("r/0", "r", "w", 1, RunStarted(b"null"), 0),
+        Event("r/1", "r", "w", 2, TimerStarted(0, 10), 1),
+        Event("r/2", "r", "w", 3, RunFailed("X", "x"), 2),
+        Event("r/3", "r", "w", 4, RunResumed("fixed", 0, 0), 3),
+    ]
+    with pytest.raises(FoldError, match="which is a timer"):
+        fold(history)
 
 
 # -- the encoded-step cache --------------------------------------------------------------------------------

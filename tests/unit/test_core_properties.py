@@ -34,9 +34,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hs
 
 from orchestrator import App, RetryPolicy, StepFailedError, WorkflowContext
+from orchestrator._core.instance_cache import InstanceCache
 from orchestrator._engine import state as st
 from orchestrator._engine.decider import Decider, timers_of
-from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.state import decode_state, encode_state
 
 # -- the interpreted workflow --------------------------------------------------------------------------------

@@ -159,6 +159,17 @@ async def guarded_flow(ctx: WorkflowContext) -> int:
 
 
 @app.workflow
+async def guarded_pair(ctx: WorkflowContext) -> list[int]:
+    return list(await asyncio.gather(ctx.step(act, 1), ctx.step(guarded, 2)))
+
+
+@app.workflow
+async def buggy(ctx: WorkflowContext) -> None:
+    await ctx.step(act, 1)
+    raise ValueError("a bug in the workflow")
+
+
+@app.workflow
 async def closes_flow(ctx: WorkflowContext) -> int:
     return await ctx.step(closes, 1)
 
@@ -514,26 +525,33 @@ def _compensating_with_timeouts(make: Make) -> Driver:
     return d
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: a compensation is scheduled without its step's schedule-to-start timeout"
-)
 def test_a_compensation_has_its_steps_schedule_to_start_timeout(make: Make) -> None:
     d = _compensating_with_timeouts(make)
     assert d.commands()[-1].schedule_to_start_ms == 2_000
     assert d.timers() == [(5_000, "timeout:2:1")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a compensation's start report is ignored while the run compensates (the command asks for "
-    "it), so its start-to-close timeout also counts the time it waited for a worker",
-)
 def test_a_compensations_start_report_starts_its_start_to_close_timeout(make: Make) -> None:
     d = _compensating_with_timeouts(make)
     assert d.commands()[-1].report_start
     fx = d.started(2, 4_500)
     assert bodies(fx, ev.StepStarted) == [ev.StepStarted(2, 1, 4_500, "w-1")]
     assert d.timers() == [(9_500, "timeout:2:1")]
+
+
+def test_a_start_report_while_parked_is_kept_for_the_resume(make: Make) -> None:
+    """A parked run keeps its scheduled steps running; a worker that starts one reports it (the command
+    asked), so after the resume the attempt is held to its start-to-close limit from that start."""
+    d = make("guarded_pair")
+    d.start(now=1_000)
+    d.restart(no_workflows)
+    d.complete(0, 1_500, value=1)  # parks: the workflow is gone; guarded(2) is still out
+    assert d.status == st.PARKED
+    fx = d.started(1, 1_600)
+    assert bodies(fx, ev.StepStarted) == [ev.StepStarted(1, 1, 1_600, "w-1")]
+    d.restart(app)
+    d.resume(1_700)
+    assert d.timers() == [(6_600, "timeout:1:1")]
 
 
 def test_a_compensation_times_out_and_retries(make: Make) -> None:
@@ -879,7 +897,7 @@ def test_resume_of_a_failed_run_retries_its_failed_step(make: Make) -> None:
     d.start(now=1_000)
     d.fail(0, 2_000, "TerminalError", retryable=False)
     fx = d.resume(3_000)
-    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0)]
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0, 33_000)]  # a fresh deadline
     assert [(c.position, c.attempt) for _, c in fx.commands] == [(0, 2)]
     d.complete(0, 4_000, value=7)
     assert d.decoded_result() == 7
@@ -892,7 +910,7 @@ def test_resume_from_a_position_forgets_what_followed(make: Make) -> None:
     d.fail(1, 3_000, "TerminalError", retryable=False)
     assert d.status == st.FAILED
     fx = d.resume(4_000, from_position=0)  # re-run from the first step: the failed second one is forgotten
-    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0)]
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0, 0)]  # no timeout: no deadline
     assert d.state is not None and len(d.state.steps) == 1 and d.state.resolutions == []
     assert [(c.position, c.step, c.attempt) for _, c in fx.commands] == [(0, "act", 2)]
     d.complete(0, 5_000, value=5)
@@ -900,11 +918,6 @@ def test_resume_from_a_position_forgets_what_followed(make: Make) -> None:
     assert d.decoded_result() == [5, 6]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="suspected bug: resuming a failed run whose compensations ran keeps the undone steps as "
-    "completed (their compensation records are dropped) and goes on as if they still held",
-)
 def test_resume_after_compensations_does_not_build_on_undone_steps(make: Make) -> None:
     d = _saga_failed(make)
     for position in (5, 6, 7):  # undo(3), undo(2), undo(0) all ran
@@ -915,12 +928,60 @@ def test_resume_after_compensations_does_not_build_on_undone_steps(make: Make) -
     assert fx.dead_letter or {0, 2, 3} <= redone  # refuse, or do again what was undone
 
 
+@pytest.mark.parametrize("position", [-1, 1, 2, 3, 4])
+def test_a_rerun_after_the_first_undone_step_is_refused_with_where_to_rerun_from(
+    make: Make, position: int
+) -> None:
+    d = _saga_failed(make)
+    for undo_at in (5, 6, 7):
+        d.complete(undo_at, 4_000 + undo_at, value=0)
+    fx = d.resume(5_000, from_position=position)
+    refused(fx)
+    assert "0, 2, 3" in fx.dead_letter and "from position 0 or earlier" in fx.dead_letter
+    assert d.status == st.FAILED
+
+
+def test_a_rerun_from_the_first_undone_step_does_the_undone_work_again(make: Make) -> None:
+    d = _saga_failed(make)
+    for undo_at in (5, 6, 7):
+        d.complete(undo_at, 4_000 + undo_at, value=0)
+    fx = d.resume(5_000, from_position=0)
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0, 0)]  # saga has no timeout: none
+    assert d.state is not None and len(d.state.steps) == 1  # the compensation records went with the rest
+    assert [(c.position, c.step, c.attempt) for _, c in fx.commands] == [(0, "act", 2)]
+    now = 6_000
+    for position in range(4):  # each undone (or not) step runs again, and is compensable again
+        cmds = d.complete(position, now, value=position).commands
+        now += 100
+        assert [c.position for _, c in cmds] == [position + 1]
+    fx = d.fail(4, now, "TerminalError", retryable=False)
+    assert [c.step for _, c in fx.commands] == ["undo"] and d.status == st.COMPENSATING
+
+
+def test_a_rerun_behind_a_cancelled_command_is_refused(make: Make) -> None:
+    d = make("pair")
+    d.start(now=1_000)
+    d.fail(1, 2_000, "TerminalError", retryable=False)  # step 0 is cancelled when the run fails
+    assert d.status == st.FAILED and d.state is not None
+    assert d.state.steps[0].status == st.STEP_CANCELLED
+    fx = d.resume(3_000, from_position=1)
+    refused(fx)
+    assert "from position 0 or earlier" in fx.dead_letter
+    fx = d.resume(3_000)  # the default is the earliest stopped step
+    assert bodies(fx, ev.RunResumed)[0].from_position == 0
+    assert [(c.position, c.attempt) for _, c in fx.commands] == [(0, 2)]
+    d.complete(0, 4_000, value=1)
+    d.complete(1, 4_100, value=2)  # re-issued by the re-executed workflow
+    assert d.decoded_result() == [1, 2]
+
+
 @pytest.mark.parametrize("position", [-1, 9])
 def test_resume_that_names_no_step_is_refused(make: Make, position: int) -> None:
-    d = make("timed")
+    d = make("buggy")
     d.start(now=1_000)
-    d.fire("run", 31_000)  # failed without a failed step
-    refused(d.resume(32_000, from_position=position))
+    d.complete(0, 2_000, value=1)  # the workflow raises: it failed with no failed or cancelled step
+    assert d.status == st.FAILED
+    refused(d.resume(3_000, from_position=position))
 
 
 def test_resume_of_a_running_run_is_ignored(make: Make) -> None:
@@ -929,17 +990,58 @@ def test_resume_of_a_running_run_is_ignored(make: Make) -> None:
     ignored(d.resume(2_000))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="suspected bug: a run that failed with RunTimeout and is resumed fails again at once (its passed "
-    "deadline stays armed), so a timed-out run cannot be resumed",
-)
 def test_a_resumed_timed_out_run_gets_to_run(make: Make) -> None:
     d = make("timed")
     d.start(now=1_000)
     d.fire("run", 31_000)
     d.resume(40_000, from_position=0)
     assert all(due > 40_000 for due, _ in d.timers())
+
+
+@pytest.mark.parametrize("position", [-1, 0])
+def test_a_resumed_timed_out_run_gets_a_fresh_deadline_and_finishes(make: Make, position: int) -> None:
+    d = make("timed")
+    d.start(now=1_000)
+    d.fire("run", 31_000)  # step 0 was running: cancelled, no step failed
+    fx = d.resume(40_000, from_position=position)
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", 0, 70_000)]  # now + the 30 s timeout
+    assert [(c.position, c.attempt) for _, c in fx.commands] == [(0, 2)]
+    assert d.timers() == [(70_000, "run")]
+    ignored(d.fire("run", 31_000))  # the old deadline, should it still be in an index, moved
+    d.complete(0, 41_000, value=3)
+    assert d.decoded_result() == 3
+
+
+def test_a_resumed_run_that_times_out_again_says_its_timeout(make: Make) -> None:
+    d = make("timed")
+    d.start(now=1_000)
+    d.fire("run", 31_000)
+    d.resume(40_000)
+    fx = d.fire("run", 70_000)
+    assert bodies(fx, ev.RunFailed) == [ev.RunFailed("RunTimeout", "run exceeded its timeout of 30000 ms")]
+
+
+def test_a_parked_run_resumed_after_its_deadline_gets_a_fresh_one(make: Make) -> None:
+    d = make("timed")
+    d.start(now=1_000)
+    d.restart(no_workflows)
+    d.complete(0, 2_000, value=1)  # parks: the workflow is gone
+    d.restart(app)
+    fx = d.resume(50_000)  # parked past its deadline (31 000)
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", -1, 80_000)]
+    assert d.decoded_result() == 1
+
+
+def test_a_run_resumed_into_compensation_keeps_its_deadline(make: Make) -> None:
+    d = make("timed_saga")
+    d.start(now=1_000)
+    d.complete(0, 2_000, value=0)
+    d.fail(1, 3_000, "TerminalError", retryable=False)  # compensating
+    d.fail(2, 4_000, retryable=False)  # undo(0) fails: parked while compensating
+    assert d.status == st.PARKED
+    fx = d.resume(50_000)
+    assert bodies(fx, ev.RunResumed) == [ev.RunResumed("fixed", -1, -1)]
+    assert d.state is not None and d.state.deadline_ms == 31_000 and d.status == st.COMPENSATING
 
 
 no_workflows = App("branches")  # a deployment with the steps but without the workflows

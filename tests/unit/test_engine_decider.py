@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from orchestrator import App, RetryPolicy, StepFailedError, TerminalError, WorkflowContext
+from orchestrator._core.instance_cache import InstanceCache
 from orchestrator._engine import state as st
 from orchestrator._engine.decider import (
     PARK_NON_DETERMINISM,
@@ -43,7 +44,6 @@ from orchestrator._engine.events import (
     decode_event,
     encode_event,
 )
-from orchestrator._engine.instance_cache import InstanceCache
 from orchestrator._engine.records import RunOutcome, StepCommand
 from orchestrator._engine.state import decode_state, encode_state
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import uuid
@@ -207,7 +208,7 @@ class WorkflowInstance:
                 step=name,
                 args=payload,
                 queue=queue or definition.queue,
-                timeout_ms=to_millis(timeout) if timeout is not None else definition.timeout_ms,
+                timeout_ms=_millis(timeout) if timeout is not None else definition.timeout_ms,
                 retry=_retry_json(retry) if retry is not None else "",
                 schedule_to_start_ms=definition.schedule_to_start_ms,
                 compensate=undo,
@@ -253,7 +254,7 @@ class WorkflowInstance:
         self, name: str, key: str, timeout: Duration | None, lookback: Duration | None, type_hint: Any
     ) -> asyncio.Future[Any]:
         position = len(self.issued)
-        deadline = self.now_ms + to_millis(timeout) if timeout is not None else 0
+        deadline = self.now_ms + _millis(timeout) if timeout is not None else 0
         self.issued.append(
             IssuedStep(
                 position,
@@ -265,11 +266,23 @@ class WorkflowInstance:
                 kind="wait",
                 due_ms=deadline,
                 key=key,
-                lookback_ms=to_millis(lookback) if lookback is not None else 0,
+                lookback_ms=_millis(lookback) if lookback is not None else 0,
                 type_hint=type_hint,
             )
         )
         return self._future(position)
+
+
+_text_millis = functools.lru_cache(maxsize=1024)(to_millis)
+
+
+def _millis(value: Duration) -> int:
+    """``to_millis``, with durations written as text parsed once per process, not once per command.
+
+    A workflow that sleeps in a loop issues the same ``"1s"`` at every iteration, and re-executing it
+    parses it again for every recorded timer: the parse was the largest single cost of a re-execution.
+    """
+    return _text_millis(value) if isinstance(value, str) else to_millis(value)
 
 
 def _retry_json(policy: RetryPolicy) -> str:
@@ -323,7 +336,7 @@ class _Context(WorkflowContext):
         return self._instance.patched(change_id)
 
     def sleep(self, duration: Duration) -> Awaitable[None]:
-        return self._instance.issue_timer(self._instance.now_ms + to_millis(duration))
+        return self._instance.issue_timer(self._instance.now_ms + _millis(duration))
 
     def sleep_until(self, when: datetime) -> Awaitable[None]:
         if when.tzinfo is None:

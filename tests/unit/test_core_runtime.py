@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from orchestrator import App, RetryPolicy, WorkflowContext
-from orchestrator._engine.runtime import WorkflowInstance
+from orchestrator._core.runtime import WorkflowInstance
 from orchestrator.errors import StepFailedError, UnknownStepError
 
 app = App("runtime-test")
