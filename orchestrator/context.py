@@ -1,6 +1,6 @@
 """What workflow code sees: the `WorkflowContext` interface, and `StepInfo` for step code.
 
-The interface lives here; the engine implements it (``orchestrator/_engine/runtime.py``). Workflow code must
+The interface lives here; the engine implements it (``orchestrator/_core/runtime.py``). Workflow code must
 take everything it observes from the context (results, time, randomness, ids), because it is re-executed
 against its recorded history after eviction or a restart and must decide the same way each time.
 """
