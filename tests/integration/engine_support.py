@@ -210,19 +210,16 @@ class PrivateBroker:
 
     def kill(self) -> None:
         """SIGKILL, as a crashed machine would: no controlled shutdown, no flushed state."""
-        from orchestrator._devkafka import broker
+        from orchestrator._devkafka import process
 
         if not self.pid:
             return
-        os.kill(self.pid, signal.SIGKILL)
-        # Reap it through its Popen: a zombie would still look like a running broker to the next start, and a
-        # forgotten Popen warns when collected (an error under filterwarnings=error).
-        child = broker._CHILDREN.pop(self.pid, None)
-        if child is not None:
-            child.wait(30)
-        else:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        # Reaped (through its Popen when this process started it): a zombie would still look like a running
+        # broker to the next start, and a forgotten Popen warns when collected (an error under
+        # filterwarnings=error).
+        process.wait_gone(self.pid, 30.0)
         self.pid = 0
 
     def stop(self) -> None:
