@@ -30,6 +30,7 @@ from confluent_kafka import (
 
 from orchestrator import topology
 from orchestrator._engine import kafka, limits
+from orchestrator._engine.bounded_call import BoundedCaller, CallStuckError
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import (
     Event,
@@ -79,6 +80,11 @@ BATCH_TIME_SHARE = 0.5
 steps are what can make that long). Past it, local step results go through the inbox instead of being
 folded in, and the inputs not handled yet are left for the next transaction; so a batch of slow local steps
 commits in time instead of being aborted by the coordinator and retried forever."""
+
+
+STUCK_CALL_GRACE_S = 5.0
+"""How long past its own timeout ``send_offsets_to_transaction`` may take before the producer is taken for
+wedged and replaced (librdkafka can block in that call forever after a broker restart: `bounded_call`)."""
 
 
 class RecordTooLargeError(Exception):
@@ -163,6 +169,7 @@ class Processor:
         self._txn_began = float("inf")  # monotonic start of the open transaction (none yet)
         self._handling_deadline = float("inf")  # past it, the open transaction takes no more work
         self._retry = Retrier(self.faults, lambda: self._running)
+        self._offsets_caller = BoundedCaller("orchestrator-send-offsets")
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> None:
@@ -326,6 +333,7 @@ class Processor:
         self.cache.clear()
         self.states.clear()
         self.local_steps.close()
+        self._offsets_caller.close()
         log.info("processor %s stopped: %s", self.config.instance_id, self.stats)
 
     # -- rebalance ----------------------------------------------------------------------------------------
@@ -461,8 +469,8 @@ class Processor:
                 group = self._consumer.consumer_group_metadata()
                 self._retry.call(
                     "send_offsets_to_transaction",
-                    lambda: producer.send_offsets_to_transaction(
-                        offsets, group, max(1.0, give_up_at - time.monotonic())
+                    lambda: self._send_offsets(
+                        producer, offsets, group, max(1.0, give_up_at - time.monotonic())
                     ),
                     give_up_at=give_up_at,
                 )
@@ -471,7 +479,7 @@ class Processor:
             # aborted: it may have reached the coordinator, and an abort then would fail or, worse, leave the
             # stores behind what Kafka committed while the consumer moves on.
             self._retry.call("commit_transaction", lambda: producer.commit_transaction(30))
-        except KafkaException as exc:
+        except (KafkaException, CallStuckError) as exc:
             self._on_transaction_error(exc)
             return
         except SystemError as exc:
@@ -493,6 +501,26 @@ class Processor:
         self.stats.transactions += 1
         self.faults.recovered("transaction")
 
+    def _send_offsets(
+        self, producer: Producer, offsets: list[TopicPartition], group: Any, timeout: float
+    ) -> None:
+        """``send_offsets_to_transaction``, waited for at most ``timeout`` + `STUCK_CALL_GRACE_S`.
+
+        Why: librdkafka 2.16 can block in it forever, ignoring the timeout (librdkafka#5456, #5511). Seen in
+        test_worker_faults (debug=eos,broker): when the broker died the producer re-bootstrapped and
+        decommissioned its broker handle, but its group-coordinator cache kept that dead handle; after the
+        outage the TxnOffsetCommit waited for it to connect, which it never does, and that wait has no
+        timeout. The first transaction after the outage sat in this call for minutes, nothing logged; the
+        step commands it had produced stayed uncommitted and every run waited. A call that does not return
+        in time raises CallStuckError: the producer is replaced (`_on_transaction_error`), which aborts the
+        open transaction, and the batch is processed again.
+        """
+        self._offsets_caller.call(
+            lambda: producer.send_offsets_to_transaction(offsets, group, timeout),
+            timeout + STUCK_CALL_GRACE_S,
+            "send_offsets_to_transaction",
+        )
+
     def _leave_for_next_transaction(self, rest: list[Message]) -> None:
         """Seek back to the first record of ``rest`` in each partition: the next poll returns them again."""
         assert self._consumer is not None
@@ -506,10 +534,16 @@ class Processor:
                 log.debug("not seeking %s[%d], no longer assigned", topic, p)
         log.debug("batch handling took its share of the transaction; %d records left for the next", len(rest))
 
-    def _on_transaction_error(self, exc: KafkaException) -> None:
+    def _on_transaction_error(self, exc: KafkaException | CallStuckError) -> None:
         """Anything short of fatal: abort, forget the batch's writes, rewind and process it again."""
         assert self._consumer is not None and self._producer is not None
-        replaced = self._fenced_if_fatal(exc)
+        if isinstance(exc, CallStuckError):
+            # The stuck call holds the producer's transaction API (an abort would only be refused as a
+            # conflicting call): a new producer with the same transactional id aborts the open transaction.
+            self._renew_producer(exc, "producer stuck in a transaction call")
+            replaced = True
+        else:
+            replaced = self._fenced_if_fatal(exc)
         self.faults.fault("transaction", f"aborting it and reprocessing the batch: {exc}")
         err = error_of(exc)
         if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
@@ -563,7 +597,9 @@ class Processor:
         """
         return time.monotonic() - self._txn_began >= self._txn_timeout_s
 
-    def _renew_producer(self, exc: KafkaException) -> None:
+    def _renew_producer(
+        self, exc: Exception, problem: str = "fatal producer error that is not a fence"
+    ) -> None:
         """Replace a producer librdkafka declared dead for a reason other than a fence.
 
         Seen after a broker restart (test_broker_outage): the coordinator had aborted the transaction that
@@ -571,11 +607,14 @@ class Processor:
         failed with a fatal INVALID_TXN_STATE. No other instance is involved, so this one goes on with a new
         producer under the same transactional id (its init_transactions bumps the epoch), like Kafka
         Streams resetting its producer. A real second instance fences with _FENCED/PRODUCER_FENCED instead.
+        Also used for a producer stuck in ``send_offsets_to_transaction`` (`_send_offsets`): the stuck call
+        keeps its thread and the old producer; the new producer's ``init_transactions`` aborts the open
+        transaction.
         """
         log.error(
-            "processor %s: fatal producer error that is not a fence (%s); replacing the producer and "
-            "reprocessing the batch",
+            "processor %s: %s (%s); replacing the producer and reprocessing the batch",
             self.config.instance_id,
+            problem,
             exc,
         )
         old = self._producer
