@@ -65,6 +65,9 @@ from orchestrator.errors import ProcessorFencedError, SchemaError
 
 log = logging.getLogger("orchestrator.processor")
 
+REWIND_TIMEOUT_S = 30.0
+"""Longest wait for the committed offsets when rewinding after an abort; past it the consumer is replaced."""
+
 LOCAL_STEPS_PER_INPUT = 64
 """Local step attempts folded in while handling one input; the result of the next goes through the inbox,
 so a workflow looping over local steps makes durable progress and cannot hold a batch forever."""
@@ -645,13 +648,17 @@ class Processor:
         consumer = self._consumer
         assert consumer is not None
         try:
+            # Bounded: after a broker restart librdkafka (2.16) can keep a dead group-coordinator handle and
+            # time this call out for ever (seen in test_broker_outage: 150 s and counting, librdkafka#5511).
+            # A new consumer starts at the committed offsets anyway, which is all a rewind is for.
             committed = self._retry.call(
                 "reading committed offsets",
-                lambda: consumer.committed(consumer.assignment(), timeout=30),
+                lambda: consumer.committed(consumer.assignment(), timeout=REWIND_TIMEOUT_S),
                 _not_fatal,
+                give_up_at=time.monotonic() + REWIND_TIMEOUT_S,
             )
         except KafkaException as exc:
-            # The consumer died: the next iteration replaces it.
+            # The consumer died or cannot reach its coordinator: the next iteration replaces it.
             self._fatal = error_of(exc) or KafkaError(KafkaError._FATAL)
             return
         for tp in committed:
