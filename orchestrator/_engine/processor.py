@@ -29,6 +29,7 @@ from confluent_kafka import (
 )
 
 from orchestrator import topology
+from orchestrator._core import formats
 from orchestrator._engine import kafka, limits
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import (
@@ -300,8 +301,9 @@ class Processor:
                     body = ScheduleRegister(
                         schedule.workflow, schedule.cron, schedule.timezone, schedule.missed
                     )
-                    event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, _now_ms(), body)
-                    self._to_keyed(f"schedule\x1f{schedule.workflow}", event)
+                    event_id = formats.schedule_register_id(schedule.workflow)
+                    event = Event(event_id, "", schedule.workflow, _now_ms(), body)
+                    self._to_keyed(formats.schedule_routing(schedule.workflow), event)
                 self._retry.call("commit_transaction", partial(producer.commit_transaction, 30))
                 self.faults.recovered("registering schedules")
                 return
