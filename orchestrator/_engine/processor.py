@@ -43,9 +43,9 @@ from orchestrator._engine.events import (
 )
 from orchestrator._engine.faults import FaultLog, Retrier, Stopping, error_of, is_fatal, is_transient
 from orchestrator._engine.instance_cache import InstanceCache
+from orchestrator._engine.limits import RecordLimit, first_oversize
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.partitioning import partition_for
-from orchestrator._engine.record_size import first_oversize, record_limit
 from orchestrator._engine.records import (
     DeadLetter,
     RunOutcome,
@@ -160,7 +160,8 @@ class Processor:
         self._txn_timeout_s = 10.0  # the producer's transaction.timeout.ms, set in run()
         self._clock = time.monotonic  # replaced by tests
         self._producer_config: dict[str, Any] = {}
-        self._record_limit = record_limit({}, [])  # with the topics' own limits once run() has seen them
+        # The producer's default until run() has learnt the topics' own limits.
+        self._record_limit = RecordLimit(limits.PRODUCER_DEFAULT_MAX_BYTES, "message.max.bytes (default)")
         self._handling_deadline = float("inf")  # past it, the open transaction takes no more work
         self._retry = Retrier(self.faults, lambda: self._running)
 
@@ -172,15 +173,19 @@ class Processor:
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         self._running = True  # from here on, a stop() ends the retries of a broker that is away
         self._retry.call("topic check", lambda: kafka.ensure_topics(self.app), _admin_retriable)
-        topic_configs = self._retry.call("topic check", self._output_topic_configs, _admin_retriable)
         tx_id = f"{self.app.name}.processor.{self.config.instance_id}"
         producer_config = kafka.transactional_producer_config(
             self.bootstrap, tx_id, **self.config.producer_overrides
         )
-        self._record_limit = record_limit(producer_config, topic_configs)
+        outputs = self._output_topics()
+        self._record_limit = self._retry.call(
+            "topic check",
+            lambda: limits.record_limit(self.bootstrap, outputs, producer_config),
+            _admin_retriable,
+        )
         # librdkafka fills a batch up to batch.size (1 MB); a topic with a smaller max.message.bytes would
         # reject a batch of small records as too large.
-        producer_config.setdefault("batch.size", min(1_000_000, self._record_limit))
+        producer_config.setdefault("batch.size", min(1_000_000, self._record_limit.room))
         self._txn_timeout_s = int(producer_config["transaction.timeout.ms"]) / 1000
         self._producer_config = producer_config
         producer = self._producer = Producer(producer_config)
@@ -196,14 +201,10 @@ class Processor:
         finally:
             self._shutdown()
 
-    def _output_topic_configs(self) -> list[dict[str, str]]:
-        """The configs of the topics this processor writes to (for their max.message.bytes)."""
-        from orchestrator import _topic_admin
-
+    def _output_topics(self) -> tuple[str, ...]:
+        """The topics this processor writes to: its record limit is the smallest of theirs."""
         names = [self.history, self.changelog, self.outcomes, self.dlq, self.inbox, self.keyed]
-        names += [self.keyed_changelog, *(self._tasks_topic(q) for q in sorted(self.app.queues))]
-        admin = _topic_admin.admin_client(self.bootstrap)
-        return [topic.config for topic in _topic_admin.observe(admin, names).values()]
+        return (*names, self.keyed_changelog, *(self._tasks_topic(q) for q in sorted(self.app.queues)))
 
     def _subscribe(self) -> None:
         """A new group consumer, subscribed to every input of this processor."""
@@ -514,12 +515,12 @@ class Processor:
             # A record passed the size check but Kafka refused it (a topic's limit lowered since start-up,
             # or overhead we did not count). Lowering the limit makes the check catch it on reprocessing,
             # turning it into an outcome (failed step, parked run, dead letter) instead of aborting forever.
-            self._record_limit = self._record_limit * 7 // 8
+            self._record_limit = self._record_limit.lowered()
             log.error(
                 "Kafka refused a record as too large (%s); record limit lowered to %d bytes. Check the "
                 "topics' max.message.bytes against the producer's message.max.bytes.",
                 exc,
-                self._record_limit,
+                self._record_limit.max_bytes,
             )
         self.stats.aborts += 1
         if not replaced:
@@ -789,13 +790,8 @@ class Processor:
     def _handle_source(self, msg: Message, now_ms: int) -> None:
         """A record of a user's topic: the requests its triggers and sources make; dead-lettered (its offset
         committed all the same) when one of them cannot use it, so a poison record never stops the loop."""
-        overrides = self.config.producer_overrides
-        # Requests travel on through the keyed stage, the inbox and the history: none may refuse them.
-        engine_topics = (self.inbox, self.keyed, self.history, self.changelog, self.keyed_changelog)
-        # Outside the guard: a broker that cannot say is not the record's fault.
-        limit = limits.record_limit(self.bootstrap, engine_topics, overrides)
-        try:
-            result = translate_each(self.app, msg, now_ms, limit)
+        try:  # requests travel on through the keyed stage, the inbox and the history: none may refuse them
+            result = translate_each(self.app, msg, now_ms, self._record_limit)
         except Exception as exc:  # translate guards all user code: this is an engine bug; keep the record
             log.exception("internal error translating %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
             result = Translation(errors=[SourceError(f"internal error: {type(exc).__name__}: {exc}")])
@@ -1027,8 +1023,7 @@ class Processor:
         # A letter too large for the DLQ would fail the transaction like the record itself: it then keeps the
         # record's coordinates, not its bytes.
         # One limit for every output (the smallest): a letter is copied whole only where any record would fit.
-        dlq_limit = limits.RecordLimit(self._record_limit, "the processor's record limit")
-        msg, error_type, reason = limits.dead_letter_copy(msg, error_type, reason, dlq_limit)
+        msg, error_type, reason = limits.dead_letter_copy(msg, error_type, reason, self._record_limit)
         value = msg.value()
         letter = DeadLetter(
             source_topic=msg.topic() or "",

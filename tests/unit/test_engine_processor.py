@@ -14,6 +14,7 @@ from confluent_kafka import Message
 
 from orchestrator import App, Settings
 from orchestrator._engine import events as ev
+from orchestrator._engine.limits import RECORD_OVERHEAD_BYTES, RecordLimit
 from orchestrator._engine.processor import Processor, ProcessorConfig
 from orchestrator._engine.records import decode_dead_letter
 from orchestrator._engine.store import PartitionStore
@@ -171,6 +172,11 @@ def _inbox_msg(proc: Processor, event: ev.Event, offset: int) -> Message:
     )
 
 
+def _limit(room: int) -> RecordLimit:
+    """A record limit leaving ``room`` bytes for key and value."""
+    return RecordLimit(room + RECORD_OVERHEAD_BYTES, "max.message.bytes of topic unit.history")
+
+
 def test_oversize_start_is_dead_lettered_and_its_client_told(app: App, processor: Processor) -> None:
     from orchestrator import WorkflowContext
     from orchestrator._engine.records import decode_outcome
@@ -179,7 +185,7 @@ def test_oversize_start_is_dead_lettered_and_its_client_told(app: App, processor
     async def takes(ctx: WorkflowContext, text: str) -> str:
         return text
 
-    processor._record_limit = 2_000
+    processor._record_limit = _limit(2_000)
     start = ev.Event("big/start", "big", "takes", 1, ev.StartRun(input=app.data.encode("x" * 3_000)))
     processor._handle_message(_inbox_msg(processor, start, 5), 1_000)
 
@@ -205,7 +211,7 @@ def test_oversize_signal_parks_the_run_and_keeps_the_signal_as_a_dead_letter(
         got = await ctx.wait_for_event("go", key="k")
         return str(got)
 
-    processor._record_limit = 4_000
+    processor._record_limit = _limit(4_000)
     start = ev.Event("w/start", "w", "waits", 1, ev.StartRun(input=app.data.encode(None)))
     processor._handle_message(_inbox_msg(processor, start, 1), 1_000)
     signal = ev.Event("w/sig", "w", "waits", 2, ev.Signal("go", "k", app.data.encode("y" * 3_000)))
