@@ -30,6 +30,7 @@ from confluent_kafka import (
 
 from orchestrator import topology
 from orchestrator._core import formats
+from orchestrator._core.effects import EncodedCommand
 from orchestrator._engine import kafka, limits
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import (
@@ -49,12 +50,13 @@ from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import (
     DeadLetter,
     RunOutcome,
+    StepCommand,
     encode_command,
     encode_dead_letter,
     encode_outcome,
 )
 from orchestrator._engine.restore import restore
-from orchestrator._engine.router import Router, RouterEffects
+from orchestrator._engine.router import Router
 from orchestrator._engine.sources import SourceError, Translation, translate_each
 from orchestrator._engine.state import FAILED, PARKED, RunState, decode_state, encode_state
 from orchestrator._engine.state_cache import StateCache
@@ -642,7 +644,7 @@ class Processor:
             return
         changed = new_state is not None and bool(fx.history)  # every state change is recorded as history
         encoded = encode_state(new_state) if new_state is not None and changed else None
-        records = self._records(p, fx)
+        records = self._records(fx, p)
         too_big = first_oversize([(self.changelog, encoded, None, p), *records], self._record_limit)
         if too_big:
             self._on_oversize(msg, p, event, too_big, now_ms)
@@ -729,7 +731,7 @@ class Processor:
                     _, more = self.decider.handle(state, event, now_ms)
                     fx.extend(more)
                 encoded = encode_state(state)
-                records = self._records(p, fx)
+                records = self._records(fx, p)
                 too_big = first_oversize([(self.changelog, encoded, None, p), *records], self._record_limit)
                 if too_big:
                     raise RecordTooLargeError(too_big)
@@ -768,7 +770,7 @@ class Processor:
             log.exception("internal error in the keyed stage")
             error_type, reason = f"InternalError.{type(exc).__name__}", str(exc)
         else:
-            records = self._routed_records(fx)
+            records = self._records(fx)
             written = [
                 (self.keyed_changelog, store.get(k), k, store.partition)
                 for k in store.written_since_savepoint()
@@ -782,9 +784,9 @@ class Processor:
                 if fx.ignored:
                     log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
                 self._produce_records(records)
-                if not fx.rejected:
+                if not fx.dead_letter:
                     return
-                error_type, reason = "Rejected", fx.rejected
+                error_type, reason = "Rejected", fx.dead_letter
         self._dead_letter(msg, error_type, reason, now_ms)
 
     def _handle_source(self, msg: Message, now_ms: int) -> None:
@@ -824,7 +826,7 @@ class Processor:
             return
         self.stats.timers += 1
         encoded = encode_state(state)
-        records = self._records(p, fx)
+        records = self._records(fx, p)
         too_big = first_oversize([(self.changelog, encoded, None, p), *records], self._record_limit)
         if too_big:
             log.error("timer %s of run %s: %s; parking the run", tag, run_id, too_big)
@@ -850,16 +852,16 @@ class Processor:
             return
         store.release()
         self.stats.timers += 1
-        self._emit_routed(fx)
+        self._produce_records(self._records(fx))
 
     def _run_local(self, state: RunState, fx: Effects) -> None:
         """Run the local steps among ``fx``'s commands, folding each result in as if a worker had sent it."""
         budget = LOCAL_STEPS_PER_INPUT
         while fx.commands:
-            local = [cmd for _, cmd in fx.commands if self.local_steps.is_local(cmd)]
+            local = [c for _, c in fx.commands if isinstance(c, StepCommand) and self.local_steps.is_local(c)]
             if not local:
                 return
-            fx.commands = [(q, cmd) for q, cmd in fx.commands if not self.local_steps.is_local(cmd)]
+            fx.commands = [(q, c) for q, c in fx.commands if not any(c is cmd for cmd in local)]
             for cmd in local:
                 if cmd.cancel:
                     continue  # a local attempt is never running when its run is cancelled
@@ -902,49 +904,31 @@ class Processor:
             store.put(timer_key(due, state.run_id, tag), b"")
 
     # -- output -------------------------------------------------------------------------------------------
-    def _records(self, p: int, fx: Effects) -> list[tuple[str, bytes, bytes, int]]:
+    def _records(self, fx: Effects, p: int | None = None) -> list[tuple[str, bytes, bytes, int]]:
         """(topic, value, key, partition) of everything ``fx`` produces, encoded once: sizes are checked
-        before any of it is produced."""
+        before any of it is produced. ``p``: the inbox partition of the run ``fx`` is about (its history
+        and outcomes go to the same partition); without it (the keyed stage), each run's own."""
         out: list[tuple[str, bytes, bytes, int]] = []
+        n = self.partitions
         for event in fx.history:
-            out.append((self.history, encode_event(event), event.run_id.encode(), p))
+            rp = partition_for(event.run_id, n) if p is None else p
+            out.append((self.history, encode_event(event), event.run_id.encode(), rp))
         for queue, cmd in fx.commands:
-            out.append((self._tasks_topic(queue), encode_command(cmd), cmd.run_id.encode(), -1))
+            value = cmd.value if isinstance(cmd, EncodedCommand) else encode_command(cmd)
+            out.append((self._tasks_topic(queue), value, cmd.run_id.encode(), -1))
         for outcome in fx.outcomes:
-            out.append((self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), p))
+            rp = partition_for(outcome.run_id, n) if p is None else p
+            out.append((self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), rp))
         for rk, event in fx.keyed:
-            out.append((self.keyed, encode_event(event), rk.encode(), partition_for(rk, self.partitions)))
+            out.append((self.keyed, encode_event(event), rk.encode(), partition_for(rk, n)))
         for event in fx.inbox:
             key = event.run_id.encode()
-            out.append((self.inbox, encode_event(event), key, partition_for(event.run_id, self.partitions)))
+            out.append((self.inbox, encode_event(event), key, partition_for(event.run_id, n)))
         return out
 
     def _produce_records(self, records: list[tuple[str, bytes, bytes, int]]) -> None:
         for topic, value, key, partition in records:
             self._produce(topic, value, key, partition=partition)
-
-    def _emit(self, p: int, fx: Effects) -> None:
-        self._produce_records(self._records(p, fx))
-
-    def _routed_records(self, fx: RouterEffects) -> list[tuple[str, bytes, bytes, int]]:
-        """What the keyed stage's ``fx`` produces, encoded once (sizes are checked first)."""
-        out: list[tuple[str, bytes, bytes, int]] = []
-        for event in fx.inbox:
-            key = event.run_id.encode()
-            out.append((self.inbox, encode_event(event), key, partition_for(event.run_id, self.partitions)))
-        for routing, event in fx.keyed:
-            out.append(
-                (self.keyed, encode_event(event), routing.encode(), partition_for(routing, self.partitions))
-            )
-        for outcome in fx.outcomes:
-            p = partition_for(outcome.run_id, self.partitions)
-            out.append((self.outcomes, encode_outcome(outcome), outcome.run_id.encode(), p))
-        for queue, run_id, command in fx.commands:  # step attempts the admission stage let through
-            out.append((self._tasks_topic(queue), command, run_id.encode(), -1))
-        return out
-
-    def _emit_routed(self, fx: RouterEffects) -> None:
-        self._produce_records(self._routed_records(fx))
 
     def _produce(
         self, topic: str, value: bytes | None, key: bytes | None, partition: int = -1, on_delivery: Any = None
