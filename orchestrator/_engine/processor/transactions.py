@@ -1,0 +1,132 @@
+"""The processor's transactional producer (Kafka Streams' StreamsProducer): its transactions, riding out
+broker faults (ADR 0010), and what a fatal error means: a fence stops the instance, anything else replaces
+the producer under the same transactional id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+
+from orchestrator._engine.faults import Retrier, error_of, is_fatal
+from orchestrator.errors import ProcessorFencedError
+
+log = logging.getLogger("orchestrator.processor")
+
+
+class Transactions:
+    """One transactional producer per instance (EOS v2); ``producer`` is None until `start`."""
+
+    def __init__(self, instance_id: str, retry: Retrier) -> None:
+        self.instance_id = instance_id
+        self.producer: Producer | None = None
+        self.timeout_s = 10.0  # the producer's transaction.timeout.ms, set by start()
+        self._retry = retry
+        self._config: dict[str, Any] = {}
+
+    def start(self, config: dict[str, Any]) -> None:
+        """Create the producer and fence any predecessor with this transactional id (init_transactions)."""
+        self._config = config
+        self.timeout_s = int(config["transaction.timeout.ms"]) / 1000
+        self._init(Producer(config))
+
+    def _init(self, producer: Producer) -> None:
+        self.producer = producer
+        self._retry.call("init_transactions", lambda: producer.init_transactions(60), not_fatal)
+
+    def current(self) -> Producer:
+        """The live producer (it is replaced after a fatal error that is not a fence)."""
+        assert self.producer is not None
+        return self.producer
+
+    def begin(self) -> None:
+        self._retry.call("begin_transaction", self.current().begin_transaction)
+
+    def send_offsets(self, offsets: list[TopicPartition], group: Any, give_up_at: float) -> None:
+        """Retried only until ``give_up_at`` (the transaction's age limit): the coordinator aborts it by
+        then, and a group that is rebalancing waits for this instance, which cannot rejoin while stuck."""
+        producer = self.current()
+        self._retry.call(
+            "send_offsets_to_transaction",
+            lambda: producer.send_offsets_to_transaction(
+                offsets, group, max(1.0, give_up_at - time.monotonic())
+            ),
+            give_up_at=give_up_at,
+        )
+
+    def commit(self) -> None:
+        """Flush, then commit. A commit that times out ("retry call to resume") is called again until it has
+        an answer, never aborted: it may have reached the coordinator, and an abort then would fail or,
+        worse, leave the stores behind what Kafka committed while the consumer moves on."""
+        producer = self.current()
+        producer.flush(30)
+        self._retry.call("commit_transaction", lambda: producer.commit_transaction(30))
+
+    def abort(self) -> None:
+        """Abort the open transaction; one that times out ("retry call to resume") is called again."""
+        producer = self.current()
+        try:
+            self._retry.call("abort_transaction", lambda: producer.abort_transaction(30), _abort_retriable)
+        except KafkaException as exc:
+            if self.fenced_if_fatal(exc):
+                return  # the producer was replaced: its transaction is gone
+            err = error_of(exc)
+            if err is None or err.code() != KafkaError._STATE:
+                raise
+            # _STATE: no transaction is open (begin_transaction was what failed): nothing to abort.
+
+    def fenced_if_fatal(self, exc: KafkaException) -> bool:
+        """ProcessorFencedError if another instance took this transactional id; True if the producer hit
+        another fatal error and was replaced (its transaction is gone: nothing to abort)."""
+        err = error_of(exc)
+        if not is_fatal(err):
+            return False
+        assert err is not None
+        if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+            raise ProcessorFencedError(
+                f"processor {self.instance_id} was fenced ({exc}); another instance with the same id "
+                "owns its partitions now. Stopping."
+            ) from exc
+        self._renew(exc)
+        return True
+
+    def _renew(self, exc: KafkaException) -> None:
+        """Replace a producer librdkafka declared dead for a reason other than a fence.
+
+        Seen after a broker restart (test_broker_outage): the coordinator had aborted the transaction that
+        was open when the broker died (it outlived transaction.timeout.ms), and the producer's own abort then
+        failed with a fatal INVALID_TXN_STATE. No other instance is involved, so this one goes on with a new
+        producer under the same transactional id (its init_transactions bumps the epoch), like Kafka
+        Streams resetting its producer. A real second instance fences with _FENCED/PRODUCER_FENCED instead.
+        """
+        log.error(
+            "processor %s: fatal producer error that is not a fence (%s); replacing the producer and "
+            "reprocessing the batch",
+            self.instance_id,
+            exc,
+        )
+        old = self.producer
+        if old is not None:
+            try:
+                old.purge()
+            except (KafkaException, RuntimeError):
+                log.debug("purging the dead producer failed", exc_info=True)
+        self._init(Producer(self._config))
+
+
+def not_fatal(exc: BaseException) -> bool:
+    """Retry condition of calls that change nothing (start-up, restore, reading offsets): any Kafka error
+    short of a fatal one may be a broker that is restarting."""
+    return isinstance(exc, KafkaException) and not is_fatal(error_of(exc))
+
+
+def _abort_retriable(exc: BaseException) -> bool:
+    err = error_of(exc)
+    return (
+        isinstance(exc, KafkaException)
+        and not is_fatal(err)
+        and (err is None or err.code() != KafkaError._STATE)
+    )
