@@ -68,3 +68,18 @@ def test_answers_are_kept_and_failures_asked_again_later(
 def test_fits_leaves_room_for_the_framing() -> None:
     limit = limits.RecordLimit(1000 + limits.RECORD_OVERHEAD_BYTES, "x")
     assert limit.fits(10, 990) and not limit.fits(10, 991)
+
+
+def test_first_oversize_names_the_record_and_the_limit() -> None:
+    limit = limits.RecordLimit(100 + limits.RECORD_OVERHEAD_BYTES, "max.message.bytes of topic a.history")
+    fits = ("a.history", b"v" * 90, b"k" * 10, 0)
+    assert limits.first_oversize([fits], limit) == ""
+    over = ("a.changelog", b"v" * 91, b"k" * 10, 0)
+    reason = limits.first_oversize([fits, over], limit)
+    assert reason.startswith("a a.changelog record of 101 bytes is over the limit of ")
+    assert "max.message.bytes of topic a.history" in reason
+
+
+def test_a_limit_kafka_contradicted_is_lowered_by_an_eighth() -> None:
+    lowered = limits.RecordLimit(8_000, "message.max.bytes of the processor's producer").lowered()
+    assert lowered.max_bytes == 7_000 and "message.max.bytes of the processor's producer" in lowered.source
