@@ -363,3 +363,11 @@ def test_internal_error_firing_a_timer_parks_the_run_and_resume_re_arms_it(
     resume = ev.Event("n/resume", "n", "naps", 6, ev.ResumeRun("fixed"))
     processor.run_task.handle(_inbox_msg(processor, resume, 2), 6_000)
     assert len(store.scan_merged(TIMER_PREFIX)) == 1  # the resumed run re-armed its sleep
+
+
+def test_admitted_step_attempts_are_produced_as_the_keyed_stage_got_them(processor: Processor) -> None:
+    from orchestrator._core.effects import Effects, EncodedCommand
+
+    fx = Effects(commands=[("default", EncodedCommand("r1", b"the command, in wire form"))])
+    topic = processor.output.tasks_topic("default")
+    assert processor.output.records(fx) == [(topic, b"the command, in wire form", b"r1", -1)]
