@@ -11,9 +11,8 @@ from typing import Any
 from confluent_kafka import Message
 
 from orchestrator import topology
-from orchestrator._core.effects import EncodedCommand
+from orchestrator._core.effects import Effects, EncodedCommand
 from orchestrator._engine import limits
-from orchestrator._engine.decider import Effects
 from orchestrator._engine.events import Event, encode_event
 from orchestrator._engine.faults import Retrier
 from orchestrator._engine.limits import RecordLimit, first_oversize
