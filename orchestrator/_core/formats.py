@@ -84,6 +84,21 @@ def schedule_register_id(workflow: str) -> str:
     return f"schedule/{workflow}"
 
 
+def schedule_start_id(run_id: str) -> str:
+    """The start of a scheduled run (``<workflow>@<tick ISO time>``) by its schedule's tick."""
+    return f"schedule/{run_id}"
+
+
+def admitted_start_id(run_id: str) -> str:
+    """The start the admission stage sends once a waiting run is admitted."""
+    return f"admitted/{run_id}"
+
+
+def routed_signal_id(run_id: str, position: str, source: str) -> str:
+    """A domain event delivered by the keyed stage to the wait at ``position`` of a run."""
+    return f"{run_id}/route/{position}/{source}"
+
+
 def child_start_id(parent_run_id: str, position: int) -> str:
     return f"{parent_run_id}/{position}/start"
 

@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator._core import formats
 from orchestrator._core.effects import Effects, EncodedCommand
 from orchestrator._core.formats import admit_routing as admit_routing  # frozen formats live there
 from orchestrator._core.formats import idempotency_routing as idempotency_routing
@@ -258,7 +259,7 @@ class AdmissionStage:
     @staticmethod
     def _start(body: ev.AdmitRequest, routing: str, now_ms: int) -> Event:
         start = ev.StartRun(body.input, requested_by=body.requested_by or "admission", admission_key=routing)
-        return Event(f"admitted/{body.run_id}", body.run_id, body.workflow, now_ms, start)
+        return Event(formats.admitted_start_id(body.run_id), body.run_id, body.workflow, now_ms, start)
 
     @staticmethod
     def _doc_key(workflow: str, key: str) -> bytes:

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from orchestrator._core import formats
 from orchestrator._core.effects import Effects
 from orchestrator._engine import events as ev
 from orchestrator._engine.admission import AdmissionStage
@@ -186,13 +187,14 @@ class Router:
     @staticmethod
     def _signal(run_id: str, body: ev.DomainEvent, now_ms: int, position: str) -> Event:
         signal = ev.Signal(body.event_name, body.key, body.payload, body.source)
-        return Event(f"{run_id}/route/{position}/{body.source}", run_id, "", now_ms, signal)
+        return Event(formats.routed_signal_id(run_id, position, body.source), run_id, "", now_ms, signal)
 
     def _start(self, workflow: str, tick_ms: int, now_ms: int) -> Event:
         when = datetime.fromtimestamp(tick_ms / 1000, tz=UTC).isoformat()
         run_id = f"{workflow}@{when}"
         payload = self.app.data.encode(when)
-        return Event(f"schedule/{run_id}", run_id, workflow, now_ms, ev.StartRun(payload, "schedule"))
+        start = ev.StartRun(payload, "schedule")
+        return Event(formats.schedule_start_id(run_id), run_id, workflow, now_ms, start)
 
 
 def _next_tick(cron: str, timezone: str, after_ms: int) -> int:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar, cast, overload
 import pydantic_core
 from confluent_kafka import Message
 
+from orchestrator._core import formats
 from orchestrator._core.effects import EncodedCommand
 from orchestrator._engine import events as ev
 from orchestrator._engine import state as st
@@ -459,7 +460,8 @@ class WorkflowEnvironment:
         """Declare the app's schedules to the keyed stage, as a starting processor does."""
         for schedule in self.app.schedules.values():
             body = ev.ScheduleRegister(schedule.workflow, schedule.cron, schedule.timezone, schedule.missed)
-            event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, self._clock.now_ms, body)
+            event_id = formats.schedule_register_id(schedule.workflow)
+            event = Event(event_id, "", schedule.workflow, self._clock.now_ms, body)
             self._routed(self._router.handle(self._keyed_store, event, self._clock.now_ms))
 
 
