@@ -30,7 +30,7 @@ from orchestrator._engine.state_cache import StateCache
 
 
 class _Path:
-    """The processor's per-record work (as in ``Processor._handle_message``) and the worker's."""
+    """The processor's per-record work (as in ``processor.run_task.RunTask.handle``) and the worker's."""
 
     def __init__(self, cache_size: int, baseline: bool) -> None:
         self.decider = Decider(app, InstanceCache(cache_size))

@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from orchestrator import topology
+from orchestrator._core import formats
 from orchestrator._engine import audit, kafka, wire
 from orchestrator._engine.admission import admit_routing, idempotency_routing
 from orchestrator._engine.events import (
@@ -326,7 +327,7 @@ class Client:
 
     async def pause_schedule(self, workflow: str, paused: bool = True) -> None:
         """Pause (or resume) a workflow's schedule; ticks while paused start nothing."""
-        routing = f"schedule\x1f{workflow}"
+        routing = formats.schedule_routing(workflow)
         body = SchedulePause(workflow=workflow, paused=paused)
         event = Event(uuid.uuid4().hex, "", workflow, int(time.time() * 1000), body)
         await self._produce(event, topic=topology.keyed_topic(self.app.name), key=routing)

@@ -1,4 +1,10 @@
-"""What deciding one input produced: history events, and the records derived from them.
+"""What handling one input produced: the one effects type of the decider, the keyed stage and the output.
+
+The decider (a run's inputs and timers), the keyed stage's router and admission stage (waits, domain
+events, schedules, admission) all answer an input with records to produce in the current transaction and,
+when the input changed nothing, why. One type for all of them means one way to size-check and produce
+them (the processor's output) and one set of reasons: ``ignored`` (normal, logged at debug level) and
+``dead_letter`` (the record makes no sense here: it is kept in the DLQ for an operator).
 
 `StepCommand` and `RunOutcome` are defined here (and re-exported by ``orchestrator._engine.records``,
 which adds their wire encoding) because the core builds them.
@@ -38,16 +44,27 @@ class RunOutcome:
     error_message: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedCommand:
+    """A step command already in its wire form: the one an admitted step attempt carried inside its
+    ``AdmitRequest``. The admission stage forwards it as it is; the core has no wire format to decode it
+    with, and need not: only the workers read it."""
+
+    run_id: str  # the record's key
+    value: bytes
+
+
 @dataclass
 class Effects:
     """What handling one input produced, to be written in the current transaction.
 
-    ``history`` is what the decider decided; every other list except replies to requests that changed
-    nothing (a duplicate start, a cancel of an ended run) is derived from those events (``commands.py``).
+    From the decider, ``history`` is what it decided; every other list except replies to requests that
+    changed nothing (a duplicate start, a cancel of an ended run) is derived from those events
+    (``commands.py``). The keyed stage records no history.
     """
 
     history: list[Event] = field(default_factory=list)
-    commands: list[tuple[str, StepCommand]] = field(default_factory=list)  # (queue, command)
+    commands: list[tuple[str, StepCommand | EncodedCommand]] = field(default_factory=list)  # (queue, command)
     outcomes: list[RunOutcome] = field(default_factory=list)
     keyed: list[tuple[str, Event]] = field(default_factory=list)  # (routing key, event) for the keyed stage
     inbox: list[Event] = field(default_factory=list)  # requests to other runs (children, parents)

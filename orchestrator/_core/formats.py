@@ -29,6 +29,7 @@ def idempotency_routing(workflow: str, idempotency_key: str) -> str:
 
 
 def schedule_routing(workflow: str) -> str:
+    """A workflow's schedule: its registration, pauses and ticks meet in one keyed partition."""
     return f"schedule{SEP}{workflow}"
 
 
@@ -66,6 +67,36 @@ def admit_event_id(slot: str) -> str:
 def release_event_id(slot_or_run_id: str) -> str:
     """Freeing a step attempt's slot (``<slot>/release``) or a run's (``<run_id>/release``)."""
     return f"{slot_or_run_id}/release"
+
+
+def attempt_report_id(idempotency_key: str, attempt: int, suffix: str) -> str:
+    """A step attempt's result (``suffix``: ``local``, or the reporting worker's unique suffix)."""
+    return f"{idempotency_key}/{attempt}/{suffix}"
+
+
+def attempt_started_id(idempotency_key: str, attempt: int, suffix: str) -> str:
+    """A worker's report that it started a step attempt."""
+    return f"{idempotency_key}/{attempt}/started/{suffix}"
+
+
+def schedule_register_id(workflow: str) -> str:
+    """A processor's registration of ``workflow``'s schedule with the keyed stage."""
+    return f"schedule/{workflow}"
+
+
+def schedule_start_id(run_id: str) -> str:
+    """The start of a scheduled run (``<workflow>@<tick ISO time>``) by its schedule's tick."""
+    return f"schedule/{run_id}"
+
+
+def admitted_start_id(run_id: str) -> str:
+    """The start the admission stage sends once a waiting run is admitted."""
+    return f"admitted/{run_id}"
+
+
+def routed_signal_id(run_id: str, position: str, source: str) -> str:
+    """A domain event delivered by the keyed stage to the wait at ``position`` of a run."""
+    return f"{run_id}/route/{position}/{source}"
 
 
 def child_start_id(parent_run_id: str, position: int) -> str:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from orchestrator._core import formats
+from orchestrator._core.effects import Effects, EncodedCommand
 from orchestrator._core.formats import admit_routing as admit_routing  # frozen formats live there
 from orchestrator._core.formats import idempotency_routing as idempotency_routing
 from orchestrator._engine import events as ev
@@ -28,16 +30,6 @@ from orchestrator._engine.store import PartitionStore, timer_key
 from orchestrator.app import App
 from orchestrator.durations import to_millis
 from orchestrator.flow import Admission
-
-
-@dataclass
-class AdmissionEffects:
-    inbox: list[Event] = field(default_factory=list)
-    keyed: list[tuple[str, Event]] = field(default_factory=list)
-    outcomes: list[RunOutcome] = field(default_factory=list)
-    commands: list[tuple[str, str, bytes]] = field(default_factory=list)  # (queue, run id, StepCommand)
-    rejected: str = ""  # the request makes no sense: dead-lettered with this reason
-
 
 _SEQ = struct.Struct(">Q")
 
@@ -67,14 +59,12 @@ class AdmissionStage:
         return workflow.admission if workflow is not None else None
 
     # -- requests -----------------------------------------------------------------------------------------
-    def on_request(
-        self, store: PartitionStore, event: Event, body: ev.AdmitRequest, now_ms: int
-    ) -> AdmissionEffects:
-        fx = AdmissionEffects()
+    def on_request(self, store: PartitionStore, event: Event, body: ev.AdmitRequest, now_ms: int) -> Effects:
+        fx = Effects()
         if body.workflow.startswith(STEP_PREFIX) and body.requested_by not in self.app.queues:
             # Its command would go to the task topic of that queue: a name that is not a topic's stops the
             # processor, a topic that does not exist aborts every transaction.
-            fx.rejected = (
+            fx.dead_letter = (
                 f"step attempt {body.run_id!r} names task queue {body.requested_by!r}, which no step of "
                 f"app {self.app.name!r} uses (queues: {', '.join(sorted(self.app.queues))})"
             )
@@ -130,8 +120,8 @@ class AdmissionStage:
         self._enqueue(store, doc_key, doc, admission, body, now_ms, fx)
         return fx
 
-    def on_release(self, store: PartitionStore, body: ev.Release, now_ms: int) -> AdmissionEffects:
-        fx = AdmissionEffects()
+    def on_release(self, store: PartitionStore, body: ev.Release, now_ms: int) -> Effects:
+        fx = Effects()
         admission = self._admission(body.workflow)
         doc_key = self._doc_key(body.workflow, body.key)
         doc = self._load(store, doc_key)
@@ -142,8 +132,8 @@ class AdmissionStage:
         self._save(store, doc_key, doc)
         return fx
 
-    def on_timer(self, store: PartitionStore, ident: str, tag: str, now_ms: int) -> AdmissionEffects:
-        fx = AdmissionEffects()
+    def on_timer(self, store: PartitionStore, ident: str, tag: str, now_ms: int) -> Effects:
+        fx = Effects()
         key = bytes.fromhex(ident)
         if tag == "idem-expire":
             store.delete(key)
@@ -178,7 +168,7 @@ class AdmissionStage:
         admission: Admission,
         body: ev.AdmitRequest,
         now_ms: int,
-        fx: AdmissionEffects,
+        fx: Effects,
     ) -> None:
         per = to_millis(admission.per)
         doc["admitted"] = [t for t in doc["admitted"] if t > now_ms - per]
@@ -210,7 +200,7 @@ class AdmissionStage:
         doc: dict[str, Any],
         admission: Admission,
         now_ms: int,
-        fx: AdmissionEffects,
+        fx: Effects,
         waiting: list[_Waiting] | None = None,
     ) -> None:
         """Admit waiting starts while the limits allow; admitted ones are removed from ``waiting``."""
@@ -256,18 +246,20 @@ class AdmissionStage:
         store.put(_input_key(key), waiting.input or b"")
 
     # -- helpers ------------------------------------------------------------------------------------------
-    def _admit(self, body: ev.AdmitRequest, routing: str, now_ms: int, fx: AdmissionEffects) -> None:
+    def _admit(self, body: ev.AdmitRequest, routing: str, now_ms: int, fx: Effects) -> None:
         """Let the run start, or the step attempt go to its workers."""
         if body.workflow.startswith(STEP_PREFIX):
             run_id = body.run_id.rsplit("/", 2)[0]
-            fx.commands.append((body.requested_by, run_id, body.input))  # requested_by holds the queue
+            fx.commands.append(
+                (body.requested_by, EncodedCommand(run_id, body.input))
+            )  # requested_by: the queue
         else:
             fx.inbox.append(self._start(body, routing, now_ms))
 
     @staticmethod
     def _start(body: ev.AdmitRequest, routing: str, now_ms: int) -> Event:
         start = ev.StartRun(body.input, requested_by=body.requested_by or "admission", admission_key=routing)
-        return Event(f"admitted/{body.run_id}", body.run_id, body.workflow, now_ms, start)
+        return Event(formats.admitted_start_id(body.run_id), body.run_id, body.workflow, now_ms, start)
 
     @staticmethod
     def _doc_key(workflow: str, key: str) -> bytes:

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from orchestrator._core import formats
 from orchestrator._engine.events import Event, StepCompleted, StepFailed
 from orchestrator._engine.records import StepCommand
 from orchestrator.app import App, StepDefinition
@@ -66,7 +67,7 @@ def failed(cmd: StepCommand, exc: BaseException, started_ms: int, worker: str) -
 def result_event(cmd: StepCommand, body: StepCompleted | StepFailed, suffix: str) -> Event:
     """The inbox event carrying ``body``; ``suffix`` makes its id unique per report."""
     return Event(
-        event_id=f"{cmd.idempotency_key}/{cmd.attempt}/{suffix}",
+        event_id=formats.attempt_report_id(cmd.idempotency_key, cmd.attempt, suffix),
         run_id=cmd.run_id,
         workflow=cmd.workflow,
         timestamp_ms=now_ms(),

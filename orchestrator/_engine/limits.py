@@ -1,10 +1,16 @@
-"""How large a record the engine may produce to one of its topics, learnt from the producer and the broker.
+"""How large a record the engine may produce, learnt from the producer and the broker: one notion for all.
 
 A record over the limit does not fail alone: librdkafka refuses it in ``produce`` (over the producer's
 ``message.max.bytes``) or the broker refuses its batch (over the topic's ``max.message.bytes``), and the
 whole transaction aborts. The processor would then consume the same input again and fail again, forever.
 So inputs whose engine records would be too large are refused before anything is produced: their size is
 checked against the smallest limit on their way, and the input is dead-lettered with that reason.
+
+One `RecordLimit` (the smallest limit on a record's way, named after the setting that imposes it) serves
+every check: the processor learns it once at start for all the topics it writes to, and checks against it
+the records an input makes (`first_oversize`), the engine records of a user record (``sources``) and the
+copy a dead letter carries (`dead_letter_copy`). The processor's records and the requests made from user
+records travel through several engine topics, so the smallest limit of them all is the one that matters.
 
 The topics' settings are asked from the broker once and kept for ``CACHE_SECONDS`` (a changed topic
 config is seen within that time); if the broker cannot tell, the broker default is assumed and the
@@ -16,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +56,39 @@ class RecordLimit:
     max_bytes: int
     source: str  # e.g. "max.message.bytes of topic shop.inbox"
 
+    @property
+    def room(self) -> int:
+        """The most key + value bytes one record may hold."""
+        return self.max_bytes - RECORD_OVERHEAD_BYTES
+
     def fits(self, key_bytes: int, value_bytes: int) -> bool:
-        return key_bytes + value_bytes + RECORD_OVERHEAD_BYTES <= self.max_bytes
+        return key_bytes + value_bytes <= self.room
 
     def describe(self) -> str:
         return f"{self.max_bytes} bytes ({self.source}, less {RECORD_OVERHEAD_BYTES} bytes of framing)"
+
+    def lowered(self) -> RecordLimit:
+        """An eighth lower: Kafka refused a record this limit let through (a topic's limit lowered since it
+        was learnt, or overhead not counted); checking against less turns that input into an outcome (a
+        failed step, a parked run, a dead letter) instead of an abort, again and again."""
+        return RecordLimit(self.max_bytes * 7 // 8, f"{self.source}, lowered after Kafka refused a record")
+
+
+def first_oversize(records: Iterable[tuple[str, bytes | None, bytes | None, int]], limit: RecordLimit) -> str:
+    """A description of the first (topic, value, key, partition) over ``limit``, or "" when all fit.
+
+    Every record an input makes is checked before any of it is produced: one produced record over a limit
+    fails the whole transaction, and the input would be consumed and fail again, forever.
+    """
+    for topic, value, key, _ in records:
+        key_bytes, value_bytes = len(key or b""), len(value or b"")
+        if not limit.fits(key_bytes, value_bytes):
+            size = key_bytes + value_bytes
+            return (
+                f"a {topic} record of {size} bytes is over the limit of {limit.describe()}, "
+                "the smallest of the producer's message.max.bytes and its topics' max.message.bytes"
+            )
+    return ""
 
 
 _lock = threading.Lock()

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from orchestrator._core import formats
+from orchestrator._core.effects import Effects
 from orchestrator._engine import events as ev
-from orchestrator._engine.admission import AdmissionEffects, AdmissionStage
+from orchestrator._engine.admission import AdmissionStage
 from orchestrator._engine.decider import routing_key
 from orchestrator._engine.events import Event, decode_event, encode_event
-from orchestrator._engine.records import RunOutcome
 from orchestrator._engine.store import PartitionStore, timer_key
 from orchestrator.app import App
 from orchestrator.durations import to_millis
@@ -38,22 +38,6 @@ _SUB = struct.Struct(">QQ")
 ON_TIME_MS = 5_000
 """A tick fired within this long after its time counts as on time; older ones are "missed"."""
 MAX_CATCH_UP = 1000
-
-
-@dataclass
-class RouterEffects:
-    inbox: list[Event] = field(default_factory=list)
-    keyed: list[tuple[str, Event]] = field(default_factory=list)
-    outcomes: list[RunOutcome] = field(default_factory=list)
-    commands: list[tuple[str, str, bytes]] = field(default_factory=list)  # (queue, run id, StepCommand)
-    ignored: str = ""  # nothing to do, and nothing wrong (a duplicate, an unchanged schedule)
-    rejected: str = ""  # the record makes no sense here: the processor dead-letters it with this reason
-
-    @classmethod
-    def of(cls, fx: AdmissionEffects) -> RouterEffects:
-        return cls(
-            inbox=fx.inbox, keyed=fx.keyed, outcomes=fx.outcomes, commands=fx.commands, rejected=fx.rejected
-        )
 
 
 def _sub_prefix(rk: str) -> bytes:
@@ -70,7 +54,7 @@ class Router:
         self.admission = AdmissionStage(app)
 
     # -- inputs -------------------------------------------------------------------------------------------
-    def handle(self, store: PartitionStore, event: Event, now_ms: int) -> RouterEffects:
+    def handle(self, store: PartitionStore, event: Event, now_ms: int) -> Effects:
         body = event.body
         if isinstance(body, ev.DomainEvent):
             return self._on_domain_event(store, event, body, now_ms)
@@ -79,25 +63,25 @@ class Router:
         if isinstance(body, ev.Unsubscribe):
             rk = routing_key(body.event_name, body.key)
             store.delete(_sub_prefix(rk) + f"{body.run_id}\x00{body.position}".encode())
-            return RouterEffects()
+            return Effects()
         if isinstance(body, ev.ScheduleRegister):
             return self._on_schedule_register(store, body, now_ms)
         if isinstance(body, ev.SchedulePause):
             return self._on_schedule_pause(store, body)
         if isinstance(body, ev.AdmitRequest):
-            return RouterEffects.of(self.admission.on_request(store, event, body, now_ms))
+            return self.admission.on_request(store, event, body, now_ms)
         if isinstance(body, ev.Release):
-            return RouterEffects.of(self.admission.on_release(store, body, now_ms))
-        return RouterEffects(
-            rejected=f"{event.kind} does not belong on the keyed topic (it takes domain events, waits, "
+            return self.admission.on_release(store, body, now_ms)
+        return Effects(
+            dead_letter=f"{event.kind} does not belong on the keyed topic (it takes domain events, waits, "
             "schedules and admission requests); the producer of this record writes to the wrong topic"
         )
 
     def _on_domain_event(
         self, store: PartitionStore, event: Event, body: ev.DomainEvent, now_ms: int
-    ) -> RouterEffects:
+    ) -> Effects:
         rk = routing_key(body.event_name, body.key)
-        fx = RouterEffects()
+        fx = Effects()
         for sub_key, _ in store.scan_merged(_sub_prefix(rk)):
             run_id, _, position = sub_key[len(_sub_prefix(rk)) :].decode().rpartition("\x00")
             fx.inbox.append(self._signal(run_id, body, now_ms, position))
@@ -110,9 +94,7 @@ class Router:
             store.put(timer_key(now_ms + retention, key.hex(), "expire"), b"")
         return fx
 
-    def _on_subscribe(
-        self, store: PartitionStore, event: Event, body: ev.Subscribe, now_ms: int
-    ) -> RouterEffects:
+    def _on_subscribe(self, store: PartitionStore, event: Event, body: ev.Subscribe, now_ms: int) -> Effects:
         rk = routing_key(body.event_name, body.key)
         since = event.timestamp_ms - body.lookback_ms if body.lookback_ms else None
         if since is not None:
@@ -124,28 +106,26 @@ class Router:
             if recent:  # the latest event within the look-back answers the wait at once
                 latest = recent[-1].body
                 assert isinstance(latest, ev.DomainEvent)
-                return RouterEffects(inbox=[self._signal(body.run_id, latest, now_ms, str(body.position))])
+                return Effects(inbox=[self._signal(body.run_id, latest, now_ms, str(body.position))])
         sub_key = _sub_prefix(rk) + f"{body.run_id}\x00{body.position}".encode()
         store.put(sub_key, _SUB.pack(body.lookback_ms, event.timestamp_ms))
-        return RouterEffects()
+        return Effects()
 
     # -- schedules ------------------------------------------------------------------------------------------
-    def _on_schedule_register(
-        self, store: PartitionStore, body: ev.ScheduleRegister, now_ms: int
-    ) -> RouterEffects:
+    def _on_schedule_register(self, store: PartitionStore, body: ev.ScheduleRegister, now_ms: int) -> Effects:
         try:  # checked before anything changes: a bad registration must not stop the current schedule
             Schedule(body.workflow, body.cron, body.timezone, body.missed)
             next_ms = _next_tick(body.cron, body.timezone, now_ms)
         except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
-            return RouterEffects(
-                rejected=f"schedule of {body.workflow!r} refused, the current one is kept: {exc}"
+            return Effects(
+                dead_letter=f"schedule of {body.workflow!r} refused, the current one is kept: {exc}"
             )
         key = b"c/" + body.workflow.encode()
         raw = store.get(key)
         current = json.loads(raw) if raw else None
         wanted = {"cron": body.cron, "timezone": body.timezone, "missed": body.missed}
         if current is not None and all(current.get(k) == v for k, v in wanted.items()):
-            return RouterEffects(ignored="schedule unchanged")
+            return Effects(ignored="schedule unchanged")
         if current is not None:
             store.delete(timer_key(current["next_ms"], body.workflow, "tick"))
         state = {
@@ -156,33 +136,33 @@ class Router:
         }
         store.put(key, json.dumps(state).encode())
         store.put(timer_key(next_ms, body.workflow, "tick"), b"")
-        return RouterEffects()
+        return Effects()
 
-    def _on_schedule_pause(self, store: PartitionStore, body: ev.SchedulePause) -> RouterEffects:
+    def _on_schedule_pause(self, store: PartitionStore, body: ev.SchedulePause) -> Effects:
         key = b"c/" + body.workflow.encode()
         raw = store.get(key)
         if raw is None:
-            return RouterEffects(ignored=f"no schedule for {body.workflow!r}")
+            return Effects(ignored=f"no schedule for {body.workflow!r}")
         state = json.loads(raw)
         state["paused"] = body.paused
         store.put(key, json.dumps(state).encode())
-        return RouterEffects()
+        return Effects()
 
-    def fire_timer(self, store: PartitionStore, ident: str, tag: str, now_ms: int) -> RouterEffects:
+    def fire_timer(self, store: PartitionStore, ident: str, tag: str, now_ms: int) -> Effects:
         if tag == "expire":
             store.delete(bytes.fromhex(ident))
-            return RouterEffects()
+            return Effects()
         if tag == "tick":
             return self._on_tick(store, ident, now_ms)
         if tag in ("debounce", "pump", "idem-expire"):
-            return RouterEffects.of(self.admission.on_timer(store, ident, tag, now_ms))
-        return RouterEffects(ignored=f"unknown keyed timer {tag!r}")
+            return self.admission.on_timer(store, ident, tag, now_ms)
+        return Effects(ignored=f"unknown keyed timer {tag!r}")
 
-    def _on_tick(self, store: PartitionStore, workflow: str, now_ms: int) -> RouterEffects:
+    def _on_tick(self, store: PartitionStore, workflow: str, now_ms: int) -> Effects:
         key = b"c/" + workflow.encode()
         raw = store.get(key)
         if raw is None:
-            return RouterEffects(ignored="tick of a removed schedule")
+            return Effects(ignored="tick of a removed schedule")
         state = json.loads(raw)
         ticks: list[int] = []
         tick = state["next_ms"]
@@ -193,7 +173,7 @@ class Router:
         store.put(key, json.dumps(state).encode())
         store.put(timer_key(tick, workflow, "tick"), b"")
         if state["paused"] or not ticks:
-            return RouterEffects()
+            return Effects()
         on_time = [t for t in ticks if now_ms - t < ON_TIME_MS]
         if state["missed"] == "run_all":
             chosen = ticks
@@ -201,19 +181,20 @@ class Router:
             chosen = ticks[-1:]
         else:
             chosen = on_time[-1:]
-        return RouterEffects(inbox=[self._start(workflow, t, now_ms) for t in chosen])
+        return Effects(inbox=[self._start(workflow, t, now_ms) for t in chosen])
 
     # -- helpers ------------------------------------------------------------------------------------------
     @staticmethod
     def _signal(run_id: str, body: ev.DomainEvent, now_ms: int, position: str) -> Event:
         signal = ev.Signal(body.event_name, body.key, body.payload, body.source)
-        return Event(f"{run_id}/route/{position}/{body.source}", run_id, "", now_ms, signal)
+        return Event(formats.routed_signal_id(run_id, position, body.source), run_id, "", now_ms, signal)
 
     def _start(self, workflow: str, tick_ms: int, now_ms: int) -> Event:
         when = datetime.fromtimestamp(tick_ms / 1000, tz=UTC).isoformat()
         run_id = f"{workflow}@{when}"
         payload = self.app.data.encode(when)
-        return Event(f"schedule/{run_id}", run_id, workflow, now_ms, ev.StartRun(payload, "schedule"))
+        start = ev.StartRun(payload, "schedule")
+        return Event(formats.schedule_start_id(run_id), run_id, workflow, now_ms, start)
 
 
 def _next_tick(cron: str, timezone: str, after_ms: int) -> int:

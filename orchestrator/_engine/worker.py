@@ -38,6 +38,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from orchestrator import topology
+from orchestrator._core import formats
 from orchestrator._engine import attempts, kafka
 from orchestrator._engine.committer import Committer
 from orchestrator._engine.episodes import Episode
@@ -385,7 +386,7 @@ class Worker:
         self.stats.started += 1
         if cmd.report_start:
             started = Event(
-                event_id=f"{cmd.idempotency_key}/{cmd.attempt}/started/{self._event_suffix()}",
+                event_id=formats.attempt_started_id(cmd.idempotency_key, cmd.attempt, self._event_suffix()),
                 run_id=cmd.run_id,
                 workflow=cmd.workflow,
                 timestamp_ms=attempts.now_ms(),

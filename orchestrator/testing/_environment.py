@@ -23,13 +23,15 @@ from typing import Any, TypeVar, cast, overload
 import pydantic_core
 from confluent_kafka import Message
 
+from orchestrator._core import formats
+from orchestrator._core.effects import EncodedCommand
 from orchestrator._core.instance_cache import InstanceCache
 from orchestrator._engine import events as ev
 from orchestrator._engine import state as st
 from orchestrator._engine.decider import Decider, Effects, timers_of
 from orchestrator._engine.events import Event
 from orchestrator._engine.records import RunOutcome, StepCommand, decode_command
-from orchestrator._engine.router import Router, RouterEffects
+from orchestrator._engine.router import Router
 from orchestrator._engine.sources import translate
 from orchestrator._engine.store import PartitionStore
 from orchestrator.app import App
@@ -372,11 +374,11 @@ class WorkflowEnvironment:
             self._histories.setdefault(event.run_id, []).append(event)
         for outcome in fx.outcomes:
             self._outcomes[outcome.run_id] = outcome
-        self._queue.extend(("command", cmd) for _, cmd in fx.commands)
+        self._queue.extend(("command", _decoded(cmd)) for _, cmd in fx.commands)
         self._queue.extend(("keyed", event) for _, event in fx.keyed)
         self._queue.extend(("inbox", event) for event in fx.inbox)
 
-    def _routed(self, fx: RouterEffects) -> None:
+    def _routed(self, fx: Effects) -> None:
         for outcome in fx.outcomes:
             if outcome.status in ("accepted", "duplicate"):
                 self._acks[outcome.run_id] = outcome
@@ -384,7 +386,7 @@ class WorkflowEnvironment:
                 self._outcomes[outcome.run_id] = outcome
         self._queue.extend(("inbox", event) for event in fx.inbox)
         self._queue.extend(("keyed", event) for _, event in fx.keyed)
-        self._queue.extend(("command", decode_command(raw)) for _, _, raw in fx.commands)
+        self._queue.extend(("command", _decoded(cmd)) for _, cmd in fx.commands)
 
     # -- timers ---------------------------------------------------------------------------------------------
     def _timers(self, skipping: bool) -> list[tuple[int, str, str, bytes | None]]:
@@ -458,7 +460,8 @@ class WorkflowEnvironment:
         """Declare the app's schedules to the keyed stage, as a starting processor does."""
         for schedule in self.app.schedules.values():
             body = ev.ScheduleRegister(schedule.workflow, schedule.cron, schedule.timezone, schedule.missed)
-            event = Event(f"schedule/{schedule.workflow}", "", schedule.workflow, self._clock.now_ms, body)
+            event_id = formats.schedule_register_id(schedule.workflow)
+            event = Event(event_id, "", schedule.workflow, self._clock.now_ms, body)
             self._routed(self._router.handle(self._keyed_store, event, self._clock.now_ms))
 
 
@@ -468,3 +471,8 @@ def _not_in_a_step(what: str) -> None:
             f"{what} cannot be awaited inside a step: the environment is running that step and would wait "
             "for itself. Signal, cancel, start or emit from a step instead; await results in the test."
         )
+
+
+def _decoded(cmd: StepCommand | EncodedCommand) -> StepCommand:
+    """The command a worker would read: admitted step attempts arrive in their wire form."""
+    return decode_command(cmd.value) if isinstance(cmd, EncodedCommand) else cmd

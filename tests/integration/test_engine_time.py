@@ -134,7 +134,7 @@ async def test_cancel_in_each_state(
             deadline = time.monotonic() + 10
             while where == "running_step" and not observed and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            for p, store in proc.processor.stores.items():
+            for p, store in proc.processor.stores.run_stores.items():
                 assert list(store.scan(b"t/")) == [], f"timers left on partition {p}"
     finally:
         worker.stop()

@@ -14,7 +14,7 @@ from orchestrator import App, RetryPolicy, RunFailedError, WorkflowContext, step
 from orchestrator._engine import audit
 from orchestrator._engine import events as ev
 from orchestrator._engine.events import decode_event
-from orchestrator._engine.processor import LOCAL_STEPS_PER_INPUT
+from orchestrator._engine.processor.handling_time import LOCAL_STEPS_PER_INPUT
 from orchestrator._engine.reader import read_partitions
 from orchestrator.topology import inbox_topic
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Admission, App, WorkflowContext
+from orchestrator._core.effects import Effects
 from orchestrator._engine import events as ev
-from orchestrator._engine.admission import AdmissionEffects, AdmissionStage
+from orchestrator._engine.admission import AdmissionStage
 from orchestrator._engine.events import Event
 from orchestrator._engine.store import PartitionStore
 
@@ -45,11 +46,11 @@ def _request(
     return _started(fx)
 
 
-def _started(fx: AdmissionEffects) -> list[str]:
+def _started(fx: Effects) -> list[str]:
     return [e.run_id for e in fx.inbox]
 
 
-def _release(stage: AdmissionStage, store: PartitionStore, run_id: str) -> AdmissionEffects:
+def _release(stage: AdmissionStage, store: PartitionStore, run_id: str) -> Effects:
     key = "" if stage.app.workflows["wf"].admission.key is None else "u1"  # type: ignore[union-attr]
     return stage.on_release(store, ev.Release("wf", key, run_id), 2_000)
 

@@ -26,6 +26,13 @@ def test_ids() -> None:
     assert fm.child_start_id("p", 4) == "p/4/start"
     assert fm.child_cancel_id("p", 4) == "p/4/cancel"
     assert fm.child_end_id("c") == "c/end"
+    assert fm.attempt_report_id("r1/3/charge", 2, "w-1.5") == "r1/3/charge/2/w-1.5"
+    assert fm.attempt_report_id("r1/3/charge", 2, "local") == "r1/3/charge/2/local"
+    assert fm.attempt_started_id("r1/3/charge", 2, "w-1.5") == "r1/3/charge/2/started/w-1.5"
+    assert fm.schedule_register_id("nightly") == "schedule/nightly"
+    assert fm.schedule_start_id("nightly@2026-01-01T00:00") == "schedule/nightly@2026-01-01T00:00"
+    assert fm.admitted_start_id("r1") == "admitted/r1"
+    assert fm.routed_signal_id("r1", "4", "approvals[0]@9") == "r1/route/4/approvals[0]@9"
 
 
 def test_timer_tags() -> None:

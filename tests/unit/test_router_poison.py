@@ -44,7 +44,7 @@ def _register(cron: str, timezone: str = "UTC", missed: str = "skip") -> Event:
 )
 def test_run_requests_on_the_keyed_topic_are_rejected(store: PartitionStore, body: object) -> None:
     fx = Router(_app()).handle(store, Event("e", "r", "report", 1, body), 5)  # type: ignore[arg-type]
-    assert "does not belong on the keyed topic" in fx.rejected
+    assert "does not belong on the keyed topic" in fx.dead_letter
     assert (fx.inbox, fx.keyed, fx.outcomes, store.dirty()) == ([], [], [], {})
 
 
@@ -60,11 +60,13 @@ def test_bad_schedule_registration_keeps_the_current_schedule(
     store: PartitionStore, cron: str, timezone: str, missed: str, reason: str
 ) -> None:
     router = Router(_app())
-    assert router.handle(store, _register("*/5 * * * *"), 1_000).rejected == ""
+    assert router.handle(store, _register("*/5 * * * *"), 1_000).dead_letter == ""
     store.commit(None, None)
     before = dict(store.scan(b""))
     fx = router.handle(store, _register(cron, timezone, missed), 2_000)
-    assert "schedule of 'report' refused, the current one is kept" in fx.rejected and reason in fx.rejected
+    assert (
+        "schedule of 'report' refused, the current one is kept" in fx.dead_letter and reason in fx.dead_letter
+    )
     assert store.dirty() == {}  # the tick timer and the schedule are untouched
     assert dict(store.scan(b"")) == before
     assert [s["cron"] for s in schedule_states(store)] == ["*/5 * * * *"]
@@ -73,5 +75,5 @@ def test_bad_schedule_registration_keeps_the_current_schedule(
 def test_step_attempt_for_an_unknown_task_queue_is_rejected(store: PartitionStore) -> None:
     body = ev.AdmitRequest("step:echo", "r/0/1", b"cmd", "", 0.0, "", "no such queue!")
     fx = Router(_app()).handle(store, Event("e", "r", "report", 1, body), 5)
-    assert "names task queue 'no such queue!'" in fx.rejected and "queues: default" in fx.rejected
+    assert "names task queue 'no such queue!'" in fx.dead_letter and "queues: default" in fx.dead_letter
     assert (fx.commands, fx.inbox, store.dirty()) == ([], [], {})

@@ -1,0 +1,420 @@
+"""The processor's loop (Kafka Streams' StreamThread): consume the inbox, the keyed topic and the users'
+topics, hand each record of a batch to its task, fire due timers, and commit it all in one transaction.
+
+One transactional producer per instance (EOS v2): each batch's history events, step commands, outcomes,
+dead letters, changelog records and the consumed offsets commit in one Kafka transaction, fenced by the
+consumer group generation. The RocksDB stores take the batch only after that commit (see `state_manager`).
+Timers (retry backoffs, later sleeps and timeouts) live in the same stores and fire inside the same kind of
+transaction, so each fires exactly once. A failed transaction is aborted, its writes discarded and its
+batch consumed again (ADR 0010); rebalances open, restore and close stores.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from functools import partial
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from orchestrator._core import formats
+from orchestrator._engine import kafka, limits
+from orchestrator._engine.bounded_call import CallStuckError
+from orchestrator._engine.decider import Decider
+from orchestrator._engine.events import Event, ScheduleRegister
+from orchestrator._engine.faults import FaultLog, Retrier, Stopping, error_of, is_transient
+from orchestrator._engine.local_steps import LocalSteps
+from orchestrator._engine.processor.config import ProcessorConfig, ProcessorStats, ProcessorTopics
+from orchestrator._engine.processor.handling_time import HandlingTime
+from orchestrator._engine.processor.keyed_task import KeyedTask
+from orchestrator._engine.processor.output import Output
+from orchestrator._engine.processor.run_states import RunStates
+from orchestrator._engine.processor.run_task import RunTask
+from orchestrator._engine.processor.source_task import SourceTask
+from orchestrator._engine.processor.state_manager import DueTimer, StateManager
+from orchestrator._engine.processor.transactions import Transactions, not_fatal
+from orchestrator._engine.router import Router
+from orchestrator._topic_admin import TopicAdminError
+from orchestrator.app import App
+
+log = logging.getLogger("orchestrator.processor")
+
+REWIND_TIMEOUT_S = 30.0
+"""Longest wait for the committed offsets when rewinding after an abort; past it the consumer is replaced."""
+
+
+class Processor:
+    def __init__(self, app: App, config: ProcessorConfig | None = None) -> None:
+        self.app = app
+        self.config = config or ProcessorConfig()
+        s = app.settings
+        self.partitions = s.partitions
+        self.bootstrap = s.bootstrap_servers
+        self.topics = ProcessorTopics.of(app)
+        self.stats = ProcessorStats()
+        self.faults = FaultLog(log)
+        self._running = False
+        self._retry = Retrier(self.faults, lambda: self._running)
+        self._consumer: Consumer | None = None
+        self._fatal: Any = None
+        self.transactions = Transactions(self.config.instance_id, self._retry)
+        component = f"processor:{self.config.instance_id}"
+        self.output = Output(
+            app.name, self.topics, self.partitions, self.transactions, self._retry, self.stats, component
+        )
+        state_dir = (self.config.state_dir or s.state_dir) / app.name / self.config.instance_id
+        self.stores = StateManager(state_dir, self.topics, self.bootstrap, self._retry)
+        self.runs = RunStates(self.config.cache_size)
+        self.decider = Decider(app, self.runs.instances)
+        self.router = Router(app)
+        self.local_steps = LocalSteps(app, component)
+        self.handling = HandlingTime()
+        self.run_task = RunTask(
+            self.decider, self.runs, self.stores, self.output, self.local_steps, self.handling, self.stats
+        )
+        self.keyed_task = KeyedTask(self.router, self.stores, self.output, self.stats)
+        self.source_task = SourceTask(app, self.output)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def run(self, install_signal_handlers: bool = True) -> None:
+        """Process until `stop()` (or SIGTERM/SIGINT); raises ProcessorFencedError if another took over."""
+        if install_signal_handlers:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self._running = True  # from here on, a stop() ends the retries of a broker that is away
+        self._retry.call("topic check", lambda: kafka.ensure_topics(self.app), _admin_retriable)
+        tx_id = f"{self.app.name}.processor.{self.config.instance_id}"
+        producer_config = kafka.transactional_producer_config(
+            self.bootstrap, tx_id, **self.config.producer_overrides
+        )
+        # The one record limit (limits.py), learnt once: the smallest of the producer's and its topics'.
+        learn = partial(limits.record_limit, self.bootstrap, self._output_topics(), producer_config)
+        self.output.record_limit = self._retry.call("topic check", learn, _admin_retriable)
+        # librdkafka fills a batch up to batch.size (1 MB); a topic with a smaller max.message.bytes would
+        # reject a batch of small records as too large.
+        producer_config.setdefault("batch.size", min(1_000_000, self.output.record_limit.room))
+        self.transactions.start(producer_config)
+        self._register_schedules()
+        self._subscribe()
+        log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
+        try:
+            while self._running:
+                self._iteration()
+        except Stopping as exc:
+            log.warning("%s", exc)
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def _output_topics(self) -> tuple[str, ...]:
+        """The topics this processor writes to: its record limit is the smallest of theirs."""
+        t = self.topics
+        names = (t.history, t.changelog, t.outcomes, t.dlq, t.inbox, t.keyed, t.keyed_changelog)
+        return (*names, *(self.output.tasks_topic(q) for q in sorted(self.app.queues)))
+
+    def _subscribe(self) -> None:
+        """A new group consumer, subscribed to every input of this processor."""
+        self._fatal = None
+        self._consumer = Consumer(
+            kafka.consumer_config(
+                self.bootstrap,
+                f"{self.app.name}.processors",
+                # Static membership: a restarted instance takes its partitions back at once instead of
+                # waiting for its dead predecessor's session to time out.
+                **{
+                    "group.instance.id": f"processor-{self.config.instance_id}",
+                    "error_cb": self._on_client_error,
+                    # Range assigns each topic's partitions on its own, so every instance gets its share of
+                    # the inbox. cooperative-sticky balances the total count across topics: with two
+                    # instances one took all four inbox partitions and the other only the keyed ones
+                    # (measured: a second processor added nothing). Co-partitioned inputs need range.
+                    "partition.assignment.strategy": "range",
+                },
+                **self.config.consumer_overrides,
+            )
+        )
+        self._consumer.subscribe(
+            [self.topics.inbox, self.topics.keyed, *self.topics.sources],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def _on_client_error(self, err: Any) -> None:
+        """librdkafka's error callback: a fatal consumer error (e.g. fenced static member) is remembered, for
+        ``_resubscribe``."""
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            self._fatal = err
+
+    def _check_producer_not_fenced(self) -> None:
+        """Raise ProcessorFencedError if another instance took this transactional id.
+
+        A transaction that touches a partition makes the coordinator check the producer epoch; it is then
+        aborted, so the probe record (a tombstone of a key no store uses) is never visible to the
+        read_committed readers of the changelog.
+        """
+        try:
+            self.transactions.begin()
+            self.output.produce(self.topics.changelog, None, b"m/ownership-probe", partition=0)
+            self.transactions.current().flush(self.transactions.timeout_s)
+        except KafkaException as exc:
+            self.transactions.fenced_if_fatal(exc)
+        self.transactions.abort()
+
+    def _resubscribe(self) -> None:
+        """Replace a consumer that librdkafka declared dead (fatal), keeping the producer.
+
+        Why not stop: after a broker restart a static member can be told it was "fenced by another consumer
+        with the same group.instance.id" when there is no other one (its rejoin raced a request carrying its
+        old member id; seen in test_broker_outage). The arbiter of a real duplicate is the transactional
+        id: a second live instance with this id fenced our producer when it started, so this instance's
+        next transaction fails fatally and it stops then (ProcessorFencedError), before committing anything.
+        """
+        assert self._consumer is not None
+        self._check_producer_not_fenced()
+        log.warning(
+            "processor %s: its consumer hit a fatal error (%s); replacing the consumer. If another instance "
+            "runs with the same id, this one's next transaction is fenced and it stops.",
+            self.config.instance_id,
+            self._fatal.str() if self._fatal is not None else "?",
+        )
+        try:
+            self._consumer.close()
+        except KafkaException:
+            log.debug("closing the dead consumer failed", exc_info=True)
+        self.stores.close()
+        self.runs.clear()
+        self._subscribe()
+
+    def _register_schedules(self) -> None:
+        """Declare the app's schedules to the keyed stage (idempotent: unchanged schedules are kept)."""
+        if not self.app.schedules:
+            return
+        while True:
+            try:
+                self.transactions.begin()
+                for schedule in self.app.schedules.values():
+                    body = ScheduleRegister(
+                        schedule.workflow, schedule.cron, schedule.timezone, schedule.missed
+                    )
+                    event_id = formats.schedule_register_id(schedule.workflow)
+                    event = Event(event_id, "", schedule.workflow, _now_ms(), body)
+                    self.output.to_keyed(formats.schedule_routing(schedule.workflow), event)
+                producer = self.transactions.current()  # replaced after a fatal error that is not a fence
+                self._retry.call("commit_transaction", partial(producer.commit_transaction, 30))
+                self.faults.recovered("registering schedules")
+                return
+            except KafkaException as exc:
+                self.transactions.fenced_if_fatal(exc)
+                self.faults.fault("registering schedules", exc)
+                self.transactions.abort()
+
+    def _shutdown(self) -> None:
+        try:
+            if self._consumer is not None:
+                self._consumer.close()
+        except KafkaException:
+            log.warning("consumer close failed", exc_info=True)
+        self.stores.close()
+        self.runs.clear()
+        self.local_steps.close()
+        self.transactions.close()
+        log.info("processor %s stopped: %s", self.config.instance_id, self.stats)
+
+    # -- rebalance ------------------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.stats.restored_records += self.stores.assign(partitions)
+        log.info("assigned partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Called from consume(): no transaction is open, every finished batch is committed.
+        self.stores.revoke(partitions)
+        self.runs.clear()
+        log.info("revoked partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def _iteration(self) -> None:
+        assert self._consumer is not None
+        wait = self.config.max_wait_ms / 1000
+        first = self._consumer.poll(wait)
+        msgs: list[Message] = []
+        if first is not None:
+            msgs.append(first)
+            if self.config.max_batch > 1:
+                msgs.extend(self._consumer.consume(self.config.max_batch - 1, 0))
+            if self.config.batch_linger_ms > 0:
+                self._linger(msgs)
+        msgs = self._without_errors(msgs)
+        if self._fatal is not None:
+            self._resubscribe()
+            return
+        now = _now_ms()
+        due = self.stores.due_timers(now, self.config.timer_batch)
+        if not msgs and not due:
+            return
+        self._transaction(msgs, due, now)
+
+    def _without_errors(self, msgs: list[Message]) -> list[Message]:
+        """The records among ``msgs``; consumer errors are logged once per episode (librdkafka reconnects
+        and refetches by itself); a fatal one is remembered, for ``_resubscribe``."""
+        records: list[Message] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                records.append(msg)
+            elif err.fatal() or err.code() == KafkaError._FATAL:
+                self._fatal = err  # the consumer is replaced before anything else (see _resubscribe)
+            else:
+                self.faults.fault("consume", err.str())
+        if records:
+            self.faults.recovered("consume")
+        return records
+
+    def _linger(self, msgs: list[Message]) -> None:
+        """Add records that arrive within ``batch_linger_ms`` of the first, up to ``max_batch``."""
+        assert self._consumer is not None
+        deadline = time.monotonic() + self.config.batch_linger_ms / 1000
+        while len(msgs) < self.config.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            msgs.extend(self._consumer.consume(self.config.max_batch - len(msgs), left))
+
+    def _transaction(self, msgs: list[Message], due: list[DueTimer], now_ms: int) -> None:
+        assert self._consumer is not None
+        txn, topics = self.transactions, self.topics
+        positions: dict[tuple[str, int], int] = {}
+        # Past the producer's transaction.timeout.ms the coordinator aborts the transaction anyway: stop
+        # retrying send_offsets then, abort, and poll the consumer again (a group that is rebalancing waits
+        # for this instance to rejoin, which it cannot do while stuck here).
+        give_up_at = time.monotonic() + txn.timeout_s
+        self.handling.start(txn.timeout_s)
+        try:
+            txn.begin()
+            for i, msg in enumerate(msgs):
+                if i and self.handling.over():
+                    self._leave_for_next_transaction(msgs[i:])
+                    due = []  # due timers are found again by the next iteration
+                    break
+                topic, p = msg.topic() or "", msg.partition() or 0
+                if not self.stores.owns(topic, p):
+                    continue  # revoked in this very poll
+                positions[(topic, p)] = (msg.offset() or 0) + 1
+                if topic == topics.inbox:
+                    self.run_task.handle(msg, now_ms)
+                elif topic == topics.keyed:
+                    self.keyed_task.handle(msg, now_ms)
+                else:
+                    self.source_task.handle(msg, now_ms)
+            for topic, p, key, ident, tag in due:
+                if not self.stores.owns(topic, p):
+                    continue
+                if topic == topics.inbox:
+                    self.run_task.fire_timer(p, key, ident, tag, now_ms)
+                elif topic == topics.keyed:
+                    self.keyed_task.fire_timer(p, key, ident, tag, now_ms)
+            self.stores.produce_changelog(self.output)
+            if positions:
+                offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
+                txn.send_offsets(offsets, self._consumer.consumer_group_metadata(), give_up_at)
+            txn.commit()
+        except (KafkaException, CallStuckError) as exc:
+            self._on_transaction_error(exc)
+            return
+        except SystemError as exc:
+            # A fatal producer error raised while librdkafka was calling a delivery callback surfaces as
+            # SystemError with the KafkaException as its cause.
+            cause = exc.__cause__ or exc.__context__
+            if not isinstance(cause, KafkaException):
+                try:  # find out what state the producer is in: a fenced one refuses to abort
+                    txn.current().abort_transaction(10)
+                except KafkaException as abort_exc:
+                    cause = abort_exc
+                else:
+                    raise
+            self._on_transaction_error(cause)
+            return
+        self.stores.commit(positions)
+        self.stats.transactions += 1
+        self.faults.recovered("transaction")
+
+    def _leave_for_next_transaction(self, rest: list[Message]) -> None:
+        """Seek back to the first record of ``rest`` in each partition: the next poll returns them again."""
+        assert self._consumer is not None
+        first: dict[tuple[str, int], int] = {}
+        for msg in rest:
+            first.setdefault((msg.topic() or "", msg.partition() or 0), msg.offset() or 0)
+        for (topic, p), offset in first.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, p, offset))
+            except KafkaException:  # revoked in the last poll: its new owner starts at the committed offset
+                log.debug("not seeking %s[%d], no longer assigned", topic, p)
+        log.debug("batch handling took its share of the transaction; %d records left for the next", len(rest))
+
+    def _on_transaction_error(self, exc: KafkaException | CallStuckError) -> None:
+        """Anything short of fatal: abort, forget the batch's writes, rewind and process it again."""
+        if isinstance(exc, CallStuckError):
+            self.transactions.replace_stuck(exc)
+            replaced = True
+        else:
+            replaced = self.transactions.fenced_if_fatal(exc)
+        self.faults.fault("transaction", f"aborting it and reprocessing the batch: {exc}")
+        err = error_of(exc)
+        if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            # A record passed the size check but Kafka refused it (a topic's limit lowered since start-up,
+            # or overhead we did not count). Lowering the limit makes the check catch it on reprocessing,
+            # turning it into an outcome (failed step, parked run, dead letter) instead of aborting forever.
+            self.output.record_limit = self.output.record_limit.lowered()
+            log.error(
+                "Kafka refused a record as too large (%s); record limit lowered to %d bytes. Check the "
+                "topics' max.message.bytes against the producer's message.max.bytes.",
+                exc,
+                self.output.record_limit.max_bytes,
+            )
+        self.stats.aborts += 1
+        if not replaced:
+            self.transactions.abort()
+        self.stores.discard()
+        self.runs.clear()
+        if self._fatal is None:  # a dead consumer is replaced instead; the new one starts at the commits
+            self._rewind()
+
+    def _rewind(self) -> None:
+        """Seek back to the committed positions so the aborted batch is consumed again."""
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            # Bounded: after a broker restart librdkafka (2.16) can keep a dead group-coordinator handle and
+            # time this call out for ever (seen in test_broker_outage: 150 s and counting, librdkafka#5511).
+            # A new consumer starts at the committed offsets anyway, which is all a rewind is for.
+            committed = self._retry.call(
+                "reading committed offsets",
+                lambda: consumer.committed(consumer.assignment(), timeout=REWIND_TIMEOUT_S),
+                not_fatal,
+                give_up_at=time.monotonic() + REWIND_TIMEOUT_S,
+            )
+        except KafkaException as exc:
+            # The consumer died or cannot reach its coordinator: the next iteration replaces it.
+            self._fatal = error_of(exc) or KafkaError(KafkaError._FATAL)
+            return
+        for tp in committed:
+            if tp.offset >= 0:
+                consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset))
+            else:
+                consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _admin_retriable(exc: BaseException) -> bool:
+    """The topic check failed because the cluster is not reachable or not settled yet."""
+    if not isinstance(exc, TopicAdminError | KafkaException):
+        return False
+    err = error_of(exc)
+    return err is None or is_transient(err)

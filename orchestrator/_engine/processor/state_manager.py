@@ -1,0 +1,126 @@
+"""The partition stores of one processor (Kafka Streams' ProcessorStateManager).
+
+Run stores follow the inbox partitions, keyed-stage stores the keyed topic's; each has its changelog. A
+store's writes of a batch are produced to its changelog in the batch's transaction and reach RocksDB only
+after that commits, together with the consumed offset and the changelog offset they correspond to
+(``store.PartitionStore.commit``); an aborted batch's writes are discarded. Assigned partitions are restored
+from their changelogs before the first record is handled.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Message, TopicPartition
+
+from orchestrator._engine.faults import Retrier
+from orchestrator._engine.processor.config import ProcessorTopics
+from orchestrator._engine.processor.output import Output
+from orchestrator._engine.processor.transactions import not_fatal
+from orchestrator._engine.restore import restore
+from orchestrator._engine.store import PartitionStore
+
+log = logging.getLogger("orchestrator.processor")
+
+DueTimer = tuple[str, int, bytes, str, str]
+"""(input topic, partition, timer key, run id or keyed ident, tag) of a timer that is due."""
+
+
+class StateManager:
+    def __init__(self, state_dir: Path, topics: ProcessorTopics, bootstrap: str, retry: Retrier) -> None:
+        self.state_dir = state_dir
+        self.topics = topics
+        self.bootstrap = bootstrap
+        self.run_stores: dict[int, PartitionStore] = {}  # by inbox partition
+        self.keyed_stores: dict[int, PartitionStore] = {}  # by keyed partition
+        self._retry = retry
+        self._changelog_offsets: dict[tuple[str, int], int] = {}
+
+    def _sets(self) -> list[tuple[str, str, dict[int, PartitionStore]]]:
+        """(input topic, changelog topic, stores) of each kind of partition this instance keeps state for."""
+        return [
+            (self.topics.inbox, self.topics.changelog, self.run_stores),
+            (self.topics.keyed, self.topics.keyed_changelog, self.keyed_stores),
+        ]
+
+    def owns(self, topic: str, p: int) -> bool:
+        """Whether a record of ``topic[p]`` may be handled: stateful inputs need their partition's store
+        (a record of a partition revoked in the same poll has none); users' topics need none."""
+        if topic == self.topics.inbox:
+            return p in self.run_stores
+        if topic == self.topics.keyed:
+            return p in self.keyed_stores
+        return True
+
+    # -- assignment -----------------------------------------------------------------------------------------
+    def assign(self, partitions: list[TopicPartition]) -> int:
+        """Open the stores of the newly assigned partitions and restore them; the records restored."""
+        targets: list[tuple[PartitionStore, str]] = []
+        for tp in partitions:
+            if tp.topic == self.topics.inbox:
+                store = PartitionStore(self.state_dir / f"p{tp.partition}", tp.partition)
+                self.run_stores[tp.partition] = store
+                targets.append((store, self.topics.changelog))
+            elif tp.topic == self.topics.keyed:
+                store = PartitionStore(self.state_dir / f"k{tp.partition}", tp.partition)
+                self.keyed_stores[tp.partition] = store
+                targets.append((store, self.topics.keyed_changelog))
+        restored: int = self._retry.call("restore", lambda: restore(self.bootstrap, targets), not_fatal)
+        return restored
+
+    def revoke(self, partitions: list[TopicPartition]) -> None:
+        """Close the stores of revoked partitions (no transaction is open: every finished batch committed)."""
+        for tp in partitions:
+            stores = {self.topics.inbox: self.run_stores, self.topics.keyed: self.keyed_stores}.get(tp.topic)
+            store = stores.pop(tp.partition, None) if stores is not None else None
+            if store is not None:
+                store.close()
+
+    def close(self) -> None:
+        for _, _, stores in self._sets():
+            for store in stores.values():
+                store.close()
+            stores.clear()
+
+    # -- timers ---------------------------------------------------------------------------------------------
+    def due_timers(self, now_ms: int, batch: int) -> list[DueTimer]:
+        due: list[DueTimer] = []
+        for topic, _, stores in self._sets():
+            for p, store in stores.items():
+                for key, _, ident, tag in store.due_timers(now_ms, batch):
+                    due.append((topic, p, key, ident, tag))
+        return due
+
+    # -- the transaction ------------------------------------------------------------------------------------
+    def produce_changelog(self, output: Output) -> None:
+        """The batch's writes of every store to its changelog; the last record of each tells its offset."""
+        for _, changelog, stores in self._sets():
+            for p, store in stores.items():
+                dirty = store.dirty()
+                if not dirty:
+                    continue
+                last = len(dirty) - 1
+                for i, (key, value) in enumerate(dirty.items()):
+                    if i == last:
+                        output.produce(changelog, value, key, partition=p, on_delivery=self._delivered)
+                    else:
+                        output.produce(changelog, value, key, partition=p)
+
+    def _delivered(self, err: Any, msg: Message) -> None:
+        if err is None:
+            self._changelog_offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+
+    def commit(self, positions: dict[tuple[str, int], int]) -> None:
+        """The transaction committed: each store takes its writes with the input and changelog offsets."""
+        for topic, changelog, stores in self._sets():
+            for p, store in stores.items():
+                store.commit(positions.get((topic, p)), self._changelog_offsets.pop((changelog, p), None))
+
+    def discard(self) -> None:
+        """The transaction aborted: forget the batch's writes."""
+        for _, _, stores in self._sets():
+            for store in stores.values():
+                store.discard()
+        self._changelog_offsets.clear()
