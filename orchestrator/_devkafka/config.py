@@ -1,17 +1,19 @@
 """What the development broker is told: ``server.properties``, log4j2 settings and JVM options.
 
 Pure functions of a :class:`DataDir` layout and a :class:`BrokerConfig`, so they can be unit tested without
-Java. The settings are the few a single-node KRaft broker needs to behave like a small production cluster
-for our purposes: the internal topics default to replication 3 (transactions and consumer groups hang on
-one broker without the overrides below), and the log cleaner's default 128 MB buffer does not fit the
-small heap we give the broker on a developer laptop or a 2-core CI machine.
+Java. The settings are the few a KRaft node needs to behave like a small production cluster for our
+purposes: on a single node the internal topics must drop from their default replication 3 (transactions and
+consumer groups hang without it); a node of a several-broker cluster gets a static quorum and replication 3
+with min ISR 2, so losing one broker is survivable; and the log cleaner's default 128 MB buffer does not fit
+the small heap we give each broker on a developer laptop or a 2-core CI machine.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"  # not "localhost", which may resolve to ::1 where the broker is not listening
@@ -60,8 +62,37 @@ class DataDir:
 
 
 @dataclass(frozen=True)
+class Voter:
+    """One controller of a static KRaft quorum (``controller.quorum.voters``)."""
+
+    node_id: int
+    controller_port: int
+
+    def __str__(self) -> str:
+        return f"{self.node_id}@{LOOPBACK}:{self.controller_port}"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """What a secured node is told about its TLS files and SASL identity (see ``security.py``).
+
+    ``repr`` leaves the passwords out, so a config printed in a log or a test failure leaks nothing.
+    """
+
+    keystore: Path
+    """PKCS#12 file with the broker's key and certificate."""
+    truststore: Path
+    """PEM file with the CA that signed every node's certificate (clients trust the same file)."""
+    keystore_password: str = field(repr=False)
+    broker_user: str
+    broker_password: str = field(repr=False)
+    super_users: tuple[str, ...]
+    """Principals the StandardAuthorizer lets do anything, e.g. ``User:orchestrator``."""
+
+
+@dataclass(frozen=True)
 class BrokerConfig:
-    """The knobs a caller may choose for a local broker."""
+    """The knobs a caller may choose for a local broker (one node of a cluster)."""
 
     port: int = 19092
     """Client (PLAINTEXT) listener; 19092 matches ``Settings.bootstrap_servers``' default."""
@@ -70,10 +101,23 @@ class BrokerConfig:
     node_id: int = 1
     heap_mb: int = 512
     """Enough for tests and demos, small enough for a 2-core CI machine with other work on it."""
+    voters: tuple[Voter, ...] = ()
+    """Every controller of a several-broker cluster; empty for one node formatted ``--standalone``."""
+    tls: TlsSettings | None = None
+    """When set, clients and brokers speak SASL_SSL (SCRAM-SHA-512) and an authorizer is on."""
 
     @property
     def bootstrap(self) -> str:
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def client_listener(self) -> str:
+        """Listener name (and security protocol) clients and the other brokers connect to."""
+        return "PLAINTEXT" if self.tls is None else "SASL_SSL"
+
+    @property
+    def cluster_size(self) -> int:
+        return max(1, len(self.voters))
 
     @property
     def controller_endpoint(self) -> str:
@@ -93,34 +137,97 @@ def new_cluster_id() -> str:
 
 
 def server_properties(data_dir: DataDir, config: BrokerConfig) -> dict[str, str]:
-    """Settings of a combined broker+controller on loopback, sized for one node."""
-    listeners = f"PLAINTEXT://{config.bootstrap},CONTROLLER://{config.controller_endpoint}"
-    single_node_internal_topics = {
-        f"{prefix}.{suffix}": value
-        for prefix in ("offsets.topic", "transaction.state.log", "share.coordinator.state.topic")
-        for suffix, value in (("replication.factor", "1"), ("num.partitions", "1"))
-    }
+    """Settings of a combined broker+controller on loopback: one node alone, or one of a cluster."""
+    listeners = f"{config.client_listener}://{config.bootstrap},CONTROLLER://{config.controller_endpoint}"
     return {
         "process.roles": "broker,controller",
         "node.id": str(config.node_id),
-        "controller.quorum.bootstrap.servers": config.controller_endpoint,
+        **_quorum(config),
         "listeners": listeners,
         "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name": config.client_listener,
         "log.dirs": str(data_dir.kraft_dir),
         "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        **single_node_internal_topics,
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        **replication_settings(config.cluster_size),
         "group.initial.rebalance.delay.ms": "0",
         "log.cleaner.dedupe.buffer.size": "16777216",
         "auto.create.topics.enable": "false",
         "num.network.threads": "2",
         "num.io.threads": "4",
+        **_security(config),
+    }
+
+
+def _quorum(config: BrokerConfig) -> dict[str, str]:
+    """A static voter set for a cluster (each node formatted alike); a dynamic one-voter quorum otherwise."""
+    if not config.voters:
+        return {"controller.quorum.bootstrap.servers": config.controller_endpoint}
+    return {
+        "controller.quorum.voters": ",".join(str(voter) for voter in config.voters),
+        # The default (9 s) lets a SIGKILLed broker keep its partitions' leadership that long; failover
+        # tests and a developer watching them would wait for it every time.
+        "broker.session.timeout.ms": "6000",
+    }
+
+
+def replication_settings(cluster_size: int) -> dict[str, str]:
+    """Replication factor 3 and min ISR 2 where there are 3 brokers, for new and internal topics alike.
+
+    One broker needs every default lowered to 1: the internal topics default to replication 3, and the
+    transaction coordinator and consumer groups wait forever for brokers that do not exist. One partition
+    for the internal topics makes their first use (the first transaction, the first group) fast.
+    """
+    replicas = min(3, cluster_size)
+    min_isr = 1 if replicas == 1 else 2
+    internal = {
+        f"{prefix}.{suffix}": value
+        for prefix in ("offsets.topic", "transaction.state.log", "share.coordinator.state.topic")
+        for suffix, value in (("replication.factor", str(replicas)), ("num.partitions", "1"))
+    }
+    return {
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": str(min_isr),
+        **internal,
+        "transaction.state.log.min.isr": str(min_isr),
+        "share.coordinator.state.topic.min.isr": str(min_isr),
+    }
+
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+
+
+def _security(config: BrokerConfig) -> dict[str, str]:
+    """Listener protocols; for a secured node also TLS files, SCRAM for clients and brokers, and ACLs.
+
+    Clients and brokers share one SASL_SSL listener. The controller listener stays on loopback and speaks
+    mutual TLS: SCRAM is not available to KRaft controllers, and plain text there would make anyone on the
+    machine an anonymous caller of the controller's APIs. Brokers reach controllers with their certificate,
+    whose subject is then a super user.
+    """
+    tls = config.tls
+    if tls is None:
+        return {"listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"}
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{tls.broker_user}" password="{tls.broker_password}";'
+    )
+    return {
+        "listener.security.protocol.map": "CONTROLLER:SSL,SASL_SSL:SASL_SSL",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+        f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(tls.keystore),
+        "ssl.keystore.password": tls.keystore_password,
+        "ssl.key.password": tls.keystore_password,
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(tls.truststore),
+        "listener.name.controller.ssl.client.auth": "required",
+        "authorizer.class.name": STANDARD_AUTHORIZER,
+        "super.users": ";".join(tls.super_users),
+        "allow.everyone.if.no.acl.found": "false",
     }
 
 
@@ -169,13 +276,15 @@ def jvm_options(data_dir: DataDir, config: BrokerConfig) -> list[str]:
 
 
 def write_config_files(data_dir: DataDir, config: BrokerConfig) -> None:
-    """(Re)write the generated files; they are derived data, so rewriting on every start is safe."""
+    """(Re)write the generated files; they are derived data, so rewriting on every start is safe.
+
+    ``server.properties`` of a secured node holds the broker's passwords, so it is readable by its owner
+    only (created so, never widened for a moment).
+    """
     data_dir.root.mkdir(parents=True, exist_ok=True)
     data_dir.tmp_dir.mkdir(exist_ok=True)
     header = "Generated by orchestrator._devkafka on every start; edits are overwritten."
-    data_dir.server_properties.write_text(
-        render_properties(server_properties(data_dir, config), header), encoding="utf-8"
-    )
+    write_private(data_dir.server_properties, render_properties(server_properties(data_dir, config), header))
     data_dir.log4j2_properties.write_text(log4j2_properties(), encoding="utf-8")
 
 
@@ -189,3 +298,14 @@ def read_properties(path: Path) -> dict[str, str]:
         key, _, value = line.partition("=")
         values[key.strip()] = value.strip().replace("\\\\", "\\")
     return values
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read: it may hold passwords or a private key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    tmp.replace(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import psutil
@@ -53,24 +54,38 @@ def tcp_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
         return False
 
 
-def admin_client(bootstrap: str) -> AdminClient:
-    """An AdminClient whose librdkafka logs are swallowed: failures surface as exceptions instead."""
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _QUIET, "socket.timeout.ms": 5000}
+def admin_client(bootstrap: str, client_config: Mapping[str, str] | None = None) -> AdminClient:
+    """An AdminClient whose librdkafka logs are swallowed: failures surface as exceptions instead.
+
+    ``client_config`` carries the security settings of a secured broker (its ``bootstrap.servers`` is
+    overridden by ``bootstrap``, so one node of a cluster can be asked on its own).
+    """
+    conf: dict[str, Any] = {
+        **(client_config or {}), "bootstrap.servers": bootstrap, "logger": _QUIET, "socket.timeout.ms": 5000,
+    }  # fmt: skip
     return AdminClient(conf)
 
 
-def answers(admin: AdminClient, timeout: float = 3.0) -> bool:
-    """True if the broker returns cluster metadata with at least one broker in it."""
+def answers(admin: AdminClient, timeout: float = 3.0, brokers: int = 1) -> bool:
+    """True if the broker returns cluster metadata listing at least ``brokers`` live brokers."""
+    return live_brokers(admin, timeout) >= brokers
+
+
+def live_brokers(admin: AdminClient, timeout: float = 3.0) -> int:
+    """How many brokers the cluster's metadata lists (fenced or stopped ones are left out); 0 on failure."""
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException:
-        return False
-    return bool(metadata.brokers)
+        return 0
+    return len(metadata.brokers)
 
 
-def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
-    """One-shot check for callers that do not keep an AdminClient around."""
-    host, _, port = bootstrap.rpartition(":")
-    if not tcp_open(int(port), host or LOOPBACK):
-        return False
-    return answers(admin_client(bootstrap), timeout)
+def broker_answers(
+    bootstrap: str, timeout: float = 3.0, client_config: Mapping[str, str] | None = None, brokers: int = 1
+) -> bool:
+    """One-shot check for callers that do not keep an AdminClient around (``bootstrap`` may list several)."""
+    for address in bootstrap.split(","):
+        host, _, port = address.rpartition(":")
+        if tcp_open(int(port), host or LOOPBACK):
+            return answers(admin_client(bootstrap, client_config), timeout, brokers)
+    return False

@@ -22,9 +22,40 @@ DirOption = Annotated[
         "--dir", help="Broker data dir (default: $ORCHESTRATOR_KAFKA_DIR or var/kafka).", show_default=False
     ),
 ]
-PortOption = Annotated[int, typer.Option("--port", help="Client listener port on 127.0.0.1.")]
+PortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--port",
+        help="Client listener port on 127.0.0.1 [default: as recorded in --dir, else 19092]; "
+        "node i of a cluster adds 2*i.",
+        show_default=False,
+    ),
+]
 ControllerPortOption = Annotated[
-    int, typer.Option("--controller-port", help="KRaft controller port on 127.0.0.1 (fixed once formatted).")
+    int | None,
+    typer.Option(
+        "--controller-port",
+        help="KRaft controller port on 127.0.0.1, fixed once formatted [default: as recorded, else 19093]; "
+        "node i of a cluster adds 2*i.",
+        show_default=False,
+    ),
+]
+BrokersOption = Annotated[
+    int,
+    typer.Option(
+        "--brokers",
+        min=1,
+        help="Nodes of the cluster (static KRaft quorum; with 3: replication 3, min ISR 2). "
+        "Fixed once the data dir is formatted.",
+    ),
+]
+SecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--secure",
+        help="SASL_SSL (SCRAM-SHA-512) listener, a generated CA, ACLs on; writes client.properties for "
+        "the engine. Fixed once the data dir is formatted.",
+    ),
 ]
 
 
@@ -38,45 +69,66 @@ def _info_table(info: BrokerInfo, title: str) -> Table:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("bootstrap", info.bootstrap)
-    table.add_row("pid", str(info.pid))
-    table.add_row("log", escape(str(info.log_path)))
+    if info.brokers > 1:
+        running = {node.node_id for node in info.nodes}
+        for missing in sorted(set(range(1, info.brokers + 1)) - running):
+            table.add_row(f"node {missing}", "[red]not running[/] (start again with the same options)")
+        for node in info.nodes:
+            table.add_row(
+                f"node {node.node_id}", f"pid {node.pid}, {node.bootstrap}, log {escape(str(node.log_path))}"
+            )
+    else:
+        table.add_row("pid", str(info.pid))
+        table.add_row("log", escape(str(info.log_path)))
     table.add_row("data dir", escape(str(info.data_dir)))
+    if info.client_properties is not None:
+        # The file holds the admin password; only its path is shown.
+        table.add_row("security", "SASL_SSL, SCRAM-SHA-512, ACLs on")
+        table.add_row("client config", escape(str(info.client_properties)))
     table.add_row("kafka", info.kafka_version)
     return table
 
 
+def _what(info: BrokerInfo) -> str:
+    return "Kafka broker" if info.brokers == 1 else f"Kafka cluster of {info.brokers} brokers"
+
+
 def start(
-    data_dir: DirOption = None, port: PortOption = 19092, controller_port: ControllerPortOption = 19093
+    data_dir: DirOption = None,
+    port: PortOption = None,
+    controller_port: ControllerPortOption = None,
+    brokers: BrokersOption = 1,
+    secure: SecureOption = False,
 ) -> None:
-    """Start the broker for a data dir, or reuse the one already running there."""
+    """Start the broker(s) for a data dir, or reuse those already running there."""
     try:
-        info = _devkafka.start(data_dir, port, controller_port)
+        info = _devkafka.start(data_dir, port, controller_port, brokers=brokers, secure=secure)
     except DevKafkaError as exc:
         raise _fail(exc) from exc
     how = "started" if info.started_new else "[yellow]reused[/] (already running)"
-    table = _info_table(info, f"Kafka broker {how}")
+    table = _info_table(info, f"{_what(info)} {how}")
     table.add_row("ready in", f"{info.seconds:.2f} s")
     _console.print(table)
 
 
 def stop(data_dir: DirOption = None) -> None:
-    """Stop the data dir's broker (SIGTERM, then SIGKILL after 30 s); its data is kept."""
+    """Stop the data dir's broker(s) (SIGTERM, then SIGKILL after 30 s); their data is kept."""
     try:
         stopped = _devkafka.stop(data_dir)
     except DevKafkaError as exc:
         raise _fail(exc) from exc
     where = data_dir or _devkafka.default_data_dir()
-    _console.print(f"Kafka broker of {where} " + ("[green]stopped[/]" if stopped else "was not running"))
+    _console.print(f"Kafka broker(s) of {where} " + ("[green]stopped[/]" if stopped else "not running"))
 
 
 def status(data_dir: DirOption = None) -> None:
-    """Show the data dir's broker; exit code 1 if it is not running or not answering."""
+    """Show the data dir's broker(s); exit code 1 if not all are running and answering."""
     info = _devkafka.status(data_dir)
     if info is None:
         _console.print(f"No Kafka broker running for {data_dir or _devkafka.default_data_dir()}")
         raise typer.Exit(code=1)
-    state = "[green]running[/]" if info.ready else "[yellow]running, not answering yet[/]"
-    _console.print(_info_table(info, f"Kafka broker {state}"))
+    state = "[green]running[/]" if info.ready else "[yellow]running, not (all) answering[/]"
+    _console.print(_info_table(info, f"{_what(info)} {state}"))
     if not info.ready:
         raise typer.Exit(code=1)
 
@@ -92,7 +144,7 @@ def jars() -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the ``kafka`` command group to the ``orchestrator`` CLI."""
-    group = typer.Typer(help="Run a real local Kafka broker (single node, KRaft) for dev and tests.")
+    group = typer.Typer(help="Run a real local Kafka broker or cluster (KRaft, loopback) for dev and tests.")
     group.command("start")(start)
     group.command("stop")(stop)
     group.command("status")(status)

@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 
 from orchestrator._devkafka import jars
+from orchestrator._devkafka.cluster import (
+    Shape,
+    check_same_shape,
+    node_dir,
+    plan_nodes,
+    read_shape,
+    write_shape,
+)
 from orchestrator._devkafka.config import (
     BrokerConfig,
     DataDir,
+    Voter,
     jvm_options,
     log4j2_properties,
     new_cluster_id,
@@ -121,3 +130,70 @@ def test_maven_errors_keep_the_cause_and_drop_the_boilerplate() -> None:
     )
     cause = "[ERROR] Plugin x could not be resolved: Connect to 127.0.0.1:9 failed"
     assert jars._maven_errors(output) == [cause]
+
+
+def _three_voters() -> tuple[Voter, ...]:
+    return (Voter(1, 29093), Voter(2, 29095), Voter(3, 29097))
+
+
+def test_cluster_node_has_a_static_quorum_and_replication_three(layout: DataDir) -> None:
+    config = BrokerConfig(port=29094, controller_port=29095, node_id=2, voters=_three_voters())
+    props = server_properties(layout, config)
+
+    assert props["node.id"] == "2"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:29093,2@127.0.0.1:29095,3@127.0.0.1:29097"
+    assert "controller.quorum.bootstrap.servers" not in props  # cannot be mixed with static voters
+    assert props["broker.session.timeout.ms"] == "6000"
+    assert props["default.replication.factor"] == "3"
+    assert props["min.insync.replicas"] == "2"
+    for prefix in ("offsets.topic", "transaction.state.log", "share.coordinator.state.topic"):
+        assert props[f"{prefix}.replication.factor"] == "3"
+    assert props["transaction.state.log.min.isr"] == "2"
+    assert props["share.coordinator.state.topic.min.isr"] == "2"
+
+
+def test_single_node_keeps_replication_one(layout: DataDir) -> None:
+    props = server_properties(layout, BrokerConfig())
+    assert props["default.replication.factor"] == "1"
+    assert props["min.insync.replicas"] == "1"
+    assert "broker.session.timeout.ms" not in props
+
+
+def test_nodes_are_spread_from_the_first_ports() -> None:
+    nodes = plan_nodes(19092, 19093, 3)
+    assert [(n.node_id, n.port, n.controller_port) for n in nodes] == [
+        (1, 19092, 19093),
+        (2, 19094, 19095),
+        (3, 19096, 19097),
+    ]
+    explicit = plan_nodes([5001, 5003, 5005], [6001, 6003, 6005], 3)
+    assert [n.bootstrap for n in explicit] == ["127.0.0.1:5001", "127.0.0.1:5003", "127.0.0.1:5005"]
+
+
+@pytest.mark.parametrize(
+    ("port", "controller_port", "message"),
+    [
+        (19092, 19094, "must all differ"),
+        ([1, 2], [3, 4, 5], "2 ports given"),
+        (65535, 65534, "not a TCP port"),
+    ],
+)
+def test_bad_node_ports_are_explained(
+    port: int | list[int], controller_port: int | list[int], message: str
+) -> None:
+    with pytest.raises(DevKafkaError, match=message):
+        plan_nodes(port, controller_port, 3)
+
+
+def test_shape_round_trips_and_refuses_a_change(tmp_path: Path) -> None:
+    shape = Shape(3, True, new_cluster_id(), 384, plan_nodes(19092, 19093, 3))
+    write_shape(tmp_path, shape)
+
+    assert read_shape(tmp_path) == shape
+    assert shape.bootstrap == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
+    assert node_dir(tmp_path, 2, 3).root == tmp_path / "node-2"
+    assert node_dir(tmp_path, 1, 1).root == tmp_path
+    with pytest.raises(DevKafkaError, match="--brokers 3"):
+        check_same_shape(tmp_path, shape, 1, True)
+    with pytest.raises(DevKafkaError, match="start it with --secure"):
+        check_same_shape(tmp_path, shape, 3, False)
