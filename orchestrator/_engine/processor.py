@@ -174,7 +174,7 @@ class Processor:
         topic_configs = self._retry.call("topic check", self._output_topic_configs, _admin_retriable)
         tx_id = f"{self.app.name}.processor.{self.config.instance_id}"
         producer_config = kafka.transactional_producer_config(
-            self.bootstrap, tx_id, **self.config.producer_overrides
+            self.app.settings, tx_id, **self.config.producer_overrides
         )
         self._record_limit = record_limit(producer_config, topic_configs)
         # librdkafka fills a batch up to batch.size (1 MB); a topic with a smaller max.message.bytes would
@@ -201,7 +201,7 @@ class Processor:
 
         names = [self.history, self.changelog, self.outcomes, self.dlq, self.inbox, self.keyed]
         names += [self.keyed_changelog, *(self._tasks_topic(q) for q in sorted(self.app.queues))]
-        admin = _topic_admin.admin_client(self.bootstrap)
+        admin = _topic_admin.admin_client(self.app.settings)
         return [topic.config for topic in _topic_admin.observe(admin, names).values()]
 
     def _subscribe(self) -> None:
@@ -209,7 +209,7 @@ class Processor:
         self._fatal = None
         self._consumer = Consumer(
             kafka.consumer_config(
-                self.bootstrap,
+                self.app.settings,
                 f"{self.app.name}.processors",
                 # Static membership: a restarted instance takes its partitions back at once instead of
                 # waiting for its dead predecessor's session to time out.
@@ -338,7 +338,7 @@ class Processor:
                 self.keyed_stores[tp.partition] = store
                 targets.append((store, self.keyed_changelog))
         self.stats.restored_records += self._retry.call(
-            "restore", lambda: restore(self.bootstrap, targets), _not_fatal
+            "restore", lambda: restore(self.app.settings, targets), _not_fatal
         )
         log.info("assigned partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
@@ -791,7 +791,7 @@ class Processor:
         # Requests travel on through the keyed stage, the inbox and the history: none may refuse them.
         engine_topics = (self.inbox, self.keyed, self.history, self.changelog, self.keyed_changelog)
         # Outside the guard: a broker that cannot say is not the record's fault.
-        limit = limits.record_limit(self.bootstrap, engine_topics, overrides)
+        limit = limits.record_limit(self.app.settings, engine_topics, overrides)
         try:
             result = translate_each(self.app, msg, now_ms, limit)
         except Exception as exc:  # translate guards all user code: this is an engine bug; keep the record

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from orchestrator._engine import kafka
+from orchestrator.settings import Settings
 
 
 def read_partitions(
-    bootstrap: str, topic: str, partitions: list[int], timeout: float = 30.0, since_ms: int | None = None
+    settings: Settings, topic: str, partitions: list[int], timeout: float = 30.0, since_ms: int | None = None
 ) -> Iterator[Message]:
     """Every committed record of ``partitions`` of ``topic``, from the beginning (or from the first record
     at or after ``since_ms``, found through Kafka's time index) to the current end."""
-    consumer = Consumer(kafka.reader_config(bootstrap, **{"fetch.max.bytes": 52_428_800}))
+    consumer = kafka.new_consumer(kafka.reader_config(settings, **{"fetch.max.bytes": 52_428_800}))
     try:
         starts: dict[int, int] = {}
         if since_ms is not None:
@@ -49,8 +50,8 @@ def read_partitions(
         consumer.close()
 
 
-def partition_count(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
-    consumer = Consumer(kafka.reader_config(bootstrap))
+def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> int:
+    consumer = kafka.new_consumer(kafka.reader_config(settings))
     try:
         md = consumer.list_topics(topic, timeout=timeout)
         meta = md.topics.get(topic)
