@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from orchestrator.errors import OrchestratorError
+
 REDACTED = "***"
 
 # librdkafka's sensitive properties (sasl.password, ssl.key.password, ssl.keystore.password, ssl.key.pem,
@@ -56,7 +58,7 @@ _JAVA_ONLY: dict[str, str] = {
 _BOOTSTRAP_KEYS = ("bootstrap.servers", "metadata.broker.list")
 
 
-class KafkaConfigError(ValueError):
+class KafkaConfigError(OrchestratorError, ValueError):
     """The Kafka client settings cannot be used; the message names the setting, never a secret's value."""
 
 

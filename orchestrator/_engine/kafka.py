@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient
 
 from orchestrator import topology
+from orchestrator._engine import access
 from orchestrator._kafka_config import ClientConfig, KafkaConfigError, scrub
 from orchestrator.app import App
 from orchestrator.settings import Settings
@@ -136,8 +137,14 @@ def ensure_topics(app: App, timeout: float = 30.0) -> None:
     from orchestrator import _topic_admin
 
     specs = topology.engine_topics(app.name, app.settings, sorted(app.queues))
-    admin = new_admin(base(app.settings))
-    _topic_admin.apply(admin, specs, timeout=timeout)
+    conf = base(app.settings)
+    admin = new_admin(conf)
+    try:
+        _topic_admin.apply(admin, specs, timeout=timeout)
+    except (_topic_admin.TopicAdminError, KafkaException):
+        # Wrong credentials look like an unreachable broker: say so rather than retry them for ever.
+        access.raise_if_refused(app.settings, conf)
+        raise
 
 
 _NOT_READY = (

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import _topic_admin
+from orchestrator._engine import access, kafka
 from orchestrator._topic_admin import TopicAdminError, TopicChange
 from orchestrator.settings import Settings, load_settings
 from orchestrator.topology import TopicSpec, engine_topics
@@ -86,7 +87,8 @@ def _run(app_name: str, queues: list[str] | None, bootstrap: str | None, apply: 
         else:
             changes = _topic_admin.plan(admin, specs, **flags)
     except TopicAdminError as exc:
-        _err.print(f"[bold red]error[/] ({servers}): {escape(str(exc))}", highlight=False)
+        reason = access.check(settings, kafka.base(settings)) or exc  # a refused login, not a slow broker
+        _err.print(f"[bold red]error[/] ({servers}): {escape(str(reason))}", highlight=False)
         raise typer.Exit(code=1) from exc
     if not changes:
         count = len(specs)

@@ -75,9 +75,9 @@ def test_a_refused_setting_is_named_and_its_secret_not_quoted() -> None:
     assert "ORCHESTRATOR_KAFKA" in str(raised.value)
 
 
-# Modules that create clients themselves: kafka.py (the builders' home) and the processor, whose configs
-# come from kafka.py's builders. _devkafka talks to the local broker it runs, with that broker's settings.
-_ALLOWED = {"_engine/kafka.py", "_engine/processor.py"}
+# Modules that create clients themselves: kafka.py (the builders' home), the processor and access.py, whose
+# configs come from kafka.py's builders. _devkafka talks to the local broker it runs, with its own settings.
+_ALLOWED = {"_engine/kafka.py", "_engine/processor.py", "_engine/access.py"}
 _CLIENTS = {"Producer", "Consumer", "AdminClient"}
 
 
