@@ -210,14 +210,14 @@ class PrivateBroker:
 
     def kill(self) -> None:
         """SIGKILL, as a crashed machine would: no controlled shutdown, no flushed state."""
-        from orchestrator._devkafka import broker
+        from orchestrator._devkafka import process
 
         if not self.pid:
             return
         os.kill(self.pid, signal.SIGKILL)
         # Reap it through its Popen: a zombie would still look like a running broker to the next start, and a
         # forgotten Popen warns when collected (an error under filterwarnings=error).
-        child = broker._CHILDREN.pop(self.pid, None)
+        child = process._CHILDREN.pop(self.pid, None)
         if child is not None:
             child.wait(30)
         else:
