@@ -23,10 +23,12 @@ from typing import Any
 def hops(bootstrap: str, app_name: str, partitions: int, prefix: str) -> dict[str, Any]:
     from orchestrator._engine.events import RunCompleted, StepCompleted, StepScheduled, decode_event
     from orchestrator._engine.reader import read_partitions
+    from orchestrator.settings import Settings
     from orchestrator.topology import history_topic
 
     runs: dict[str, list[Any]] = {}
-    for msg in read_partitions(bootstrap, history_topic(app_name), list(range(partitions))):
+    settings = Settings(bootstrap_servers=bootstrap)
+    for msg in read_partitions(settings, history_topic(app_name), list(range(partitions))):
         key = (msg.key() or b"").decode()
         if key.startswith(prefix):
             runs.setdefault(key, []).append(decode_event(msg.value()))

@@ -23,18 +23,20 @@ def measure(bootstrap: str, n: int = 300, tag: str = "a", **overrides: Any) -> d
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from orchestrator._engine import kafka
+    from orchestrator.settings import Settings
 
+    settings = Settings(bootstrap_servers=bootstrap)
     topics = [f"floor-{tag}.{t}" for t in ("in", "a", "b", "c", "d")]
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for f in admin.create_topics([NewTopic(t, 1, 1) for t in topics]).values():
         f.result(30)
-    src = Producer(kafka.producer_config(bootstrap))
+    src = Producer(kafka.producer_config(settings))
     for i in range(n + 10):
         src.produce(topics[0], str(i).encode(), b"k")
     src.flush(30)
-    consumer = Consumer(kafka.consumer_config(bootstrap, f"floor-group-{tag}"))
+    consumer = Consumer(kafka.consumer_config(settings, f"floor-group-{tag}"))
     consumer.subscribe([topics[0]])
-    producer = Producer(kafka.transactional_producer_config(bootstrap, f"floor-tx-{tag}", **overrides))
+    producer = Producer(kafka.transactional_producer_config(settings, f"floor-tx-{tag}", **overrides))
     producer.init_transactions(60)
     times: dict[str, list[float]] = {
         k: [] for k in ("begin+produce", "send_offsets", "flush", "commit", "total")

@@ -30,6 +30,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
     ResourceType,
 )
 
+from orchestrator.settings import Settings
 from orchestrator.topology import TopicSpec
 
 _CONVERGE_TIMEOUT_S = 15.0
@@ -279,7 +280,8 @@ def _await_converged(
         time.sleep(0.1)
 
 
-def admin_client(bootstrap: str) -> AdminClient:
+def admin_client(settings: Settings) -> AdminClient:
     """An AdminClient for the topic tools: quiet, errors surface as exceptions from its calls."""
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _LIBRDKAFKA_LOG}
-    return AdminClient(conf)
+    from orchestrator._engine import kafka
+
+    return kafka.new_admin(kafka.base(settings, logger=_LIBRDKAFKA_LOG))

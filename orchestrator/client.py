@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._core import formats
@@ -47,6 +47,7 @@ from orchestrator._engine.unreadable import unreadable
 from orchestrator.app import App
 from orchestrator.context import WorkflowContext
 from orchestrator.errors import OrchestratorError, RunFailedError, RunTimeoutError
+from orchestrator.settings import Settings
 from orchestrator.triggers import extract
 
 log = logging.getLogger("orchestrator.client")
@@ -180,7 +181,6 @@ class Client:
     def __init__(self, app: App, *, on_unreadable: OnUnreadable | None = None) -> None:
         self.app = app
         self._on_unreadable: OnUnreadable = on_unreadable if on_unreadable is not None else _log_unreadable
-        self._bootstrap = app.settings.bootstrap_servers
         self._inbox = topology.inbox_topic(app.name)
         self._outcomes_topic = topology.outcomes_topic(app.name)
         self._producer: Producer | None = None
@@ -384,7 +384,7 @@ class Client:
     def _ensure_producer(self) -> Producer:
         with self._lock:
             if self._producer is None:
-                self._producer = Producer(kafka.producer_config(self._bootstrap))
+                self._producer = kafka.new_producer(kafka.producer_config(self.app.settings))
                 threading.Thread(target=self._poll_loop, daemon=True, name="orchestrator-client-poll").start()
             return self._producer
 
@@ -397,7 +397,7 @@ class Client:
             if self._watcher is None:
                 kafka.ensure_topics(self.app)
                 self._watcher = _OutcomeWatcher(
-                    self._bootstrap, self._outcomes_topic, self.app.settings.partitions, self._on_unreadable
+                    self.app.settings, self._outcomes_topic, self.app.settings.partitions, self._on_unreadable
                 )
             return self._watcher
 
@@ -499,11 +499,11 @@ class _OutcomeWatcher:
     hanging until their timeouts.
     """
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, on_unreadable: OnUnreadable) -> None:
+    def __init__(self, settings: Settings, topic: str, partitions: int, on_unreadable: OnUnreadable) -> None:
         self._on_unreadable = on_unreadable
-        self._consumer = Consumer(
+        self._consumer = kafka.new_consumer(
             kafka.reader_config(
-                bootstrap, **{"enable.partition.eof": False, "fetch.wait.max.ms": kafka.TAIL_FETCH_WAIT_MS}
+                settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": kafka.TAIL_FETCH_WAIT_MS}
             )
         )
         tps = []

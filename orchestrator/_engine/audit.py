@@ -62,7 +62,7 @@ def history_records(
         state = live_state(app, run_id, on_unreadable=on_unreadable)
         if state is not None:
             since_ms = state.created_ms if since_ms is None else max(since_ms, state.created_ms)
-    msgs = read_partitions(app.settings.bootstrap_servers, topic, partitions, since_ms=since_ms)
+    msgs = read_partitions(app.settings, topic, partitions, since_ms=since_ms)
     if run_id is not None:
         key = run_id.encode()
         msgs = (m for m in msgs if m.key() == key)
@@ -95,9 +95,7 @@ def live_state(app: App, run_id: str, *, on_unreadable: OnUnreadable | None = No
     key = run_key(run_id)
     last: Message | None = None
     topic = topology.changelog_topic(app.name)
-    for msg in read_partitions(
-        app.settings.bootstrap_servers, topic, [partition_for(run_id, app.settings.partitions)]
-    ):
+    for msg in read_partitions(app.settings, topic, [partition_for(run_id, app.settings.partitions)]):
         if msg.key() == key:
             last = msg
     if last is None or last.value() is None:
@@ -110,7 +108,7 @@ def live_states(app: App, *, on_unreadable: OnUnreadable | None = None) -> dict[
     to ``on_unreadable`` and its run left out (older records of a run never matter)."""
     latest: dict[bytes, Message] = {}
     topic = topology.changelog_topic(app.name)
-    for msg in read_partitions(app.settings.bootstrap_servers, topic, list(range(app.settings.partitions))):
+    for msg in read_partitions(app.settings, topic, list(range(app.settings.partitions))):
         key = msg.key()
         if key is not None and key.startswith(RUN_PREFIX):
             latest[key] = msg
@@ -130,7 +128,7 @@ def schedules(app: App, *, on_unreadable: OnUnreadable | None = None) -> list[di
     """
     latest: dict[bytes, Message] = {}
     topic = topology.keyed_changelog_topic(app.name)
-    for msg in read_partitions(app.settings.bootstrap_servers, topic, list(range(app.settings.partitions))):
+    for msg in read_partitions(app.settings, topic, list(range(app.settings.partitions))):
         key = msg.key()
         if key is not None and key.startswith(b"c/"):
             latest[key] = msg

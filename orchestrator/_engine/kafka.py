@@ -8,13 +8,19 @@ acted on. Producers partition with murmur2 like the Java client, so keyed record
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from orchestrator import topology
+from orchestrator._engine import access
+from orchestrator._kafka_config import ClientConfig, KafkaConfigError, scrub
 from orchestrator.app import App
+from orchestrator.settings import Settings
+
+_C = TypeVar("_C")
 
 # How long the broker may hold a fetch that has nothing new for a tailing consumer. The broker answers a held
 # fetch as soon as records (or, for read_committed, a transaction marker) arrive, so this costs no latency;
@@ -25,12 +31,28 @@ from orchestrator.app import App
 TAIL_FETCH_WAIT_MS = 500
 
 
-def base(bootstrap: str) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, "client.dns.lookup": "use_all_dns_ips"}
+def base(settings: Settings, **extra: Any) -> ClientConfig:
+    """Where the cluster is and how to reach it: the operator's settings (``Settings.kafka``) included.
+
+    Every builder below starts here, and so does every client the engine makes: taking the settings
+    rather than a bootstrap string is what keeps a secured cluster's SASL/TLS settings from being left
+    out of any one client. Order: engine defaults, then ``Settings.kafka``, then the caller's ``extra``.
+    """
+    return _build(settings, {}, extra)
 
 
-def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
-    conf = base(bootstrap) | {
+def _build(settings: Settings, defaults: dict[str, Any], extra: dict[str, Any]) -> ClientConfig:
+    conf = ClientConfig(
+        {"bootstrap.servers": settings.bootstrap_servers, "client.dns.lookup": "use_all_dns_ips"}
+    )
+    conf.update(defaults)
+    conf.update(settings.kafka_client_settings())  # may tune the defaults; engine-owned keys are refused
+    conf.update(extra)
+    return conf
+
+
+def consumer_config(settings: Settings, group: str, **extra: Any) -> ClientConfig:
+    defaults = {
         "group.id": group,
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
@@ -40,38 +62,35 @@ def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
         "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS,
         "partition.assignment.strategy": "cooperative-sticky",
     }
-    conf.update(extra)
-    return conf
+    return _build(settings, defaults, extra)
 
 
-def reader_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+def reader_config(settings: Settings, **extra: Any) -> ClientConfig:
     """A group-less consumer for reading partitions by assignment (restore, watchers, the CLI)."""
-    conf = base(bootstrap) | {
+    defaults = {
         "group.id": "orchestrator-reader",
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "fetch.wait.max.ms": 10,
     }
-    conf.update(extra)
-    return conf
+    return _build(settings, defaults, extra)
 
 
-def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
-    conf = base(bootstrap) | {
+def producer_config(settings: Settings, **extra: Any) -> ClientConfig:
+    defaults = {
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 1,
         "partitioner": "murmur2_random",
         "compression.type": "lz4",
     }
-    conf.update(extra)
-    return conf
+    return _build(settings, defaults, extra)
 
 
-def transactional_producer_config(bootstrap: str, transactional_id: str, **extra: Any) -> dict[str, Any]:
+def transactional_producer_config(settings: Settings, transactional_id: str, **extra: Any) -> ClientConfig:
     return producer_config(
-        bootstrap,
+        settings,
         **{
             "transactional.id": transactional_id,
             # A dead instance's open transaction blocks read_committed readers until it times out.
@@ -85,13 +104,47 @@ def transactional_producer_config(bootstrap: str, transactional_id: str, **extra
     )
 
 
+def new_producer(conf: ClientConfig) -> Producer:
+    """A Producer, or a `KafkaConfigError` saying which setting librdkafka refused (no secret in it)."""
+    return _create(Producer, conf)
+
+
+def new_consumer(conf: ClientConfig) -> Consumer:
+    """A Consumer, or a `KafkaConfigError` saying which setting librdkafka refused (no secret in it)."""
+    return _create(Consumer, conf)
+
+
+def new_admin(conf: ClientConfig) -> AdminClient:
+    """An AdminClient, or a `KafkaConfigError` saying which setting librdkafka refused (no secret in it)."""
+    return _create(AdminClient, conf)
+
+
+def _create(factory: Callable[[dict[str, Any]], _C], conf: ClientConfig) -> _C:
+    try:
+        return factory(dict(conf))
+    except (KafkaException, ValueError, TypeError) as exc:
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if isinstance(err, KafkaError) else str(err)
+        # `from None`: the original exception's text is not scrubbed, so it must not ride along.
+        raise KafkaConfigError(
+            f"Kafka client settings refused: {scrub(text, conf)}. Check the Kafka settings "
+            "(ORCHESTRATOR_KAFKA__*, ORCHESTRATOR_KAFKA_CONFIG, ORCHESTRATOR_KAFKA_CONFIG_FILE)."
+        ) from None
+
+
 def ensure_topics(app: App, timeout: float = 30.0) -> None:
     """Create the app's missing topics; never alters existing ones (`topics plan` shows drift)."""
     from orchestrator import _topic_admin
 
     specs = topology.engine_topics(app.name, app.settings, sorted(app.queues))
-    admin = AdminClient(base(app.settings.bootstrap_servers))
-    _topic_admin.apply(admin, specs, timeout=timeout)
+    conf = base(app.settings)
+    admin = new_admin(conf)
+    try:
+        _topic_admin.apply(admin, specs, timeout=timeout)
+    except (_topic_admin.TopicAdminError, KafkaException):
+        # Wrong credentials look like an unreachable broker: say so rather than retry them for ever.
+        access.raise_if_refused(app.settings, conf)
+        raise
 
 
 _NOT_READY = (

@@ -28,12 +28,12 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Message
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
-    AdminClient,
     ConfigResource,
     ResourceType,
 )
 
 from orchestrator._engine import kafka
+from orchestrator.settings import Settings
 
 log = logging.getLogger("orchestrator.limits")
 
@@ -96,18 +96,18 @@ _cache: dict[tuple[str, tuple[str, ...], int], tuple[float, RecordLimit]] = {}
 
 
 def record_limit(
-    bootstrap: str, topics: tuple[str, ...], producer_conf: Mapping[str, Any] | None = None
+    settings: Settings, topics: tuple[str, ...], producer_conf: Mapping[str, Any] | None = None
 ) -> RecordLimit:
     """The smallest of the producer's ``message.max.bytes`` and the ``max.message.bytes`` of ``topics``."""
     producer_max = int((producer_conf or {}).get("message.max.bytes", PRODUCER_DEFAULT_MAX_BYTES))
-    key = (bootstrap, tuple(sorted(topics)), producer_max)
+    key = (settings.bootstrap_servers, tuple(sorted(topics)), producer_max)
     now = time.monotonic()
     with _lock:
         cached = _cache.get(key)
     if cached is not None and cached[0] > now:
         return cached[1]
     limit = RecordLimit(producer_max, "message.max.bytes of the processor's producer")
-    topic_limits, complete = _topic_limits(bootstrap, topics)
+    topic_limits, complete = _topic_limits(settings, topics)
     for topic, max_bytes in sorted(topic_limits.items()):
         if max_bytes < limit.max_bytes:
             limit = RecordLimit(max_bytes, f"max.message.bytes of topic {topic}")
@@ -116,12 +116,12 @@ def record_limit(
     return limit
 
 
-def _topic_limits(bootstrap: str, topics: tuple[str, ...]) -> tuple[dict[str, int], bool]:
+def _topic_limits(settings: Settings, topics: tuple[str, ...]) -> tuple[dict[str, int], bool]:
     """``max.message.bytes`` per topic (the broker default for those it could not describe), and
     whether every topic was described."""
     out = {topic: BROKER_DEFAULT_MAX_BYTES for topic in topics}
     complete = True
-    admin = AdminClient(kafka.base(bootstrap))
+    admin = kafka.new_admin(kafka.base(settings))
     resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
     try:
         futures = admin.describe_configs(resources, request_timeout=DESCRIBE_TIMEOUT_S)

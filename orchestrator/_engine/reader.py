@@ -11,28 +11,23 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from orchestrator._engine import kafka
+from orchestrator._engine import access, kafka
+from orchestrator.settings import Settings
 
 
 def read_partitions(
-    bootstrap: str, topic: str, partitions: list[int], timeout: float = 30.0, since_ms: int | None = None
+    settings: Settings, topic: str, partitions: list[int], timeout: float = 30.0, since_ms: int | None = None
 ) -> Iterator[Message]:
     """Every committed record of ``partitions`` of ``topic``, from the beginning (or from the first record
     at or after ``since_ms``, found through Kafka's time index) to the current end."""
-    consumer = Consumer(kafka.reader_config(bootstrap, **{"fetch.max.bytes": 52_428_800}))
+    conf = kafka.reader_config(settings, **{"fetch.max.bytes": 52_428_800})
+    consumer = kafka.new_consumer(conf)
     try:
-        starts: dict[int, int] = {}
-        if since_ms is not None:
-            wanted = [TopicPartition(topic, p, since_ms) for p in partitions]
-            starts = {tp.partition: tp.offset for tp in consumer.offsets_for_times(wanted, timeout=timeout)}
-        pending = set()
-        tps = []
-        for p in partitions:
-            low, high = kafka.watermarks(consumer, TopicPartition(topic, p), timeout)
-            start = starts.get(p, OFFSET_BEGINNING)
-            if high > low and (since_ms is None or 0 <= start < high):
-                pending.add(p)
-                tps.append(TopicPartition(topic, p, start))
+        try:
+            pending, tps = _starts(consumer, topic, partitions, timeout, since_ms)
+        except KafkaException:
+            access.raise_if_refused(settings, conf)  # a wrong password, not a slow broker: say so
+            raise
         if not tps:
             return
         consumer.assign(tps)
@@ -49,10 +44,34 @@ def read_partitions(
         consumer.close()
 
 
-def partition_count(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
-    consumer = Consumer(kafka.reader_config(bootstrap))
+def _starts(
+    consumer: Consumer, topic: str, partitions: list[int], timeout: float, since_ms: int | None
+) -> tuple[set[int], list[TopicPartition]]:
+    """The partitions with records to read, and where each read starts."""
+    starts: dict[int, int] = {}
+    if since_ms is not None:
+        wanted = [TopicPartition(topic, p, since_ms) for p in partitions]
+        starts = {tp.partition: tp.offset for tp in consumer.offsets_for_times(wanted, timeout=timeout)}
+    pending = set()
+    tps = []
+    for p in partitions:
+        low, high = kafka.watermarks(consumer, TopicPartition(topic, p), timeout)
+        start = starts.get(p, OFFSET_BEGINNING)
+        if high > low and (since_ms is None or 0 <= start < high):
+            pending.add(p)
+            tps.append(TopicPartition(topic, p, start))
+    return pending, tps
+
+
+def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> int:
+    conf = kafka.reader_config(settings)
+    consumer = kafka.new_consumer(conf)
     try:
-        md = consumer.list_topics(topic, timeout=timeout)
+        try:
+            md = consumer.list_topics(topic, timeout=timeout)
+        except KafkaException:
+            access.raise_if_refused(settings, conf)
+            raise
         meta = md.topics.get(topic)
         if meta is None or meta.error is not None:
             raise KafkaException(meta.error if meta else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from orchestrator._engine import kafka
 from orchestrator._engine.faults import is_transient
 from orchestrator._engine.store import META_CHANGELOG_OFFSET, PartitionStore
+from orchestrator.settings import Settings
 
 log = logging.getLogger("orchestrator.restore")
 
 
-def restore(bootstrap: str, targets: list[tuple[PartitionStore, str]], batch_size: int = 5000) -> int:
+def restore(settings: Settings, targets: list[tuple[PartitionStore, str]], batch_size: int = 5000) -> int:
     """Apply changelog records to each (store, changelog topic) from where the store stands to the end.
 
     All partitions are read by one consumer at once, and a partition already at its end is not read at
@@ -24,7 +25,7 @@ def restore(bootstrap: str, targets: list[tuple[PartitionStore, str]], batch_siz
     """
     if not targets:
         return 0
-    consumer = Consumer(kafka.reader_config(bootstrap, **{"fetch.max.bytes": 52_428_800}))
+    consumer = kafka.new_consumer(kafka.reader_config(settings, **{"fetch.max.bytes": 52_428_800}))
     applied = 0
     t0 = time.monotonic()
     try:

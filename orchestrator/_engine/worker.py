@@ -137,7 +137,7 @@ class Worker:
 
     def _make_producer(self, on_error: Callable[[KafkaError], None]) -> Producer:
         conf = kafka.producer_config(
-            self.app.settings.bootstrap_servers,
+            self.app.settings,
             **{
                 "message.timeout.ms": self.config.delivery_timeout_ms,
                 "error_cb": on_error,
@@ -145,12 +145,12 @@ class Worker:
             }
             | self.config.producer_overrides,
         )
-        return Producer(conf)
+        return kafka.new_producer(conf)
 
     def _make_consumer(self) -> Consumer:
         static = {"group.instance.id": f"worker-{self.config.instance_id}"} if self.config.instance_id else {}
         conf = kafka.consumer_config(
-            self.app.settings.bootstrap_servers,
+            self.app.settings,
             f"{self.app.name}.workers",
             **static,
             **{
@@ -160,7 +160,7 @@ class Worker:
             }
             | self.config.consumer_overrides,
         )
-        return Consumer(conf)
+        return kafka.new_consumer(conf)
 
     async def _wait_for_topics(self) -> None:
         """Create missing topics, waiting for a broker that is away instead of exiting.

@@ -32,4 +32,15 @@ _register_groups()
 
 
 def main() -> None:
-    app()
+    """Run the CLI; Kafka settings that are wrong end it with their one-paragraph explanation (exit 2)."""
+    from pydantic import ValidationError
+
+    from orchestrator._engine.access import KafkaAccessError
+    from orchestrator._kafka_config import KafkaConfigError
+
+    try:
+        app()
+    except (KafkaAccessError, KafkaConfigError, ValidationError) as exc:
+        # A traceback would bury the one line that says which setting to fix; none of these holds a secret.
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from confluent_kafka import Producer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -305,7 +304,7 @@ def _letters(app_spec: str | None, report: SkipReport) -> list[tuple[int, DeadLe
     """Every readable dead letter with its offset; unreadable ones go to ``report``."""
     app = _app(app_spec)
     topic = topology.dlq_topic(app.name)
-    msgs = read_partitions(app.settings.bootstrap_servers, topic, [0])
+    msgs = read_partitions(app.settings, topic, [0])
     return [
         (where.offset, letter)
         for where, letter in decoded(msgs, decode_dead_letter, wire.DEAD_LETTER, report.collector())
@@ -371,7 +370,7 @@ def dlq_redrive(
     app = _app(app_spec)
     report = SkipReport()
     chosen = [(o, d) for o, d in _letters(app_spec, report) if not offsets or o in offsets]
-    producer = Producer(kafka.producer_config(app.settings.bootstrap_servers))
+    producer = kafka.new_producer(kafka.producer_config(app.settings))
     for _, d in chosen:
         producer.produce(d.source_topic, d.value, d.key, partition=d.source_partition)
     producer.flush(30)

@@ -10,8 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import _topic_admin
+from orchestrator._engine import access, kafka
 from orchestrator._topic_admin import TopicAdminError, TopicChange
-from orchestrator.settings import load_settings
+from orchestrator.settings import Settings, load_settings
 from orchestrator.topology import TopicSpec, engine_topics
 
 _console = Console()
@@ -38,7 +39,9 @@ IncreaseOption = Annotated[
 ]
 
 
-def _specs(app_name: str, queues: list[str] | None, bootstrap: str | None) -> tuple[str, list[TopicSpec]]:
+def _specs(
+    app_name: str, queues: list[str] | None, bootstrap: str | None
+) -> tuple[Settings, list[TopicSpec]]:
     overrides: dict[str, object] = {"bootstrap_servers": bootstrap} if bootstrap else {}
     settings = load_settings(**overrides)
     try:
@@ -46,7 +49,7 @@ def _specs(app_name: str, queues: list[str] | None, bootstrap: str | None) -> tu
     except ValueError as exc:
         _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=2) from exc
-    return settings.bootstrap_servers, specs
+    return settings, specs
 
 
 def _status(change: TopicChange, applying: bool) -> str:
@@ -75,15 +78,17 @@ def _table(changes: list[TopicChange], title: str, applying: bool) -> Table:
 
 
 def _run(app_name: str, queues: list[str] | None, bootstrap: str | None, apply: bool, **flags: bool) -> None:
-    servers, specs = _specs(app_name, queues, bootstrap)
-    admin = _topic_admin.admin_client(servers)
+    settings, specs = _specs(app_name, queues, bootstrap)
+    servers = settings.bootstrap_servers
+    admin = _topic_admin.admin_client(settings)
     try:
         if apply:
             changes = _topic_admin.apply(admin, specs, **flags)
         else:
             changes = _topic_admin.plan(admin, specs, **flags)
     except TopicAdminError as exc:
-        _err.print(f"[bold red]error[/] ({servers}): {escape(str(exc))}", highlight=False)
+        reason = access.check(settings, kafka.base(settings)) or exc  # a refused login, not a slow broker
+        _err.print(f"[bold red]error[/] ({servers}): {escape(str(reason))}", highlight=False)
         raise typer.Exit(code=1) from exc
     if not changes:
         count = len(specs)

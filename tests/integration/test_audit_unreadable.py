@@ -125,7 +125,7 @@ async def _real_runs_among_bad_records(app: App, bad: Bad, state_dir: Path) -> N
             await client.signal("mid", "go", 100)
             assert await waiting.result(timeout=60) == 110
             dlq = dlq_topic(app.name)
-            _until(lambda: any(read_partitions(app.settings.bootstrap_servers, dlq, [0])), "the dead letter")
+            _until(lambda: any(read_partitions(app.settings, dlq, [0])), "the dead letter")
             _until(lambda: audit.schedules(app), "the schedule")
 
 

@@ -207,7 +207,7 @@ async def test_malformed_and_unknown_records_are_dead_lettered(
             deadline = time.monotonic() + 30
             letters = []
             while len(letters) < 5 and time.monotonic() < deadline:
-                msgs = read_partitions(kafka_bootstrap, dlq_topic(app.name), [0])
+                msgs = read_partitions(app.settings, dlq_topic(app.name), [0])
                 letters = [decode_dead_letter(m.value()) for m in msgs]
                 await asyncio.sleep(0.2)
     finally:

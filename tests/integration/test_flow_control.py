@@ -23,7 +23,7 @@ def _admissions(app: App, workflow: str) -> list[int]:
     from orchestrator.topology import inbox_topic
 
     out = []
-    for msg in read_partitions(app.settings.bootstrap_servers, inbox_topic(app.name), list(range(4))):
+    for msg in read_partitions(app.settings, inbox_topic(app.name), list(range(4))):
         event = decode_event(msg.value())
         if event.workflow == workflow and isinstance(event.body, StartRun) and event.body.admission_key:
             out.append(event.timestamp_ms)

@@ -136,7 +136,7 @@ async def test_a_long_chain_of_local_steps_goes_through_the_inbox_every_so_often
     # which commits the progress so far and lets other runs' records in.
     inbox = [
         decode_event(m.value())
-        for m in read_partitions(kafka_bootstrap, inbox_topic(app.name), list(range(app.settings.partitions)))
+        for m in read_partitions(app.settings, inbox_topic(app.name), list(range(app.settings.partitions)))
     ]
     relayed = [e for e in inbox if e.run_id == "long" and isinstance(e.body, ev.StepCompleted)]
     assert [e.body.position for e in relayed] == [LOCAL_STEPS_PER_INPUT, 2 * LOCAL_STEPS_PER_INPUT + 1]

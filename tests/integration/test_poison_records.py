@@ -48,8 +48,7 @@ def _letters(app: App, wanted: int, timeout: float = 60.0) -> list[DeadLetter]:
     deadline = time.monotonic() + timeout
     while True:
         letters = [
-            decode_dead_letter(m.value())
-            for m in read_partitions(app.settings.bootstrap_servers, dlq_topic(app.name), [0])
+            decode_dead_letter(m.value()) for m in read_partitions(app.settings, dlq_topic(app.name), [0])
         ]
         if len(letters) >= wanted or time.monotonic() > deadline:
             return letters
@@ -438,7 +437,7 @@ async def test_large_starts_waiting_for_one_admission_key_do_not_stall_the_proce
             while True:  # three starts wait for the slot, stored in the keyed stage
                 stored = {
                     m.key()
-                    for m in read_partitions(kafka_bootstrap, changelog, list(range(4)))
+                    for m in read_partitions(app.settings, changelog, list(range(4)))
                     if (m.key() or b"").startswith(b"w/") and m.value() is not None
                 }
                 if len(stored) >= 3 or proc.processor.stats.aborts:

@@ -171,7 +171,7 @@ async def test_poison_commands_are_dead_lettered_and_their_offsets_committed(
             assert producer.flush(30) == 0
             # The worker goes on with good commands after them.
             assert await (await client.start(wf, 2)).result(timeout=60) == 2
-            reader = Consumer(kafka.reader_config(kafka_bootstrap))
+            reader = Consumer(kafka.reader_config(app.settings))
             try:
                 end = kafka.watermarks(reader, TopicPartition(tasks, 0))[1]
             finally:
@@ -181,9 +181,9 @@ async def test_poison_commands_are_dead_lettered_and_their_offsets_committed(
 
             def settled() -> bool:
                 nonlocal letters, committed
-                msgs = read_partitions(kafka_bootstrap, dlq_topic(app.name), [0])
+                msgs = read_partitions(app.settings, dlq_topic(app.name), [0])
                 letters = [decode_dead_letter(m.value()) for m in msgs]
-                group = Consumer(kafka.consumer_config(kafka_bootstrap, f"{app.name}.workers"))
+                group = Consumer(kafka.consumer_config(app.settings, f"{app.name}.workers"))
                 try:
                     [tp] = group.committed([TopicPartition(tasks, 0)], timeout=10)
                 finally:

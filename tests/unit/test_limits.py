@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator._engine import limits
+from orchestrator.settings import Settings
+
+SETTINGS = Settings(bootstrap_servers="b:1")
 
 
 class FakeBroker:
@@ -17,7 +20,7 @@ class FakeBroker:
         self.complete = True
         self.asked = 0
 
-    def topic_limits(self, bootstrap: str, topics: tuple[str, ...]) -> tuple[dict[str, int], bool]:
+    def topic_limits(self, settings: Settings, topics: tuple[str, ...]) -> tuple[dict[str, int], bool]:
         self.asked += 1
         return {t: self.limits.get(t, limits.BROKER_DEFAULT_MAX_BYTES) for t in topics}, self.complete
 
@@ -31,18 +34,18 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBroker]:
 
 
 def test_the_producer_bounds_records_when_topics_allow_more(broker: FakeBroker) -> None:
-    limit = limits.record_limit("b:1", ("a.inbox", "a.keyed"))
+    limit = limits.record_limit(SETTINGS, ("a.inbox", "a.keyed"))
     assert limit == limits.RecordLimit(1_000_000, "message.max.bytes of the processor's producer")
 
 
 def test_the_smallest_topic_limit_wins_and_is_named(broker: FakeBroker) -> None:
     broker.limits = {"a.keyed": 200_000, "a.inbox": 50_000}
-    limit = limits.record_limit("b:1", ("a.inbox", "a.keyed"), {"message.max.bytes": 3_000_000})
+    limit = limits.record_limit(SETTINGS, ("a.inbox", "a.keyed"), {"message.max.bytes": 3_000_000})
     assert limit == limits.RecordLimit(50_000, "max.message.bytes of topic a.inbox")
 
 
 def test_a_producer_override_counts(broker: FakeBroker) -> None:
-    assert limits.record_limit("b:1", ("a.inbox",), {"message.max.bytes": 10_000}).max_bytes == 10_000
+    assert limits.record_limit(SETTINGS, ("a.inbox",), {"message.max.bytes": 10_000}).max_bytes == 10_000
 
 
 def test_answers_are_kept_and_failures_asked_again_later(
@@ -51,17 +54,17 @@ def test_answers_are_kept_and_failures_asked_again_later(
     clock = [100.0]
     monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
     broker.complete = False
-    limits.record_limit("b:1", ("a.inbox",))
-    limits.record_limit("b:1", ("a.inbox",))
+    limits.record_limit(SETTINGS, ("a.inbox",))
+    limits.record_limit(SETTINGS, ("a.inbox",))
     assert broker.asked == 1
     clock[0] += limits.RETRY_SECONDS + 1
     broker.complete = True
-    limits.record_limit("b:1", ("a.inbox",))
+    limits.record_limit(SETTINGS, ("a.inbox",))
     clock[0] += limits.RETRY_SECONDS + 1
-    limits.record_limit("b:1", ("a.inbox",))
+    limits.record_limit(SETTINGS, ("a.inbox",))
     assert broker.asked == 2  # a complete answer is kept for CACHE_SECONDS
     clock[0] += limits.CACHE_SECONDS
-    limits.record_limit("b:1", ("a.inbox",))
+    limits.record_limit(SETTINGS, ("a.inbox",))
     assert broker.asked == 3
 
 

@@ -65,7 +65,7 @@ class Processor:
             app.name, self.topics, self.partitions, self.transactions, self._retry, self.stats, component
         )
         state_dir = (self.config.state_dir or s.state_dir) / app.name / self.config.instance_id
-        self.stores = StateManager(state_dir, self.topics, self.bootstrap, self._retry)
+        self.stores = StateManager(state_dir, self.topics, self.app.settings, self._retry)
         self.runs = RunStates(self.config.cache_size)
         self.decider = Decider(app, self.runs.instances)
         self.router = Router(app)
@@ -87,10 +87,10 @@ class Processor:
         self._retry.call("topic check", lambda: kafka.ensure_topics(self.app), _admin_retriable)
         tx_id = f"{self.app.name}.processor.{self.config.instance_id}"
         producer_config = kafka.transactional_producer_config(
-            self.bootstrap, tx_id, **self.config.producer_overrides
+            self.app.settings, tx_id, **self.config.producer_overrides
         )
         # The one record limit (limits.py), learnt once: the smallest of the producer's and its topics'.
-        learn = partial(limits.record_limit, self.bootstrap, self._output_topics(), producer_config)
+        learn = partial(limits.record_limit, self.app.settings, self._output_topics(), producer_config)
         self.output.record_limit = self._retry.call("topic check", learn, _admin_retriable)
         # librdkafka fills a batch up to batch.size (1 MB); a topic with a smaller max.message.bytes would
         # reject a batch of small records as too large.
@@ -121,7 +121,7 @@ class Processor:
         self._fatal = None
         self._consumer = Consumer(
             kafka.consumer_config(
-                self.bootstrap,
+                self.app.settings,
                 f"{self.app.name}.processors",
                 # Static membership: a restarted instance takes its partitions back at once instead of
                 # waiting for its dead predecessor's session to time out.

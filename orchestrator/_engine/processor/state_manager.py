@@ -21,6 +21,7 @@ from orchestrator._engine.processor.output import Output
 from orchestrator._engine.processor.transactions import not_fatal
 from orchestrator._engine.restore import restore
 from orchestrator._engine.store import PartitionStore
+from orchestrator.settings import Settings
 
 log = logging.getLogger("orchestrator.processor")
 
@@ -29,10 +30,10 @@ DueTimer = tuple[str, int, bytes, str, str]
 
 
 class StateManager:
-    def __init__(self, state_dir: Path, topics: ProcessorTopics, bootstrap: str, retry: Retrier) -> None:
+    def __init__(self, state_dir: Path, topics: ProcessorTopics, settings: Settings, retry: Retrier) -> None:
         self.state_dir = state_dir
         self.topics = topics
-        self.bootstrap = bootstrap
+        self.settings = settings
         self.run_stores: dict[int, PartitionStore] = {}  # by inbox partition
         self.keyed_stores: dict[int, PartitionStore] = {}  # by keyed partition
         self._retry = retry
@@ -67,7 +68,7 @@ class StateManager:
                 store = PartitionStore(self.state_dir / f"k{tp.partition}", tp.partition)
                 self.keyed_stores[tp.partition] = store
                 targets.append((store, self.topics.keyed_changelog))
-        restored: int = self._retry.call("restore", lambda: restore(self.bootstrap, targets), not_fatal)
+        restored: int = self._retry.call("restore", lambda: restore(self.settings, targets), not_fatal)
         return restored
 
     def revoke(self, partitions: list[TopicPartition]) -> None:
