@@ -121,7 +121,7 @@ def _report(proc: Any) -> None:
                 s.transactions,
                 s.dead_letters,
                 s.ignored,
-                len(proc.cache),
+                len(proc.runs.instances),
             )
             last = s.events
 
