@@ -454,7 +454,7 @@ def test_compensations_run_newest_first_with_the_steps_arguments(make: Make) -> 
         undone.append(decoded(d, cmd.args))
         fx = d.complete(position, 4_000 + position, value=0)
     assert undone == [[3], [2], [0]]  # step 1 has no compensation
-    assert [s.compensate for s in d.state.steps[5:]] == ["3", "2", "0"]  # type: ignore[union-attr]
+    assert [s.undoes for s in d.state.steps[5:]] == [3, 2, 0]  # type: ignore[union-attr]
     assert kinds(fx) == ["StepCompleted", "RunFailed"]
     assert d.state is not None and (d.state.status, d.state.error_type) == (st.FAILED, "TerminalError")
     assert [o.status for o in fx.outcomes] == [st.FAILED]
@@ -852,8 +852,8 @@ def test_run_timeout_while_compensating_skips_no_compensation(make: Make) -> Non
         d.complete(pending[0].position, now, value=0)
         now += 100
     undone = [
-        int(s.compensate)
-        for s in d.state.steps  # type: ignore[union-attr]
+        s.undoes
+        for s in d.state.records(st.StepRecord)  # type: ignore[union-attr]
         if s.kind == st.KIND_COMPENSATION and s.status == st.STEP_COMPLETED
     ]
     assert sorted(undone) == [0, 1]
