@@ -6,8 +6,12 @@ changes it (ADR 0009). Everything the workflow function observed is in here, so 
 deterministically after eviction or a restart: the steps it issued (with their recorded results) and the
 order in which results reached it (``resolutions``).
 
-The status and kind enums are ``StrEnum``s whose values are the strings already in stores and on the
-changelog, so the state's Avro encoding is byte for byte what it was when they were plain strings.
+``RunState.steps`` holds every command the run issued, in position order, each as the record type of its
+kind (``StepRecord``, ``TimerRecord``, ``WaitRecord``, ``ChildRecord``, ``MarkerRecord``) on the common
+base ``CommandRecord`` (position, kind, status, scheduled_ms, name); ``record_at`` and ``records`` narrow
+to one kind. The status and kind enums are ``StrEnum``s whose values are the strings already in stores and
+on the changelog. The state's Avro encoding is byte for byte what it was when every kind was one
+``StepRecord`` of plain strings (the mapping is ``orchestrator._engine.state``'s).
 """
 
 from __future__ import annotations
@@ -219,7 +223,7 @@ class MarkerRecord(CommandRecord):
 
     position: int
     scheduled_ms: int
-    name: str  # type: ignore[assignment]  # a field here, a property on the other records
+    name: str  # a field here, a property on the other records
     status: StepStatus = field(default=STEP_COMPLETED, init=False)
     kind: StepKind = field(default=KIND_MARKER, init=False)
 
