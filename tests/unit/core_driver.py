@@ -182,7 +182,7 @@ class Driver:
     # -- observations ----------------------------------------------------------------------------------------
     def attempt(self, position: int) -> int:
         assert self.state is not None
-        return self.state.steps[position].attempt
+        return st.attempts_of(self.state.steps[position])[0]  # a child's end is its one attempt
 
     @property
     def kinds(self) -> list[str]:

@@ -594,6 +594,17 @@ def test_attached_child_is_started_and_its_result_delivered(make: Make) -> None:
     assert d.decoded_result() == ["child", 5]
 
 
+def test_a_start_report_for_a_child_position_is_ignored(make: Make) -> None:
+    """No worker runs a child: a start report there is stale (a step that position held before a re-run)."""
+    d = make("parent")
+    d.start(False, now=1_000)
+    fx = d.started(0, 1_500)
+    assert kinds(fx) == [] and fx.ignored
+    d.complete(0, 2_000, value=5)  # the child's end, its one attempt
+    child = d.state.record_at(0, st.ChildRecord)  # type: ignore[union-attr]
+    assert child is not None and child.status == st.STEP_COMPLETED and child.ended is not None
+
+
 def test_detached_child_resolves_at_once_with_its_run_id(make: Make) -> None:
     d = make("parent")
     fx = d.start(True, now=1_000)

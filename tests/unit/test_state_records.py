@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator._core import events as ev
 from orchestrator._core import state as st
+from orchestrator._core.evolve import FoldError, evolve, fold
 from orchestrator._engine import wire
 from orchestrator._engine.state import decode_state, encode_state, state_record
 
@@ -283,3 +285,36 @@ def test_typed_accessors() -> None:
         st.KIND_MARKER,
         st.STEP_COMPLETED,
     )
+
+
+def _history(*bodies: Any) -> list[Any]:
+    from orchestrator._core.events import Event
+
+    return [Event(f"r/{i}", "r", "wf", 1_000 + i, body, i) for i, body in enumerate(bodies)]
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        lambda: ev.StepCompleted(0, 1, b"1", 1, 2, "w"),  # a worker's result for a timer
+        lambda: ev.TimerFired(1),  # a timer firing at a wait
+        lambda: ev.RetryScheduled(2, 2, 9_000),  # a retry of a child
+        lambda: ev.EventReceived(0, "approved", "", b"{}", ""),  # an event delivered to a timer
+        lambda: ev.StepStarted(2, 1, 1_500, "w"),  # a start report for a child
+        lambda: ev.StepScheduled(3, "sleep", "", 1, b"", "r/3/sleep", "", 0, 0, "timer", ""),
+    ],
+)
+def test_evolve_refuses_an_event_aimed_at_another_kind_and_changes_nothing(wrong: Any) -> None:
+    history = _history(
+        ev.RunStarted(b"[]"),
+        ev.TimerStarted(0, 5_000),
+        ev.WaitStarted(1, "approved", "k", 0, 0),
+        ev.ChildStarted(2, "ship", "r/child/2", b"[]", False),
+    )
+    state = fold(history)
+    assert state is not None
+    before = encode_state(state)
+    [event] = _history(*([None] * len(history)), wrong())[len(history) :]
+    with pytest.raises(FoldError):
+        evolve(state, event)
+    assert encode_state(state) == before
