@@ -39,7 +39,16 @@ from orchestrator._engine.events import (
 )
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.records import RunOutcome, decode_outcome
-from orchestrator._engine.state import COMPLETED, PARKED, TERMINAL, RunState
+from orchestrator._engine.state import (
+    COMPLETED,
+    PARKED,
+    TERMINAL,
+    ChildRecord,
+    CommandRecord,
+    RunState,
+    StepRecord,
+    attempts_of,
+)
 from orchestrator._engine.unreadable import OnUnreadable as OnUnreadable
 from orchestrator._engine.unreadable import Unreadable as Unreadable
 from orchestrator._engine.unreadable import Where as Where
@@ -90,21 +99,7 @@ class RunDescription:
 
     @classmethod
     def from_state(cls, s: RunState) -> RunDescription:
-        steps = tuple(
-            StepView(
-                position=r.position,
-                step=r.step,
-                status=r.status,
-                attempts=r.attempt,
-                started=_dt(r.attempts[0].started_ms) if r.attempts else None,
-                finished=_dt(r.attempts[-1].finished_ms) if r.attempts else None,
-                error=f"{r.error_type}: {r.error_message}" if r.error_type else "",
-                attempt_errors=tuple(
-                    f"#{a.attempt} {a.error_type}: {a.message}" for a in r.attempts if a.error_type
-                ),
-            )
-            for r in s.steps
-        )
+        steps = tuple(_step_view(r) for r in s.steps)
         return cls(
             s.run_id,
             s.workflow,
@@ -116,6 +111,22 @@ class RunDescription:
             s.error_message,
             s.result,
         )
+
+
+def _step_view(r: CommandRecord) -> StepView:
+    attempt, attempts = attempts_of(r)
+    ran = r if isinstance(r, StepRecord | ChildRecord) else None  # the kinds that can fail
+    error = f"{ran.error_type}: {ran.error_message}" if ran is not None and ran.error_type else ""
+    return StepView(
+        position=r.position,
+        step=r.name,
+        status=r.status,
+        attempts=attempt,
+        started=_dt(attempts[0].started_ms) if attempts else None,
+        finished=_dt(attempts[-1].finished_ms) if attempts else None,
+        error=error,
+        attempt_errors=tuple(f"#{a.attempt} {a.error_type}: {a.message}" for a in attempts if a.error_type),
+    )
 
 
 class RunHandle(Generic[R]):

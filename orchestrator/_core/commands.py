@@ -22,7 +22,7 @@ from orchestrator._core.evolve import STOPPING
 from orchestrator.app import App
 from orchestrator.triggers import extract
 
-Stopped = list[tuple[st.StepRecord, st.StepStatus]]
+Stopped = list[tuple[st.CommandRecord, st.StepStatus]]
 """Steps an event cancelled, with the status each had just before it."""
 
 
@@ -111,12 +111,15 @@ class Commands:
         after: st.RunState,
         stopped: Stopped,
     ) -> None:
-        self._release(fx, after, after.steps[b.position], b.attempt, event.timestamp_ms)
+        step = after.steps[b.position]
+        if isinstance(step, st.StepRecord):  # not a child's end
+            self._release(fx, after, step, b.attempt, event.timestamp_ms)
 
     def _step_timed_out(
         self, fx: Effects, event: Event, b: ev.StepTimedOut, after: st.RunState, stopped: Stopped
     ) -> None:
-        step = after.steps[b.position]
+        step = after.record_at(b.position, st.StepRecord)
+        assert step is not None  # evolve refuses a StepTimedOut of anything else
         self._release(fx, after, step, b.attempt, event.timestamp_ms)
         fx.commands.append((step.queue, _cancel(after, step, b.attempt, event.timestamp_ms)))
 
@@ -124,8 +127,6 @@ class Commands:
         self, fx: Effects, state: st.RunState, step: st.StepRecord, attempt: int, now_ms: int
     ) -> None:
         """An attempt of a step with its own admission limit ended: free its slot."""
-        if step.kind not in st.WORKER_KINDS:
-            return
         limited = self._step_admission(step.step, step.args)
         if limited is None:
             return
@@ -195,18 +196,19 @@ class Commands:
     def _run_ended(self, fx: Effects, event: Event, b: Body, after: st.RunState, stopped: Stopped) -> None:
         now_ms = event.timestamp_ms
         for step, status in stopped:  # cancel what the run still waited on; workers running it are told
-            if status == st.STEP_SCHEDULED and step.kind in st.WORKER_KINDS:
-                self._release(fx, after, step, step.attempt, now_ms)
-                fx.commands.append((step.queue, _cancel(after, step, step.attempt, now_ms)))
-            elif status == st.STEP_WAITING:
+            if isinstance(step, st.StepRecord):
+                if status == st.STEP_SCHEDULED:
+                    self._release(fx, after, step, step.attempt, now_ms)
+                    fx.commands.append((step.queue, _cancel(after, step, step.attempt, now_ms)))
+            elif isinstance(step, st.WaitRecord):
                 _unsubscribe(fx, after, step, event)
-            elif status == st.STEP_SCHEDULED and step.kind == st.KIND_CHILD:
+            elif isinstance(step, st.ChildRecord):
                 cancel = ev.CancelRun(f"parent {after.run_id} ended", requested_by=f"parent:{after.run_id}")
                 fx.inbox.append(
                     Event(
                         fm.child_cancel_id(after.run_id, step.position),
-                        step.event_key,
-                        step.step,
+                        step.child_run_id,
+                        step.workflow,
                         now_ms,
                         cancel,
                     )
@@ -274,11 +276,11 @@ def _cancel(state: st.RunState, step: st.StepRecord, attempt: int, now_ms: int) 
     )
 
 
-def _unsubscribe(fx: Effects, state: st.RunState, step: st.StepRecord, event: Event) -> None:
-    if step.kind == st.KIND_WAIT and step.event_key:
-        body = ev.Unsubscribe(step.event_name, step.event_key, state.run_id, step.position)
+def _unsubscribe(fx: Effects, state: st.RunState, step: st.CommandRecord, event: Event) -> None:
+    if isinstance(step, st.WaitRecord) and step.key:
+        body = ev.Unsubscribe(step.event_name, step.key, state.run_id, step.position)
         keyed = _keyed_event(state, event.seq, body, event.timestamp_ms)
-        fx.keyed.append((fm.routing_key(step.event_name, step.event_key), keyed))
+        fx.keyed.append((fm.routing_key(step.event_name, step.key), keyed))
 
 
 def _keyed_event(state: st.RunState, seq: int, body: Body, now_ms: int) -> Event:

@@ -218,17 +218,24 @@ class Decider:
         self, state: st.RunState, body: ev.StepCompleted | ev.StepFailed, fx: Effects, now_ms: int
     ) -> None:
         step = state.step_at(body.position)
-        if step is None or step.kind not in (st.KIND_STEP, st.KIND_COMPENSATION, st.KIND_CHILD):
+        if isinstance(step, st.StepRecord):
+            attempt = step.attempt
+        elif isinstance(step, st.ChildRecord):
+            attempt = 1  # a child's end is its one attempt
+        else:
             fx.dead_letter = f"result for position {body.position}, which the run never scheduled"
             return
         if state.status not in (st.RUNNING, st.PARKED, st.COMPENSATING):
             fx.ignored = f"run is {state.status}"
             return
-        if step.status != st.STEP_SCHEDULED or step.attempt != body.attempt:
-            fx.ignored = f"stale or duplicate result (step is {step.status}, attempt {step.attempt})"
+        if step.status != st.STEP_SCHEDULED or attempt != body.attempt:
+            fx.ignored = f"stale or duplicate result (step is {step.status}, attempt {attempt})"
             return
         self._record(state, fx, body, now_ms)
-        if isinstance(body, ev.StepFailed):
+        if isinstance(step, st.ChildRecord):  # a child is never retried: its failure reaches the workflow
+            failure = _failure_of(step) if isinstance(body, ev.StepFailed) else None
+            self._deliver(state, step.position, fx, now_ms, failure)
+        elif isinstance(body, ev.StepFailed):
             self._attempt_failed(state, step, body.error_type, body.retryable, fx, now_ms)
         elif step.kind != st.KIND_COMPENSATION:
             self._deliver(state, step.position, fx, now_ms)
@@ -236,7 +243,7 @@ class Decider:
             self._next_compensation(state, fx, now_ms)
 
     def _on_step_started(self, state: st.RunState, body: ev.StepStarted, fx: Effects, now_ms: int) -> None:
-        step = state.step_at(body.position)
+        step = state.record_at(body.position, st.StepRecord)
         # Recorded whenever that attempt still runs: while the run runs, compensates (a compensation's
         # command asks for the report too) or is parked (its steps keep running and its timers re-arm on
         # resume), so the start-to-close limit always counts from the start, not from the scheduling.
@@ -280,7 +287,7 @@ class Decider:
         """
         if state.status == st.PARKED and body.from_position < 0 and state.ending:
             self._record(state, fx, ev.RunResumed(body.reason, -1, -1), now_ms)  # back to compensating
-            for comp in list(state.steps):
+            for comp in list(state.records(st.StepRecord)):
                 if comp.kind == st.KIND_COMPENSATION and comp.status == st.STEP_FAILED:
                     self._schedule(state, fx, comp, comp.attempt + 1, now_ms)
             return
@@ -303,7 +310,8 @@ class Decider:
         resumed = ev.RunResumed(body.reason, position, self._fresh_deadline(state, now_ms))
         self._record(state, fx, resumed, now_ms)
         self.cache.evict(state.run_id)
-        step = state.steps[position]
+        step = state.record_at(position, st.StepRecord)
+        assert step is not None  # _rerun_point only picks steps
         self._schedule(state, fx, step, step.attempt + 1, now_ms)
 
     def _fresh_deadline(self, state: st.RunState, now_ms: int) -> int:
@@ -316,23 +324,23 @@ class Decider:
 
     # -- timers -------------------------------------------------------------------------------------------
     def _on_retry_due(self, state: st.RunState, position: int, fx: Effects, now_ms: int) -> None:
-        step = state.step_at(position)
+        step = state.record_at(position, st.StepRecord)
         if step is None or step.status != st.STEP_BACKOFF:
             fx.ignored = "retry timer for a step that is no longer waiting"
             return
         self._schedule(state, fx, step, step.attempt + 1, now_ms)
 
     def _on_timer(self, state: st.RunState, position: int, fx: Effects, now_ms: int) -> None:
-        step = state.step_at(position)
-        if step is None or step.kind != st.KIND_TIMER or step.status != st.STEP_WAITING:
+        step = state.record_at(position, st.TimerRecord)
+        if step is None or step.status != st.STEP_WAITING:
             fx.ignored = "timer already fired"
             return
         self._record(state, fx, ev.TimerFired(position), now_ms)
         self._deliver(state, position, fx, now_ms)
 
     def _on_wait_timeout(self, state: st.RunState, position: int, fx: Effects, now_ms: int) -> None:
-        step = state.step_at(position)
-        if step is None or step.kind != st.KIND_WAIT or step.status != st.STEP_WAITING:
+        step = state.record_at(position, st.WaitRecord)
+        if step is None or step.status != st.STEP_WAITING:
             fx.ignored = "wait already resolved"
             return
         self._record(state, fx, ev.WaitTimedOut(position), now_ms)
@@ -341,7 +349,7 @@ class Decider:
     def _on_step_timeout(
         self, state: st.RunState, position: int, attempt: int, fx: Effects, now_ms: int
     ) -> None:
-        step = state.step_at(position)
+        step = state.record_at(position, st.StepRecord)
         if step is None or step.status != st.STEP_SCHEDULED or step.attempt != attempt:
             fx.ignored = "timeout of an attempt that already ended"
             return
@@ -382,14 +390,13 @@ class Decider:
             return
         if step.kind == st.KIND_COMPENSATION:
             reason = (
-                f"compensation {step.step!r} (undoing position {step.compensate}) failed after "
+                f"compensation {step.step!r} (undoing position {step.undoes}) failed after "
                 f"{step.attempt} attempt(s): {step.error_type}: {step.error_message}; fix it, then resume "
                 "the run to go on compensating"
             )
             self._park(state, fx, PARK_COMPENSATION_FAILED, reason, now_ms)
             return
-        failure = StepFailedError(step.step, step.error_type, step.error_message, step.attempt)
-        self._deliver(state, step.position, fx, now_ms, failure)
+        self._deliver(state, step.position, fx, now_ms, _failure_of(step))
 
     def _deliver(
         self,
@@ -405,7 +412,7 @@ class Decider:
             return
         inst = self._instance(state, fx, now_ms, fresh=1)
         if inst is not None:
-            inst.resolve(position, now_ms, state.steps[position].result, failure)
+            inst.resolve(position, now_ms, st.result_of(state.steps[position]), failure)
             self._advance(state, inst, fx, now_ms)
 
     def _schedule(
@@ -422,7 +429,7 @@ class Decider:
             s.timeout_ms,
             s.schedule_to_start_ms,
             s.kind,
-            s.compensate,
+            s.compensate if isinstance(s, IssuedStep) or s.undoes < 0 else str(s.undoes),
         )
         self._record(state, fx, body, now_ms)
 
@@ -450,10 +457,11 @@ class Decider:
     @staticmethod
     def _to_compensate(state: st.RunState) -> list[st.StepRecord]:
         """Completed steps with a compensation not yet run, newest first."""
-        done = {int(s.compensate) for s in state.steps if s.kind == st.KIND_COMPENSATION}
+        steps = list(state.records(st.StepRecord))
+        done = {s.undoes for s in steps if s.kind == st.KIND_COMPENSATION}
         return [
             s
-            for s in reversed(state.steps)
+            for s in reversed(steps)
             if s.kind == st.KIND_STEP
             and s.status == st.STEP_COMPLETED
             and s.compensate
@@ -528,21 +536,19 @@ class Decider:
     ) -> WorkflowInstance:
         """Re-execute the workflow against its record (the first ``resolutions`` results, default all);
         NonDeterminismError at the first divergence."""
-        recorded: list[tuple[str, str]] = [(s.kind, s.step) for s in state.steps]
+        recorded: list[tuple[str, str]] = [(s.kind, s.name) for s in state.steps]
         inst = WorkflowInstance(self.app, definition, state.run_id, state.input, state.created_ms, recorded)
         try:
             checked = _check_replay(state, inst, 0)
             for res in state.resolutions[:resolutions]:
                 step = state.steps[res.position]
-                failure = None
-                if step.status == st.STEP_FAILED:
-                    failure = StepFailedError(step.step, step.error_type, step.error_message, step.attempt)
-                inst.resolve(res.position, res.timestamp_ms, step.result, failure)
+                failure = _failure_of(step) if step.status == st.STEP_FAILED else None
+                inst.resolve(res.position, res.timestamp_ms, st.result_of(step), failure)
                 checked = _check_replay(state, inst, checked)
             if len(inst.issued) < len(state.steps):
                 missing = state.steps[len(inst.issued)]
                 raise NonDeterminismError(
-                    f"history has {missing.kind} {missing.step!r} at position {missing.position}, "
+                    f"history has {missing.kind} {missing.name!r} at position {missing.position}, "
                     "but the current code did not issue it"
                 )
         except BaseException:
@@ -560,7 +566,7 @@ class Decider:
             for (
                 position
             ) in ready_positions:  # waits satisfied by signals that came earlier, detached children
-                inst.resolve(position, now_ms, state.steps[position].result, None)
+                inst.resolve(position, now_ms, st.result_of(state.steps[position]), None)
         if not inst.done and not inst.uses_asyncio_timers:
             if any(s.status in (st.STEP_SCHEDULED, st.STEP_BACKOFF) for s in state.steps):
                 self.cache.put(state.run_id, inst)
@@ -631,9 +637,9 @@ def _check_replay(state: st.RunState, inst: WorkflowInstance, checked: int) -> i
     upto = min(len(inst.issued), len(state.steps))
     for issued in inst.issued[checked:upto]:
         recorded = state.steps[issued.position]
-        if recorded.step != issued.step or recorded.kind != issued.kind:
+        if recorded.name != issued.step or recorded.kind != issued.kind:
             raise NonDeterminismError(
-                f"at position {issued.position} the history has {recorded.kind} {recorded.step!r} but the "
+                f"at position {issued.position} the history has {recorded.kind} {recorded.name!r} but the "
                 f"current code issued {issued.kind} {issued.step!r} (workflow code changed under a running "
                 "run; deploy the previous code, or guard the change behind a version check)"
             )
@@ -658,12 +664,12 @@ def _rerun_point(state: st.RunState, requested: int) -> tuple[int, str]:
         position = stopped[0]
     step = state.step_at(position)
     if step is None or step.kind != st.KIND_STEP:
-        what = f"its {step.kind} {step.step!r}" if step is not None else "not a command of the run"
+        what = f"its {step.kind} {step.name!r}" if step is not None else "not a command of the run"
         return -1, (
             f"re-run from position {position} refused: it is {what}, and a re-run restarts a step; "
             "name the position of a step before it"
         )
-    undone = sorted(int(s.compensate) for s in state.steps if s.kind == st.KIND_COMPENSATION)
+    undone = sorted(s.undoes for s in state.records(st.StepRecord) if s.kind == st.KIND_COMPENSATION)
     if undone and undone[0] < position:
         return -1, (
             f"re-run from position {position} refused: the compensations of the steps at positions "
@@ -682,6 +688,15 @@ def _rerun_point(state: st.RunState, requested: int) -> tuple[int, str]:
     return position, ""
 
 
+def _failure_of(step: st.CommandRecord) -> StepFailedError:
+    """The error a failed step or child raises in the workflow."""
+    if isinstance(step, st.StepRecord):
+        return StepFailedError(step.step, step.error_type, step.error_message, step.attempt)
+    if isinstance(step, st.ChildRecord):
+        return StepFailedError(step.workflow, step.error_type, step.error_message, 1)
+    raise TypeError(f"a {step.kind} does not fail")
+
+
 def _policy_fields(raw: dict[str, Any]) -> dict[str, Any]:
     raw["non_retryable"] = tuple(raw.get("non_retryable") or ())
     return raw
@@ -693,13 +708,19 @@ def timers_of(state: st.RunState) -> set[tuple[int, str]]:
         return set()
     timers: set[tuple[int, str]] = set()
     for s in state.steps:
-        if s.status == st.STEP_BACKOFF:
-            timers.add((s.due_ms, fm.retry_tag(s.position)))
-        elif s.status == st.STEP_SCHEDULED and s.deadline_ms:
-            timers.add((s.deadline_ms, fm.timeout_tag(s.position, s.attempt)))
-        elif s.status == st.STEP_WAITING and s.kind == st.KIND_TIMER:
-            timers.add((s.deadline_ms, fm.timer_tag(s.position)))
-        elif s.status == st.STEP_WAITING and s.kind == st.KIND_WAIT and s.deadline_ms:
+        status = s.status
+        if status == st.STEP_COMPLETED:  # most of a long run's commands: nothing to arm
+            continue
+        if isinstance(s, st.StepRecord):
+            if status == st.STEP_BACKOFF:
+                timers.add((s.due_ms, fm.retry_tag(s.position)))
+            elif status == st.STEP_SCHEDULED and s.deadline_ms:
+                timers.add((s.deadline_ms, fm.timeout_tag(s.position, s.attempt)))
+        elif status != st.STEP_WAITING:
+            continue
+        elif isinstance(s, st.TimerRecord):
+            timers.add((s.due_ms, fm.timer_tag(s.position)))
+        elif isinstance(s, st.WaitRecord) and s.deadline_ms:
             timers.add((s.deadline_ms, fm.wait_tag(s.position)))
     if state.deadline_ms and state.status == st.RUNNING:  # compensations run to the end, past the deadline
         timers.add((state.deadline_ms, fm.RUN_TIMER))

@@ -67,11 +67,30 @@ def fold(events: Iterable[Event], until_ms: int | None = None) -> st.RunState | 
     return state
 
 
-def _step(state: st.RunState, position: int) -> st.StepRecord:
+def _step(state: st.RunState, position: int) -> st.CommandRecord:
     step = state.step_at(position)
     if step is None:
         raise FoldError(f"event for position {position}, which the history never scheduled")
     return step
+
+
+def _at(state: st.RunState, position: int, kind: type[st.R], what: str) -> st.R:
+    """The command at ``position``, which the event (``what``) requires to be a ``kind``."""
+    record = _step(state, position)
+    if not isinstance(record, kind):
+        raise FoldError(f"{what} for position {position}, which is a {record.kind}")
+    return record
+
+
+def _ran(state: st.RunState, position: int, what: str) -> st.StepRecord | st.ChildRecord:
+    """The step or attached child at ``position``: the commands a worker's (or a child's) result ends."""
+    record = _step(state, position)
+    if not isinstance(record, _RAN):
+        raise FoldError(f"{what} for position {position}, which is a {record.kind}")
+    return record
+
+
+_RAN = (st.StepRecord, st.ChildRecord)
 
 
 def _next_position(state: st.RunState, position: int) -> None:
@@ -82,6 +101,13 @@ def _next_position(state: st.RunState, position: int) -> None:
 
 def _apply_step_scheduled(state: st.RunState, b: ev.StepScheduled, ts: int) -> None:
     if b.position == len(state.steps):
+        kind = st.STEP_KINDS.get(b.kind) or st.StepKind(b.kind)
+        if kind not in st.WORKER_KINDS:
+            raise FoldError(f"StepScheduled of a {kind} at position {b.position}")
+        # The event's ``compensate`` names a step's compensation, or the position a compensation undoes.
+        undoes = kind is st.KIND_COMPENSATION
+        if undoes and not b.compensate.isdigit():
+            raise FoldError(f"compensation at position {b.position} undoes {b.compensate!r}, not a position")
         state.steps.append(
             st.StepRecord(
                 b.position,
@@ -94,11 +120,12 @@ def _apply_step_scheduled(state: st.RunState, b: ev.StepScheduled, ts: int) -> N
                 retry=b.retry,
                 timeout_ms=b.timeout_ms,
                 schedule_to_start_ms=b.schedule_to_start_ms,
-                kind=st.STEP_KINDS.get(b.kind) or st.StepKind(b.kind),
-                compensate=b.compensate,
+                kind=kind,
+                compensate="" if undoes else b.compensate,
+                undoes=int(b.compensate) if undoes else -1,
             )
         )
-    step = _step(state, b.position)
+    step = _at(state, b.position, st.StepRecord, "StepScheduled")
     step.status, step.attempt, step.due_ms, step.started_ms = st.STEP_SCHEDULED, b.attempt, 0, 0
     step.error_type = step.error_message = ""
     first_limit = step.schedule_to_start_ms or step.timeout_ms  # waiting for a worker, then running
@@ -106,24 +133,31 @@ def _apply_step_scheduled(state: st.RunState, b: ev.StepScheduled, ts: int) -> N
 
 
 def _apply_step_started(state: st.RunState, b: ev.StepStarted, ts: int) -> None:
-    step = _step(state, b.position)
+    step = _at(state, b.position, st.StepRecord, "StepStarted")
     step.started_ms = b.started_ms
     step.deadline_ms = ts + step.timeout_ms if step.timeout_ms else 0
 
 
 def _apply_step_completed(state: st.RunState, b: ev.StepCompleted, ts: int) -> None:
-    step = _step(state, b.position)
-    step.attempts.append(st.AttemptRecord(b.attempt, b.started_ms, b.finished_ms, worker=b.worker))
-    step.status, step.result, step.deadline_ms = st.STEP_COMPLETED, b.result, 0
+    step = _ran(state, b.position, "StepCompleted")
+    attempt = st.AttemptRecord(b.attempt, b.started_ms, b.finished_ms, worker=b.worker)
+    if isinstance(step, st.StepRecord):
+        step.attempts.append(attempt)
+        step.deadline_ms = 0
+    else:
+        step.ended = attempt
+    step.status, step.result = st.STEP_COMPLETED, b.result
     if step.kind != st.KIND_COMPENSATION:  # compensations are the engine's, the workflow never sees them
         state.resolutions.append(st.Resolution(b.position, ts))
 
 
 def _apply_step_failed(state: st.RunState, b: ev.StepFailed, ts: int) -> None:
-    step = _step(state, b.position)
-    step.attempts.append(
-        st.AttemptRecord(b.attempt, b.started_ms, b.finished_ms, b.error_type, b.message, b.worker)
-    )
+    step = _ran(state, b.position, "StepFailed")
+    attempt = st.AttemptRecord(b.attempt, b.started_ms, b.finished_ms, b.error_type, b.message, b.worker)
+    if isinstance(step, st.StepRecord):
+        step.attempts.append(attempt)
+    else:
+        step.ended = attempt
     _attempt_failed(state, step, b.error_type, b.message, ts)
 
 
@@ -134,22 +168,26 @@ def timeout_message(step: st.StepRecord, attempt: int, which: str) -> str:
 
 
 def _apply_step_timed_out(state: st.RunState, b: ev.StepTimedOut, ts: int) -> None:
-    step = _step(state, b.position)
+    step = _at(state, b.position, st.StepRecord, "StepTimedOut")
     message = timeout_message(step, b.attempt, b.timeout)
     step.attempts.append(st.AttemptRecord(b.attempt, step.started_ms, ts, "StepTimeout", message))
     _attempt_failed(state, step, "StepTimeout", message, ts)
 
 
-def _attempt_failed(state: st.RunState, step: st.StepRecord, error_type: str, message: str, ts: int) -> None:
+def _attempt_failed(
+    state: st.RunState, step: st.StepRecord | st.ChildRecord, error_type: str, message: str, ts: int
+) -> None:
     # Final unless a RetryScheduled follows (the decider records it right after), which undoes this.
-    step.status, step.deadline_ms = st.STEP_FAILED, 0
+    step.status = st.STEP_FAILED
+    if isinstance(step, st.StepRecord):
+        step.deadline_ms = 0
     step.error_type, step.error_message = error_type, message
     if step.kind != st.KIND_COMPENSATION:
         state.resolutions.append(st.Resolution(step.position, ts))
 
 
 def _apply_retry_scheduled(state: st.RunState, b: ev.RetryScheduled, ts: int) -> None:
-    step = _step(state, b.position)
+    step = _at(state, b.position, st.StepRecord, "RetryScheduled")
     if step.kind != st.KIND_COMPENSATION:  # the failed attempt's resolution, just recorded, is taken back
         if not state.resolutions or state.resolutions[-1].position != b.position:
             raise FoldError(
@@ -161,35 +199,17 @@ def _apply_retry_scheduled(state: st.RunState, b: ev.RetryScheduled, ts: int) ->
 
 def _apply_timer_started(state: st.RunState, b: ev.TimerStarted, ts: int) -> None:
     _next_position(state, b.position)
-    state.steps.append(
-        st.StepRecord(
-            b.position, "sleep", "", st.STEP_WAITING, 1, b"", ts, kind=st.KIND_TIMER, deadline_ms=b.due_ms
-        )
-    )
+    state.steps.append(st.TimerRecord(b.position, st.STEP_WAITING, ts, b.due_ms))
 
 
 def _apply_timer_fired(state: st.RunState, b: ev.TimerFired, ts: int) -> None:
-    _step(state, b.position).status = st.STEP_COMPLETED
+    _at(state, b.position, st.TimerRecord, "TimerFired").status = st.STEP_COMPLETED
     state.resolutions.append(st.Resolution(b.position, ts))
 
 
 def _apply_wait_started(state: st.RunState, b: ev.WaitStarted, ts: int) -> None:
     _next_position(state, b.position)
-    state.steps.append(
-        st.StepRecord(
-            b.position,
-            b.event_name,
-            "",
-            st.STEP_WAITING,
-            1,
-            b"",
-            ts,
-            kind=st.KIND_WAIT,
-            event_name=b.event_name,
-            event_key=b.key,
-            deadline_ms=b.deadline_ms,
-        )
-    )
+    state.steps.append(st.WaitRecord(b.position, st.STEP_WAITING, ts, b.event_name, b.key, b.deadline_ms))
 
 
 LEGACY_BUFFERED = -2
@@ -200,7 +220,7 @@ def _apply_event_received(state: st.RunState, b: ev.EventReceived, ts: int) -> N
     if b.position < 0:  # arrived before anyone waited: kept in the run
         state.signals.append(st.BufferedSignal(b.event_name, b.key, b.payload, ts, b.source))
         return
-    step = _step(state, b.position)
+    step = _at(state, b.position, st.WaitRecord, "EventReceived")
     if b.buffered >= 0:
         if b.buffered >= len(state.signals):
             raise FoldError(
@@ -211,7 +231,7 @@ def _apply_event_received(state: st.RunState, b: ev.EventReceived, ts: int) -> N
     elif b.buffered == LEGACY_BUFFERED and step.scheduled_ms == ts and step.status == st.STEP_WAITING:
         # Written before event-v3: a delivery at the very moment the wait began came from the buffer
         # (the only way the engine of that time resolved a wait in the event that started it).
-        index = st.buffered_signal(state, step.event_name, step.event_key)
+        index = st.buffered_signal(state, step.event_name, step.key)
         if index >= 0:
             del state.signals[index]
     step.status, step.result, step.deadline_ms = st.STEP_COMPLETED, b.payload, 0
@@ -219,33 +239,40 @@ def _apply_event_received(state: st.RunState, b: ev.EventReceived, ts: int) -> N
 
 
 def _apply_wait_timed_out(state: st.RunState, b: ev.WaitTimedOut, ts: int) -> None:
-    step = _step(state, b.position)
+    step = _at(state, b.position, st.WaitRecord, "WaitTimedOut")
     step.status, step.result = st.STEP_TIMED_OUT, None
     state.resolutions.append(st.Resolution(b.position, ts))
 
 
 def _apply_child_started(state: st.RunState, b: ev.ChildStarted, ts: int) -> None:
     _next_position(state, b.position)
-    step = st.StepRecord(b.position, b.workflow, "", st.STEP_SCHEDULED, 1, b.input, ts, kind=st.KIND_CHILD)
-    step.event_key = b.child_run_id
-    state.steps.append(step)
-    if b.detached:  # the parent does not wait for a detached child
-        step.status = st.STEP_COMPLETED
+    # The parent does not wait for a detached child: it is completed at once.
+    status = st.STEP_COMPLETED if b.detached else st.STEP_SCHEDULED
+    state.steps.append(
+        st.ChildRecord(b.position, status, ts, b.workflow, b.child_run_id, b.input, b.detached)
+    )
+    if b.detached:
         state.resolutions.append(st.Resolution(b.position, ts))
 
 
 def _apply_marker(state: st.RunState, b: ev.MarkerRecorded, ts: int) -> None:
     _next_position(state, b.position)
-    state.steps.append(
-        st.StepRecord(b.position, b.name, "", st.STEP_COMPLETED, 1, b"", ts, kind=st.KIND_MARKER)
-    )
+    state.steps.append(st.MarkerRecord(b.position, ts, b.name))
 
 
 def _stop_pending(state: st.RunState) -> None:
     """A run that ends (or starts compensating) cancels all it still waits on, buffered signals included."""
     for step in state.steps:
-        if step.status in st.PENDING:
+        if step.status not in st.PENDING:
+            continue
+        if isinstance(step, st.StepRecord):
             step.status, step.deadline_ms, step.due_ms = st.STEP_CANCELLED, 0, 0
+        elif isinstance(step, st.TimerRecord):
+            step.status, step.due_ms = st.STEP_CANCELLED, 0  # due never
+        elif isinstance(step, st.WaitRecord):
+            step.status, step.deadline_ms = st.STEP_CANCELLED, 0
+        elif isinstance(step, st.ChildRecord):
+            step.status = st.STEP_CANCELLED
     state.signals.clear()
 
 
@@ -305,9 +332,11 @@ def resume(state: st.RunState, from_position: int) -> None:
     state.ending = ""
     if from_position < 0:
         return
+    step = state.steps[from_position]
+    if not isinstance(step, st.StepRecord):
+        raise FoldError(f"resume from position {from_position}, which is a {step.kind}")
     del state.steps[from_position + 1 :]
     state.resolutions = [r for r in state.resolutions if r.position < from_position]
-    step = state.steps[from_position]
     step.error_type = step.error_message = ""
     step.result = None
 

@@ -6,14 +6,20 @@ changes it (ADR 0009). Everything the workflow function observed is in here, so 
 deterministically after eviction or a restart: the steps it issued (with their recorded results) and the
 order in which results reached it (``resolutions``).
 
-The status and kind enums are ``StrEnum``s whose values are the strings already in stores and on the
-changelog, so the state's Avro encoding is byte for byte what it was when they were plain strings.
+``RunState.steps`` holds every command the run issued, in position order, each as the record type of its
+kind (``StepRecord``, ``TimerRecord``, ``WaitRecord``, ``ChildRecord``, ``MarkerRecord``) on the common
+base ``CommandRecord`` (position, kind, status, scheduled_ms, name); ``record_at`` and ``records`` narrow
+to one kind. The status and kind enums are ``StrEnum``s whose values are the strings already in stores and
+on the changelog. The state's Avro encoding is byte for byte what it was when every kind was one
+``StepRecord`` of plain strings (the mapping is ``orchestrator._engine.state``'s).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 
 class RunStatus(StrEnum):
@@ -41,7 +47,7 @@ class StepKind(StrEnum):
     WAIT = "wait"
     MARKER = "marker"  # a version marker taken by ctx.patched()
     COMPENSATION = "compensation"  # engine-issued: undoes a completed step (saga)
-    CHILD = "child"  # a child run; ``event_key`` holds its run id
+    CHILD = "child"  # a child run
 
 
 # Enum members by value: a dict lookup is ~30x cheaper than calling the enum, and decoding a state or
@@ -88,8 +94,40 @@ class AttemptRecord:
     worker: str = ""
 
 
+class CommandRecord:
+    """What every command of a run has, whatever the run waits on: ``RunState.steps[position]``.
+
+    One record type per kind of thing a run waits on, each with only the fields that mean something for
+    it: ``StepRecord`` (a step's or a compensation's attempts), ``TimerRecord``, ``WaitRecord``,
+    ``ChildRecord``, ``MarkerRecord``. ``name`` is what the workflow issued at the position (the step or
+    compensation name, ``"sleep"``, the event name, the child workflow, the marker name): re-execution
+    compares it, and it is the ``step`` field of the stored record. Code that needs one kind narrows with
+    ``RunState.record_at(position, TimerRecord)`` or ``isinstance``.
+
+    The stored state keeps one Avro step record for every kind (the schema is frozen); the mapping both
+    ways is ``orchestrator._engine.state``'s, and the bytes are what they were before these types.
+    """
+
+    __slots__ = ()
+    position: int
+    kind: StepKind
+    status: StepStatus
+    scheduled_ms: int
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+
 @dataclass(slots=True)
-class StepRecord:
+class StepRecord(CommandRecord):
+    """A step (``KIND_STEP``) or a compensation (``KIND_COMPENSATION``) and its sequence of attempts.
+
+    ``compensate`` is, for a step, the name of the step that undoes it (``""``: none); ``undoes`` is, for
+    a compensation, the position of the step it undoes (-1 for a step). ``deadline_ms`` is when the
+    current attempt times out (0: no limit), ``due_ms`` when a step in backoff is retried.
+    """
+
     position: int
     step: str
     queue: str
@@ -105,12 +143,111 @@ class StepRecord:
     timeout_ms: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)
     kind: StepKind = KIND_STEP
-    event_name: str = ""
-    event_key: str = ""
     deadline_ms: int = 0
     started_ms: int = 0
     schedule_to_start_ms: int = 0
     compensate: str = ""
+    undoes: int = -1
+
+    @property
+    def name(self) -> str:
+        return self.step
+
+
+@dataclass(slots=True)
+class TimerRecord(CommandRecord):
+    """A durable timer (``ctx.sleep``): waiting until ``due_ms`` (0 once cancelled), then completed."""
+
+    position: int
+    status: StepStatus
+    scheduled_ms: int
+    due_ms: int
+    kind: StepKind = field(default=KIND_TIMER, init=False)
+
+    @property
+    def name(self) -> str:
+        return "sleep"
+
+
+@dataclass(slots=True)
+class WaitRecord(CommandRecord):
+    """A wait for an event (``ctx.wait_for_event``) named ``event_name`` with ``key`` (``""``: any key).
+
+    ``deadline_ms`` is when it times out (0: never, or resolved); ``result`` the payload it received.
+    """
+
+    position: int
+    status: StepStatus
+    scheduled_ms: int
+    event_name: str
+    key: str = ""
+    deadline_ms: int = 0
+    result: bytes | None = None
+    kind: StepKind = field(default=KIND_WAIT, init=False)
+
+    @property
+    def name(self) -> str:
+        return self.event_name
+
+
+@dataclass(slots=True)
+class ChildRecord(CommandRecord):
+    """A child run (``ctx.child``) of ``workflow`` with id ``child_run_id``, started with ``input``.
+
+    A detached child is completed when it starts (the parent does not wait for it). An attached one ends
+    with the child: ``result`` or ``error_type``/``error_message``, and ``ended``, the child's run as one
+    attempt (started when the child was created, finished when it ended, worker ``child:<id>``).
+    """
+
+    position: int
+    status: StepStatus
+    scheduled_ms: int
+    workflow: str
+    child_run_id: str
+    input: bytes = b""
+    detached: bool = False
+    result: bytes | None = None
+    error_type: str = ""
+    error_message: str = ""
+    ended: AttemptRecord | None = None
+    kind: StepKind = field(default=KIND_CHILD, init=False)
+
+    @property
+    def name(self) -> str:
+        return self.workflow
+
+
+@dataclass(slots=True)
+class MarkerRecord(CommandRecord):
+    """A version marker taken by ``ctx.patched(name)``; completed when recorded."""
+
+    position: int
+    scheduled_ms: int
+    name: str  # a field here, a property on the other records
+    status: StepStatus = field(default=STEP_COMPLETED, init=False)
+    kind: StepKind = field(default=KIND_MARKER, init=False)
+
+
+R = TypeVar("R", bound=CommandRecord)
+_WITH_RESULT = (StepRecord, WaitRecord, ChildRecord)
+
+
+def attempts_of(record: CommandRecord) -> tuple[int, list[AttemptRecord]]:
+    """(current attempt number, recorded attempts) of any command, for views: a step's own; a child's end
+    as its one attempt; 1 and none for a timer, a wait or a marker."""
+    if isinstance(record, StepRecord):
+        return record.attempt, record.attempts
+    if isinstance(record, ChildRecord):
+        return 1, [record.ended] if record.ended is not None else []
+    return 1, []
+
+
+def result_of(record: CommandRecord) -> bytes | None:
+    """The encoded value the workflow's await of the command returns: a step's or a child's result, the
+    payload a wait received; None for a timer and a marker."""
+    if isinstance(record, _WITH_RESULT):
+        return record.result
+    return None
 
 
 @dataclass(slots=True)
@@ -141,7 +278,8 @@ class RunState:
     result: bytes | None = None
     error_type: str = ""
     error_message: str = ""
-    steps: list[StepRecord] = field(default_factory=list)
+    steps: list[CommandRecord] = field(default_factory=list)
+    """Every command the workflow issued (and the engine's compensations), indexed by position."""
     resolutions: list[Resolution] = field(default_factory=list)
     deadline_ms: int = 0
     signals: list[BufferedSignal] = field(default_factory=list)
@@ -154,10 +292,25 @@ class RunState:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def step_at(self, position: int) -> StepRecord | None:
+    def step_at(self, position: int) -> CommandRecord | None:
+        """The command at ``position``, of any kind, or None."""
         if 0 <= position < len(self.steps):
             return self.steps[position]
         return None
+
+    def record_at(self, position: int, kind: type[R]) -> R | None:
+        """The command at ``position`` if it is a ``kind`` (``StepRecord``, ``WaitRecord``, ...), or None."""
+        if 0 <= position < len(self.steps):
+            record = self.steps[position]
+            if isinstance(record, kind):
+                return record
+        return None
+
+    def records(self, kind: type[R]) -> Iterator[R]:
+        """The run's commands that are ``kind``s, in order."""
+        for record in self.steps:
+            if isinstance(record, kind):
+                yield record
 
 
 def signal_matches(wait_name: str, wait_key: str, name: str, key: str) -> bool:
@@ -173,13 +326,13 @@ def buffered_signal(state: RunState, name: str, key: str) -> int:
     return -1
 
 
-def waiting_step(state: RunState, name: str, key: str) -> StepRecord | None:
+def waiting_step(state: RunState, name: str, key: str) -> WaitRecord | None:
     """The first open wait that a signal (``name``, ``key``) resolves."""
     for s in state.steps:
         if (
-            s.kind == KIND_WAIT
+            type(s) is WaitRecord
             and s.status == STEP_WAITING
-            and signal_matches(s.event_name, s.event_key, name, key)
+            and signal_matches(s.event_name, s.key, name, key)
         ):
             return s
     return None

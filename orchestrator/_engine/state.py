@@ -2,6 +2,16 @@
 
 ``orchestrator._core.state`` defines the records and their enums; they are re-exported here so that
 ``from orchestrator._engine import state as st`` keeps working.
+
+The schema (id 7) is frozen and has one step record for every kind of command. In memory each kind has
+its own record type (``StepRecord``, ``TimerRecord``, ``WaitRecord``, ``ChildRecord``, ``MarkerRecord``);
+``_contents_of`` maps each to the stored step record's fields and ``_DECODE`` maps them back, so the bytes
+are exactly those written before the types were split (``tests/unit/test_avro_writer.py``, the property
+tests' ``encode(decode(bytes)) == bytes``). Stored fields a kind does not have hold the constants the
+engine always wrote there: a timer's ``step`` is ``"sleep"`` and its due time is in ``deadline_ms``; a
+wait's ``step`` is its event name and its key is in ``event_key``; a child's run id is in ``event_key``,
+its input in ``args`` and its end in ``attempts``; a compensation names the position it undoes in
+``compensate``; a marker's name is in ``step``. A detached child is one completed without an attempt.
 """
 
 from __future__ import annotations
@@ -37,13 +47,20 @@ from orchestrator._core.state import (  # re-exported: the old import path stays
     WORKER_KINDS,
     AttemptRecord,
     BufferedSignal,
+    ChildRecord,
+    CommandRecord,
+    MarkerRecord,
     Resolution,
     RunState,
     RunStatus,
     StepKind,
     StepRecord,
     StepStatus,
+    TimerRecord,
+    WaitRecord,
+    attempts_of,
     buffered_signal,
+    result_of,
     signal_matches,
     waiting_step,
 )
@@ -77,15 +94,22 @@ __all__ = [
     "WORKER_KINDS",
     "AttemptRecord",
     "BufferedSignal",
+    "ChildRecord",
+    "CommandRecord",
+    "MarkerRecord",
     "Resolution",
     "RunState",
     "RunStatus",
     "StepKind",
     "StepRecord",
     "StepStatus",
+    "TimerRecord",
+    "WaitRecord",
+    "attempts_of",
     "buffered_signal",
     "decode_state",
     "encode_state",
+    "result_of",
     "resume",
     "signal_matches",
     "state_record",
@@ -126,6 +150,10 @@ _STEP_FIELDS = (
 _ATTEMPT_FIELDS = ("attempt", "started_ms", "finished_ms", "error_type", "message", "worker")
 
 
+def _attempt_contents(a: AttemptRecord) -> tuple[Any, ...]:
+    return (a.attempt, a.started_ms, a.finished_ms, a.error_type, a.message, a.worker)
+
+
 def _step_contents(s: StepRecord) -> tuple[Any, ...]:
     return (
         s.position,
@@ -142,16 +170,52 @@ def _step_contents(s: StepRecord) -> tuple[Any, ...]:
         s.retry,
         s.timeout_ms,
         s.kind,
-        s.event_name,
-        s.event_key,
+        "",
+        "",
         s.deadline_ms,
         s.started_ms,
         s.schedule_to_start_ms,
-        s.compensate,
-        tuple(
-            (a.attempt, a.started_ms, a.finished_ms, a.error_type, a.message, a.worker) for a in s.attempts
-        ),
+        str(s.undoes) if s.undoes >= 0 else s.compensate,
+        tuple(map(_attempt_contents, s.attempts)),
     )
+
+
+def _timer_contents(s: TimerRecord) -> tuple[Any, ...]:
+    return (s.position, "sleep", "", s.status, 1, b"", None, "", "", s.scheduled_ms, 0, "", 0, KIND_TIMER,
+            "", "", s.due_ms, 0, 0, "", ())  # fmt: skip
+
+
+def _wait_contents(s: WaitRecord) -> tuple[Any, ...]:
+    return (s.position, s.event_name, "", s.status, 1, b"", s.result, "", "", s.scheduled_ms, 0, "", 0,
+            KIND_WAIT, s.event_name, s.key, s.deadline_ms, 0, 0, "", ())  # fmt: skip
+
+
+def _child_contents(s: ChildRecord) -> tuple[Any, ...]:
+    ended = (_attempt_contents(s.ended),) if s.ended is not None else ()
+    return (s.position, s.workflow, "", s.status, 1, s.input, s.result, s.error_type, s.error_message,
+            s.scheduled_ms, 0, "", 0, KIND_CHILD, "", s.child_run_id, 0, 0, 0, "", ended)  # fmt: skip
+
+
+def _marker_contents(s: MarkerRecord) -> tuple[Any, ...]:
+    return (s.position, s.name, "", s.status, 1, b"", None, "", "", s.scheduled_ms, 0, "", 0, KIND_MARKER,
+            "", "", 0, 0, 0, "", ())  # fmt: skip
+
+
+_CONTENTS: dict[type[Any], Any] = {
+    StepRecord: _step_contents,
+    TimerRecord: _timer_contents,
+    WaitRecord: _wait_contents,
+    ChildRecord: _child_contents,
+    MarkerRecord: _marker_contents,
+}
+
+
+def _contents_of(s: CommandRecord) -> tuple[Any, ...]:
+    """The stored step record's fields (in ``_STEP_FIELDS`` order, then the attempts) for any command."""
+    if type(s) is StepRecord:
+        return _step_contents(s)
+    contents: tuple[Any, ...] = _CONTENTS[type(s)](s)
+    return contents
 
 
 def _step_record(contents: tuple[Any, ...]) -> dict[str, Any]:
@@ -201,7 +265,7 @@ def state_record(state: RunState) -> dict[str, Any]:
     """The whole state as one Avro record dict (what `encode_state` writes, built the plain way)."""
     return {
         **_head_record(state),
-        "steps": [_step_record(_step_contents(s)) for s in state.steps],
+        "steps": [_step_record(_contents_of(s)) for s in state.steps],
         **_tail_record(state),
     }
 
@@ -211,7 +275,7 @@ def encode_state(state: RunState) -> bytes:
     writer = wire.split_writer(wire.RUN_STATE, "steps")
     items = []
     for s in state.steps:
-        contents = _step_contents(s)
+        contents = _step_contents(s) if type(s) is StepRecord else _contents_of(s)
         data = _STEP_BYTES.get(contents)
         if data is None:
             data = writer.item_bytes(_step_record(contents))
@@ -237,34 +301,93 @@ def step_bytes_used() -> int:
     return _step_bytes_used
 
 
+def _status(s: dict[str, Any]) -> StepStatus:
+    return STEP_STATUSES.get(s["status"]) or StepStatus(s["status"])
+
+
+def _decode_step(s: dict[str, Any], kind: StepKind) -> StepRecord:
+    compensation = kind is KIND_COMPENSATION
+    return StepRecord(
+        position=s["position"],
+        step=s["step"],
+        queue=s["queue"],
+        status=_status(s),
+        attempt=s["attempt"],
+        args=s["args"],
+        scheduled_ms=s["scheduled_ms"],
+        result=s["result"],
+        error_type=s["error_type"],
+        error_message=s["error_message"],
+        due_ms=s["due_ms"],
+        retry=s["retry"],
+        timeout_ms=s["timeout_ms"],
+        kind=kind,
+        deadline_ms=s["deadline_ms"],
+        started_ms=s["started_ms"],
+        schedule_to_start_ms=s["schedule_to_start_ms"],
+        compensate="" if compensation else s["compensate"],
+        undoes=int(s["compensate"]) if compensation else -1,
+        attempts=[AttemptRecord(**a) for a in s["attempts"]],
+    )
+
+
+def _decode_timer(s: dict[str, Any], kind: StepKind) -> TimerRecord:
+    return TimerRecord(s["position"], _status(s), s["scheduled_ms"], s["deadline_ms"])
+
+
+def _decode_wait(s: dict[str, Any], kind: StepKind) -> WaitRecord:
+    return WaitRecord(
+        s["position"],
+        _status(s),
+        s["scheduled_ms"],
+        s["event_name"],
+        s["event_key"],
+        s["deadline_ms"],
+        s["result"],
+    )
+
+
+def _decode_child(s: dict[str, Any], kind: StepKind) -> ChildRecord:
+    status = _status(s)
+    attempts = s["attempts"]
+    return ChildRecord(
+        s["position"],
+        status,
+        s["scheduled_ms"],
+        s["step"],
+        s["event_key"],
+        s["args"],
+        detached=status == STEP_COMPLETED and not attempts,  # completed when started: never waited for
+        result=s["result"],
+        error_type=s["error_type"],
+        error_message=s["error_message"],
+        ended=AttemptRecord(**attempts[-1]) if attempts else None,
+    )
+
+
+def _decode_marker(s: dict[str, Any], kind: StepKind) -> MarkerRecord:
+    return MarkerRecord(s["position"], s["scheduled_ms"], s["step"])
+
+
+_DECODE: dict[StepKind, Any] = {
+    KIND_STEP: _decode_step,
+    KIND_COMPENSATION: _decode_step,
+    KIND_TIMER: _decode_timer,
+    KIND_WAIT: _decode_wait,
+    KIND_CHILD: _decode_child,
+    KIND_MARKER: _decode_marker,
+}
+
+
+def _decode_command(s: dict[str, Any]) -> CommandRecord:
+    kind = STEP_KINDS.get(s["kind"]) or StepKind(s["kind"])
+    record: CommandRecord = _DECODE[kind](s, kind)
+    return record
+
+
 def decode_state(data: bytes | None) -> RunState:
     _, rec = wire.decode(data, expected=wire.RUN_STATE)
-    steps = [
-        StepRecord(
-            position=s["position"],
-            step=s["step"],
-            queue=s["queue"],
-            status=STEP_STATUSES.get(s["status"]) or StepStatus(s["status"]),
-            attempt=s["attempt"],
-            args=s["args"],
-            scheduled_ms=s["scheduled_ms"],
-            result=s["result"],
-            error_type=s["error_type"],
-            error_message=s["error_message"],
-            due_ms=s["due_ms"],
-            retry=s["retry"],
-            timeout_ms=s["timeout_ms"],
-            kind=STEP_KINDS.get(s["kind"]) or StepKind(s["kind"]),
-            event_name=s["event_name"],
-            event_key=s["event_key"],
-            deadline_ms=s["deadline_ms"],
-            started_ms=s["started_ms"],
-            schedule_to_start_ms=s["schedule_to_start_ms"],
-            compensate=s["compensate"],
-            attempts=[AttemptRecord(**a) for a in s["attempts"]],
-        )
-        for s in rec["steps"]
-    ]
+    steps = [_decode_command(s) for s in rec["steps"]]
     return RunState(
         run_id=rec["run_id"],
         workflow=rec["workflow"],

@@ -20,6 +20,7 @@ from orchestrator._engine import audit, kafka, wire
 from orchestrator._engine.events import Event
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import DeadLetter, decode_dead_letter
+from orchestrator._engine.state import attempts_of
 from orchestrator._engine.unreadable import Unreadable, decoded
 from orchestrator.app import App
 from orchestrator.cli._unreadable import EXIT_DIFFERENCES, EXIT_UNREADABLE, SkipReport, stderr
@@ -220,7 +221,7 @@ def _at(app: App, run_id: str, at: str, report: SkipReport) -> int:
         raise _fail(f"run {run_id!r} did not exist at {at}")
     console.print(f"[bold]{run_id}[/bold] at {at}: status={state.status}, steps:")
     for s in state.steps:
-        console.print(f"  #{s.position} {s.kind} {s.step}: {s.status} (attempt {s.attempt})")
+        console.print(f"  #{s.position} {s.kind} {s.name}: {s.status} (attempt {attempts_of(s)[0]})")
     report.print_summary()
     return report.exit_code()
 

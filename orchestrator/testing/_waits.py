@@ -13,16 +13,16 @@ def waiting_on(state: st.RunState | None) -> str:
         return "it has not started (its start is waiting for admission, or none was sent)"
     waits: list[str] = []
     for step in state.steps:
-        if step.kind == st.KIND_WAIT and step.status == st.STEP_WAITING:
-            key = f" with key {step.event_key!r}" if step.event_key else ""
+        if isinstance(step, st.WaitRecord) and step.status == st.STEP_WAITING:
+            key = f" with key {step.key!r}" if step.key else ""
             waits.append(f"event {step.event_name!r}{key} (position {step.position})")
-        elif step.kind == st.KIND_TIMER and step.status == st.STEP_WAITING:
-            waits.append(f"a timer due {_when(step.deadline_ms)} (position {step.position})")
-        elif step.status == st.STEP_BACKOFF:
+        elif isinstance(step, st.TimerRecord) and step.status == st.STEP_WAITING:
+            waits.append(f"a timer due {_when(step.due_ms)} (position {step.position})")
+        elif isinstance(step, st.StepRecord) and step.status == st.STEP_BACKOFF:
             waits.append(f"a retry of step {step.step!r} due {_when(step.due_ms)} (position {step.position})")
-        elif step.kind == st.KIND_CHILD and step.status == st.STEP_SCHEDULED:
-            waits.append(f"child run {step.event_key!r} (position {step.position})")
-        elif step.status == st.STEP_SCHEDULED:
+        elif isinstance(step, st.ChildRecord) and step.status == st.STEP_SCHEDULED:
+            waits.append(f"child run {step.child_run_id!r} (position {step.position})")
+        elif isinstance(step, st.StepRecord) and step.status == st.STEP_SCHEDULED:
             waits.append(f"step {step.step!r} (position {step.position}), which is waiting for admission")
     if not waits:
         return f"it is {state.status}"

@@ -182,7 +182,7 @@ class Driver:
     # -- observations ----------------------------------------------------------------------------------------
     def attempt(self, position: int) -> int:
         assert self.state is not None
-        return self.state.steps[position].attempt
+        return st.attempts_of(self.state.steps[position])[0]  # a child's end is its one attempt
 
     @property
     def kinds(self) -> list[str]:
@@ -231,6 +231,10 @@ def state_diff(live: st.RunState | None, replayed: st.RunState | None) -> str:
     for name in a:
         if name == "steps":
             for i, (x, y) in enumerate(zip(a["steps"], b["steps"], strict=False)):
+                kx, ky = type(live.steps[i]).__name__, type(replayed.steps[i]).__name__
+                if kx != ky:
+                    lines.append(f"steps[{i}]: live is a {kx}, fold a {ky}")
+                    continue
                 lines += [f"steps[{i}].{k}: live={x[k]!r} fold={y[k]!r}" for k in x if x[k] != y[k]]
             if len(a["steps"]) != len(b["steps"]):
                 lines.append(f"len(steps): live={len(a['steps'])} fold={len(b['steps'])}")

@@ -200,7 +200,7 @@ def test_run_deadline_fires_once_then_compensation_runs_to_the_end(driver: Drive
     driver.fire("run", now=deadline)
     assert driver.state.status == st.COMPENSATING
     compensation = driver.state.steps[-1]
-    assert (compensation.kind, compensation.compensate) == (st.KIND_COMPENSATION, "1")
+    assert (compensation.kind, compensation.undoes) == (st.KIND_COMPENSATION, 1)
     # A compensating run is past its deadline: its "run" timer must not be put back in the index.
     assert all(tag != "run" for _, tag in timers_of(driver.state))
     # Even if the index still held it (an older processor), firing it again changes nothing.
@@ -210,11 +210,11 @@ def test_run_deadline_fires_once_then_compensation_runs_to_the_end(driver: Drive
     # Both compensations run, newest first, then the run fails with RunTimeout.
     driver.complete(compensation.position, "u2", now=deadline + 10)
     second = driver.state.steps[-1]
-    assert (second.kind, second.compensate) == (st.KIND_COMPENSATION, "0")
+    assert (second.kind, second.undoes) == (st.KIND_COMPENSATION, 0)
     driver.complete(second.position, "u1", now=deadline + 20)
     assert driver.state.status == st.FAILED
     assert driver.state.error_type == "RunTimeout"
-    assert [s.compensate for s in driver.state.steps if s.kind == st.KIND_COMPENSATION] == ["1", "0"]
+    assert [s.undoes for s in driver.state.steps if s.kind == st.KIND_COMPENSATION] == [1, 0]
     assert fold(driver.history) == driver.state
 
 

@@ -277,14 +277,15 @@ class Scenario:
             if not pool:
                 return
             step = pool[pick % len(pool)]
-            attempt = max(1, step.attempt + delta)
+            current = st.attempts_of(step)[0]  # 1 for anything but a step
+            attempt = max(1, current + delta)
             if op == "complete":
                 # what the callee returns: a child (the interpreter) a list, a step an int
                 value = [step.position] if step.kind == st.KIND_CHILD else step.position * 10
                 d.complete(step.position, self.now, value=value, attempt=attempt)
             elif op == "fail":
                 error = "ConnectionError" if flag else "TerminalError"
-                d.fail(step.position, self.now, error, retryable=flag, attempt=min(attempt, step.attempt))
+                d.fail(step.position, self.now, error, retryable=flag, attempt=min(attempt, current))
             else:
                 d.started(step.position, self.now, attempt=attempt)
         elif op == "fire":
@@ -296,10 +297,10 @@ class Scenario:
             d.fire(tag, self.now)
         elif op == "signal":
             name, key = EVENT_NAMES[pick % len(EVENT_NAMES)], KEYS[n % len(KEYS)]
-            waiting = [s for s in state.steps if s.kind == st.KIND_WAIT and s.status == st.STEP_WAITING]
+            waiting = [s for s in state.records(st.WaitRecord) if s.status == st.STEP_WAITING]
             if waiting and n < 6:  # mostly what a wait waits for, so that programs get on
                 wait = waiting[pick % len(waiting)]
-                name, key = wait.event_name, wait.event_key or key
+                name, key = wait.event_name, wait.key or key
             d.signal(name, self.now, payload=self.now, key=key)
         elif op == "cancel":
             d.cancel(self.now)

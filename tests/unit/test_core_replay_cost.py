@@ -30,7 +30,7 @@ async def sleepy(ctx: WorkflowContext, n: int) -> int:
     return n
 
 
-class CountingSteps(list[st.StepRecord]):
+class CountingSteps(list[st.CommandRecord]):
     """The run's step list, counting reads by index (what the replay check and the resolutions do)."""
 
     reads = 0
@@ -78,7 +78,8 @@ def test_a_wake_re_executes_the_run_reading_each_recorded_command_about_once(
 def test_a_divergence_late_in_a_long_history_is_still_found(decider: Decider) -> None:
     """Checking each command once must not skip any: a changed command at the end still parks the run."""
     state, _ = _sleeping(decider, 30)
-    state.steps[20].step = "renamed"  # as if the code had issued something else at position 20
+    # as if the code had issued something else at position 20 (a version marker instead of a sleep)
+    state.steps[20] = st.MarkerRecord(20, state.steps[20].scheduled_ms, "renamed")
     [(due, tag)] = timers_of(state)
     fx = decider.fire_timer(state, tag, due)
     [parked] = [e.body for e in fx.history if isinstance(e.body, ev.RunParked)]

@@ -454,7 +454,7 @@ def test_compensations_run_newest_first_with_the_steps_arguments(make: Make) -> 
         undone.append(decoded(d, cmd.args))
         fx = d.complete(position, 4_000 + position, value=0)
     assert undone == [[3], [2], [0]]  # step 1 has no compensation
-    assert [s.compensate for s in d.state.steps[5:]] == ["3", "2", "0"]  # type: ignore[union-attr]
+    assert [s.undoes for s in d.state.steps[5:]] == [3, 2, 0]  # type: ignore[union-attr]
     assert kinds(fx) == ["StepCompleted", "RunFailed"]
     assert d.state is not None and (d.state.status, d.state.error_type) == (st.FAILED, "TerminalError")
     assert [o.status for o in fx.outcomes] == [st.FAILED]
@@ -592,6 +592,17 @@ def test_attached_child_is_started_and_its_result_delivered(make: Make) -> None:
     assert kinds(fx) == ["StepCompleted", "StepScheduled"]
     d.complete(1, 3_000, value=1)
     assert d.decoded_result() == ["child", 5]
+
+
+def test_a_start_report_for_a_child_position_is_ignored(make: Make) -> None:
+    """No worker runs a child: a start report there is stale (a step that position held before a re-run)."""
+    d = make("parent")
+    d.start(False, now=1_000)
+    fx = d.started(0, 1_500)
+    assert kinds(fx) == [] and fx.ignored
+    d.complete(0, 2_000, value=5)  # the child's end, its one attempt
+    child = d.state.record_at(0, st.ChildRecord)  # type: ignore[union-attr]
+    assert child is not None and child.status == st.STEP_COMPLETED and child.ended is not None
 
 
 def test_detached_child_resolves_at_once_with_its_run_id(make: Make) -> None:
@@ -852,8 +863,8 @@ def test_run_timeout_while_compensating_skips_no_compensation(make: Make) -> Non
         d.complete(pending[0].position, now, value=0)
         now += 100
     undone = [
-        int(s.compensate)
-        for s in d.state.steps  # type: ignore[union-attr]
+        s.undoes
+        for s in d.state.records(st.StepRecord)  # type: ignore[union-attr]
         if s.kind == st.KIND_COMPENSATION and s.status == st.STEP_COMPLETED
     ]
     assert sorted(undone) == [0, 1]
