@@ -135,7 +135,7 @@ def history(app: App) -> dict[str, list[Event]]:
     """Every run's history events, in order, read from the history topic."""
     out: dict[str, list[Event]] = {}
     topic = history_topic(app.name)
-    for msg in read_partitions(app.settings.bootstrap_servers, topic, list(range(app.settings.partitions))):
+    for msg in read_partitions(app.settings, topic, list(range(app.settings.partitions))):
         ev = decode_event(msg.value())
         out.setdefault(ev.run_id, []).append(ev)
     return out
