@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Producer
+
 from orchestrator import App, Settings
 from orchestrator._engine.events import Event, decode_event
 from orchestrator._engine.processor import Processor, ProcessorConfig
@@ -227,3 +229,20 @@ class PrivateBroker:
 
         _devkafka.stop(self.data_dir)
         self.pid = 0
+
+
+class Bad:
+    """Produces records straight to the engine's topics and remembers where each landed."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap})
+        self.landed: dict[str, str] = {}
+
+    def put(self, label: str, topic: str, value: bytes, key: str | None, partition: int) -> None:
+        def delivered(err: Any, msg: Any) -> None:
+            assert err is None, err
+            self.landed[label] = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+
+        self.producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
+        self.producer.flush(30)
+        assert label in self.landed

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
-from engine_support import engine, settings
+from engine_support import Bad, engine, settings
 from typer.testing import CliRunner, Result
 
 from orchestrator import App, WorkflowContext
@@ -67,23 +66,6 @@ def _app(name: str, bootstrap: str) -> App:
         return int(got.payload) + await ctx.step(double, i)
 
     return app
-
-
-class Bad:
-    """Produces records straight to the engine's topics and remembers where each landed."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.producer = Producer({"bootstrap.servers": bootstrap})
-        self.landed: dict[str, str] = {}
-
-    def put(self, label: str, topic: str, value: bytes, key: str | None, partition: int) -> None:
-        def delivered(err: Any, msg: Any) -> None:
-            assert err is None, err
-            self.landed[label] = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
-
-        self.producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
-        self.producer.flush(30)
-        assert label in self.landed
 
 
 def _until(predicate: Any, what: str) -> None:
