@@ -112,7 +112,9 @@ def _builtin(doc: dict[str, Any], where: str, kube_versions: Iterable[str]) -> I
 def _custom(doc: dict[str, Any], where: str, schema_dir: Path, report: Report) -> Iterator[str]:
     path = crd_schema_path(doc["apiVersion"], doc["kind"], schema_dir)
     if not path.is_file():
-        report.notes.append(f"{where}: no CRD schema for {doc['apiVersion']} {doc['kind']}: structural check only")
+        report.notes.append(
+            f"{where}: no CRD schema for {doc['apiVersion']} {doc['kind']}: structural check only"
+        )
         if not isinstance(doc.get("spec"), dict):
             yield f"{where}: spec must be a mapping"
         return
@@ -124,7 +126,9 @@ def _custom(doc: dict[str, Any], where: str, schema_dir: Path, report: Report) -
         yield f"{where} (CRD schema {path.relative_to(schema_dir)}): {location}: {error.message}"
 
 
-def validate(docs: Iterable[Any], source: str, kube_versions: list[str], schema_dir: Path = SCHEMA_DIR) -> Report:
+def validate(
+    docs: Iterable[Any], source: str, kube_versions: list[str], schema_dir: Path = SCHEMA_DIR
+) -> Report:
     """Check every rendered object; see the module docstring for what is checked how."""
     report = Report()
     seen: set[tuple[str, str]] = set()
@@ -150,7 +154,8 @@ def validate(docs: Iterable[Any], source: str, kube_versions: list[str], schema_
 
 
 def extract_crds(paths: Iterable[Path], out_dir: Path, origin: str) -> list[Path]:
-    """Write the ``openAPIV3Schema`` of each served version of each CRD as ``<group>/<kind>_<version>.json``."""
+    """Write the ``openAPIV3Schema`` of each served version of each CRD, as ``<group>/<kind>_<version>.json``
+    (the path ``crd_schema_path`` looks up)."""
     written = []
     for path in paths:
         for crd in yaml.safe_load_all(path.read_text()):
@@ -161,7 +166,9 @@ def extract_crds(paths: Iterable[Path], out_dir: Path, origin: str) -> list[Path
                 if not version.get("served", False):
                     continue
                 schema = dict(version["schema"]["openAPIV3Schema"])
-                schema["$comment"] = f"openAPIV3Schema of {crd['metadata']['name']} {version['name']}, {origin}"
+                schema["$comment"] = (
+                    f"openAPIV3Schema of {crd['metadata']['name']} {version['name']}, {origin}"
+                )
                 target = out_dir / spec["group"] / f"{spec['names']['kind'].lower()}_{version['name']}.json"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(json.dumps(schema, indent=1, sort_keys=True) + "\n")
@@ -194,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         for error in report.errors:
             print(f"error: {error}", file=sys.stderr)
         versions = ", ".join(args.kube_version)
-        print(f"{path.name}: {len(report.checked)} objects, {len(report.errors)} errors (Kubernetes {versions})")
+        print(
+            f"{path.name}: {len(report.checked)} objects, {len(report.errors)} errors (Kubernetes {versions})"
+        )
         failed = failed or bool(report.errors) or not report.checked
     return 1 if failed else 0
 
