@@ -1,0 +1,131 @@
+"""What the Helm chart (deploy/helm/kafka-orchestrator, ADR 0020) relies on when Kubernetes stops pods.
+
+Run as the chart runs them: real `orchestrator processor|worker` processes, the state dir from
+ORCHESTRATOR_STATE_DIR (the ConfigMap), a fixed processor instance id (the StatefulSet pod name), workers
+without one (a Deployment). Kubernetes stops a container with SIGTERM, then SIGKILL after
+terminationGracePeriodSeconds.
+
+- A processor stops on SIGTERM within seconds, exit code 0. Restarted with the same name and the same
+  volume it restores nothing from the changelog (its stores are current); with an empty volume it
+  restores every record (what an emptyDir instead of the PersistentVolumeClaim would cost on each restart).
+- A worker on SIGTERM takes no new step, lets the running step finish and delivers its result before it
+  exits: the step runs once. Hence the worker's grace period must outlast the longest step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from engine_support import APP_SPEC, EngineProcess, child_env, executions, settings
+
+from orchestrator import App
+
+EXPECTED = 11111  # five() adds 1 + 10 + 100 + 1000 + 10000
+STOPPED = re.compile(r"processor (\S+) stopped: .*restored_records=(\d+)")
+
+
+def _sigterm(process: EngineProcess, within: float) -> tuple[int, float]:
+    """(exit code, seconds from SIGTERM to exit)."""
+    assert process.proc is not None and process.alive
+    t0 = time.monotonic()
+    process.proc.send_signal(signal.SIGTERM)
+    code = process.proc.wait(within)
+    return code, time.monotonic() - t0
+
+
+def _restored(log: Path) -> list[int]:
+    """restored_records of each processor stop logged so far."""
+    return [int(m.group(2)) for m in STOPPED.finditer(log.read_text())]
+
+
+async def test_processor_sigterm_then_restart_with_the_same_name_and_volume_restores_nothing(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    env = {**child_env(unique_name, kafka_bootstrap, tmp_path), "ORCHESTRATOR_STATE_DIR": str(state)}
+    log = tmp_path / "processor.log"
+    pod = f"{unique_name}-processor-0"
+    proc = EngineProcess("processor", APP_SPEC, env, "--instance-id", pod, log=log)
+    work = EngineProcess("worker", APP_SPEC, env, log=tmp_path / "worker.log")
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+
+    async def run_batch(first: int, count: int) -> float:
+        t0 = time.monotonic()
+        async with app.client() as client:
+            handles = [await client.start("five", i, run_id=f"r{i}") for i in range(first, first + count)]
+            values = await asyncio.gather(*(h.result(timeout=120) for h in handles))
+        assert values == [i + EXPECTED for i in range(first, first + count)]
+        return time.monotonic() - t0
+
+    proc.start()
+    work.start()
+    try:
+        await run_batch(0, 30)
+        code, took = _sigterm(proc, within=60)
+        assert code == 0, log.read_text()[-2000:]
+        assert (state / unique_name / pod).is_dir()  # state_dir/app/instance id: on the pod's own volume
+
+        proc.start()  # the same pod name and volume: a rolling restart
+        restart_to_runs_done = await run_batch(30, 5)
+        code, took_again = _sigterm(proc, within=60)
+        assert code == 0
+
+        shutil.rmtree(state)  # the same pod name, an empty volume
+        proc.start()
+        empty_to_runs_done = await run_batch(35, 5)
+        code, _ = _sigterm(proc, within=60)
+        assert code == 0
+    finally:
+        proc.terminate()
+        work.terminate()
+
+    first, same_volume, empty_volume = _restored(log)
+    assert first == 0  # new app: empty changelog
+    assert same_volume == 0
+    assert empty_volume >= 30  # at least one changelog record per run so far
+    print(
+        f"SIGTERM to exit: {took:.2f} s, {took_again:.2f} s; restart to 5 runs done: same volume "
+        f"{restart_to_runs_done:.2f} s (0 records restored), empty volume {empty_to_runs_done:.2f} s "
+        f"({empty_volume} records restored)"
+    )
+
+
+async def test_worker_sigterm_finishes_the_running_step_and_delivers_it(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    env = {**child_env(unique_name, kafka_bootstrap, tmp_path), "ORCHESTRATOR_STATE_DIR": str(tmp_path / "s")}
+    side, gate = tmp_path / "executions.log", tmp_path / "gate"
+    proc = EngineProcess("processor", APP_SPEC, env, "--instance-id", "p0", log=tmp_path / "processor.log")
+    work = EngineProcess("worker", APP_SPEC, env, log=tmp_path / "worker.log")
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+    proc.start()
+    work.start()
+    try:
+        async with app.client() as client:
+            handle = await client.start("outage", 1, run_id="held-1")  # s1, then `held` (waits for the gate)
+            deadline = time.monotonic() + 60
+            while not (side.exists() and ("held-1", 1) in executions(side)):
+                assert time.monotonic() < deadline, "the held step never started"
+                await asyncio.sleep(0.1)
+            assert work.proc is not None
+            work.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(2.0)
+            assert work.alive, "the worker left while its step was running"
+            gate.touch()  # the step finishes now
+            t0 = time.monotonic()
+            code = await asyncio.to_thread(work.proc.wait, 60)
+            exit_after_step = time.monotonic() - t0
+            assert code == 0, (tmp_path / "worker.log").read_text()[-2000:]
+            work.start()  # the next pod of the Deployment: runs s2
+            assert await handle.result(timeout=120) == 1 + 1 + 5 + 10
+    finally:
+        proc.terminate()
+        work.terminate()
+    done = executions(side)
+    assert len(done[("held-1", 1)]) == 1  # delivered before the worker left: not run again
+    print(f"worker exit after its last step finished: {exit_after_step:.2f} s")
