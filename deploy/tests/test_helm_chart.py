@@ -405,3 +405,25 @@ def test_every_command_line_the_chart_runs_parses_with_the_cli(values: str) -> N
 def test_the_parse_check_rejects_an_unknown_flag() -> None:
     with pytest.raises(Exception, match="No such option: --no-such-flag"):
         _parse(["worker", "shop.workflows:app", "--concurrency", "4", "--no-such-flag", "1"])
+
+
+def test_a_change_of_configuration_or_chart_made_secret_rolls_the_pods() -> None:
+    def annotations(**sets: str) -> list[dict[str, str]]:
+        docs = render("secure-values.yaml", **sets)
+        return [
+            one(docs, kind, component)["spec"]["template"]["metadata"]["annotations"]
+            for kind, component in (
+                ("StatefulSet", "processor"),
+                ("Deployment", "worker"),
+                ("Deployment", "ui"),
+            )
+        ]
+
+    before = annotations()
+    assert before == annotations()  # rendering is deterministic
+    partitions = annotations(kafka__partitions="24")
+    password = annotations(**{"kafka.secret.settings.sasl\\.password": "rotated"})
+    for old, new_config, new_secret in zip(before, partitions, password, strict=True):
+        assert new_config["checksum/config"] != old["checksum/config"]
+        assert new_secret["checksum/secret"] != old["checksum/secret"]
+        assert new_secret["checksum/config"] == old["checksum/config"]
