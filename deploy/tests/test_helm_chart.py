@@ -232,6 +232,8 @@ def test_keda_reads_the_lag_of_the_group_and_topics_the_workers_really_use(
         assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
         assert meta["allowIdleConsumers"] == "false"
         assert meta["lagThreshold"] == "50"
+        # An idle app's lag is one commit marker per partition (test_pod_lifecycle.py): not an activation.
+        assert meta["activationLagThreshold"] == "12"
         assert trigger["authenticationRef"]["name"] == one(docs, "TriggerAuthentication")["metadata"]["name"]
 
 

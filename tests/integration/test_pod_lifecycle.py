@@ -10,6 +10,11 @@ terminationGracePeriodSeconds.
   restores every record (what an emptyDir instead of the PersistentVolumeClaim would cost on each restart).
 - A worker on SIGTERM takes no new step, lets the running step finish and delivers its result before it
   exits: the step runs once. Hence the worker's grace period must outlast the longest step.
+- The lag KEDA scales workers on (end offset minus the committed offset of group {app}.workers on the
+  task topics) counts a running step until its result is delivered. Once every step is done it is not
+  0 but one per partition written: the processors write task topics in transactions, and the commit
+  marker after a partition's last command takes an offset no consumer can commit past (KEDA issue
+  kedacore/keda#5675). The chart's KEDA defaults account for it (docs/deploy.md, section 5).
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ import signal
 import time
 from pathlib import Path
 
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 from engine_support import APP_SPEC, EngineProcess, child_env, executions, settings
 
 from orchestrator import App
+from orchestrator._engine import kafka
+from orchestrator.topology import tasks_topic
 
 EXPECTED = 11111  # five() adds 1 + 10 + 100 + 1000 + 10000
 STOPPED = re.compile(r"processor (\S+) stopped: .*restored_records=(\d+)")
@@ -129,3 +138,67 @@ async def test_worker_sigterm_finishes_the_running_step_and_delivers_it(
     done = executions(side)
     assert len(done[("held-1", 1)]) == 1  # delivered before the worker left: not run again
     print(f"worker exit after its last step finished: {exit_after_step:.2f} s")
+
+
+def _workers_lag(admin: AdminClient, app: App) -> tuple[int, int]:
+    """(lag, partitions written) of the default task topic, the lag as KEDA's Kafka scaler computes it for
+    the chart's trigger: per partition, the end offset minus the group's committed offset (minus the
+    start offset if none is committed, as with offsetResetPolicy earliest)."""
+    topic = tasks_topic(app.name, "default")
+    parts = [TopicPartition(topic, p) for p in range(app.settings.partitions)]
+    request = [ConsumerGroupTopicPartitions(f"{app.name}.workers", parts)]
+    answer = admin.list_consumer_group_offsets(request)[request[0].group_id].result(30)
+    committed = {tp.partition: tp.offset for tp in answer.topic_partitions}
+    reader = kafka.new_consumer(kafka.reader_config(app.settings))
+    try:
+        lag = written = 0
+        for tp in parts:
+            low, high = kafka.watermarks(reader, tp)
+            offset = committed.get(tp.partition, -1)
+            lag += high - (offset if offset >= 0 else low)
+            written += high > 0
+        return lag, written
+    finally:
+        reader.close()
+
+
+async def test_a_running_step_counts_as_lag_and_a_commit_marker_per_partition_stays(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, admin: AdminClient
+) -> None:
+    env = {**child_env(unique_name, kafka_bootstrap, tmp_path), "ORCHESTRATOR_STATE_DIR": str(tmp_path / "s")}
+    side, gate = tmp_path / "executions.log", tmp_path / "gate"
+    proc = EngineProcess("processor", APP_SPEC, env, "--instance-id", "p0", log=tmp_path / "processor.log")
+    work = EngineProcess("worker", APP_SPEC, env, log=tmp_path / "worker.log")
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+    proc.start()
+    work.start()
+    try:
+        async with app.client() as client:
+            # Runs spread over the partitions, done; then one more whose second step waits for the gate.
+            done = [await client.start("five", i, run_id=f"five-{i}") for i in range(8)]
+            await asyncio.gather(*(h.result(timeout=60) for h in done))
+            handle = await client.start("outage", 1, run_id="lag-1")
+            deadline = time.monotonic() + 60
+            while not (side.exists() and ("lag-1", 1) in executions(side)):
+                assert time.monotonic() < deadline, "the held step never started"
+                await asyncio.sleep(0.1)
+            held = []
+            for _ in range(10):  # 3 s: many of the worker's 200 ms commit rounds
+                held.append(await asyncio.to_thread(_workers_lag, admin, app))
+                await asyncio.sleep(0.3)
+            gate.touch()
+            assert await handle.result(timeout=60) == 17
+            settled: list[tuple[int, int]] = []
+            deadline = time.monotonic() + 30
+            while len(settled) < 5 or len({lag for lag, _ in settled[-5:]}) > 1:
+                assert time.monotonic() < deadline, f"lag never settled: {settled}"
+                settled.append(await asyncio.to_thread(_workers_lag, admin, app))
+                await asyncio.sleep(0.3)
+    finally:
+        proc.terminate()
+        work.terminate()
+    lag, written = settled[-1]
+    assert written >= 2  # the runs covered more than one partition
+    assert lag == written, settled  # nothing left to run: one commit marker per partition written
+    assert all(lag_then > written_then for lag_then, written_then in held), held  # the held command counts
+    print(f"lag while one step ran: {held[-1][0]}; after: {lag} on {written} partitions written")
