@@ -14,7 +14,9 @@ terminationGracePeriodSeconds.
   task topics) counts a running step until its result is delivered. Once every step is done it is not
   0 but one per partition written: the processors write task topics in transactions, and the commit
   marker after a partition's last command takes an offset no consumer can commit past (KEDA issue
-  kedacore/keda#5675). The chart's KEDA defaults account for it (docs/deploy.md, section 5).
+  kedacore/keda#5675). With every partition written, that floor equals the partition count, the chart's
+  default activationLagThreshold, and one new command with no worker running lifts the lag above it:
+  KEDA would wake workers scaled to zero (docs/deploy.md, section 5).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from engine_support import APP_SPEC, EngineProcess, child_env, executions, setti
 
 from orchestrator import App
 from orchestrator._engine import kafka
+from orchestrator._engine.partitioning import partition_for
 from orchestrator.topology import tasks_topic
 
 EXPECTED = 11111  # five() adds 1 + 10 + 100 + 1000 + 10000
@@ -174,8 +177,11 @@ async def test_a_running_step_counts_as_lag_and_a_commit_marker_per_partition_st
     work.start()
     try:
         async with app.client() as client:
-            # Runs spread over the partitions, done; then one more whose second step waits for the gate.
-            done = [await client.start("five", i, run_id=f"five-{i}") for i in range(8)]
+            # Runs on every partition, done; then one more whose second step waits for the gate.
+            partitions = app.settings.partitions
+            ids = {partition_for(f"five-{i}", partitions): f"five-{i}" for i in range(100)}
+            assert len(ids) == partitions
+            done = [await client.start("five", i, run_id=run_id) for i, run_id in enumerate(ids.values())]
             await asyncio.gather(*(h.result(timeout=60) for h in done))
             handle = await client.start("outage", 1, run_id="lag-1")
             deadline = time.monotonic() + 60
@@ -194,11 +200,23 @@ async def test_a_running_step_counts_as_lag_and_a_commit_marker_per_partition_st
                 assert time.monotonic() < deadline, f"lag never settled: {settled}"
                 settled.append(await asyncio.to_thread(_workers_lag, admin, app))
                 await asyncio.sleep(0.3)
+            # Workers scaled to zero; one new run: its first command must lift the lag above the floor.
+            work.terminate()
+            woken = await client.start("five", 0, run_id="wake-1")
+            deadline = time.monotonic() + 30
+            while (wake_lag := (await asyncio.to_thread(_workers_lag, admin, app))[0]) <= partitions:
+                assert time.monotonic() < deadline, f"lag {wake_lag} never rose above {partitions}"
+                await asyncio.sleep(0.2)
+            work.start()
+            assert await woken.result(timeout=60) == EXPECTED
     finally:
         proc.terminate()
         work.terminate()
     lag, written = settled[-1]
-    assert written >= 2  # the runs covered more than one partition
+    assert written == app.settings.partitions
     assert lag == written, settled  # nothing left to run: one commit marker per partition written
     assert all(lag_then > written_then for lag_then, written_then in held), held  # the held command counts
-    print(f"lag while one step ran: {held[-1][0]}; after: {lag} on {written} partitions written")
+    print(
+        f"lag while one step ran: {held[-1][0]}; idle: {lag} on {written} partitions written; "
+        f"one new command, no worker: {wake_lag}"
+    )
