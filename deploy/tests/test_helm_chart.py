@@ -8,7 +8,9 @@ change on either side fails here.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -429,3 +431,34 @@ def test_a_change_of_configuration_or_chart_made_secret_rolls_the_pods() -> None
         assert new_config["checksum/config"] != old["checksum/config"]
         assert new_secret["checksum/secret"] != old["checksum/secret"]
         assert new_secret["checksum/config"] == old["checksum/config"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "complaint"),
+    [
+        ("processor.replica", "3", "additional properties 'replica' not allowed"),
+        ("worker.autoscaling.keda.minReplicas", "1", "additional properties 'minReplicas' not allowed"),
+        ("app.name", "my.app", "does not match pattern"),  # a dot would make {app}.tasks.{queue} ambiguous
+        ("kafka.partitions", "0", "minimum"),
+        ("processor.antiAffinity", "strict", "value must be one of"),
+    ],
+)
+def test_values_schema_refuses_typos_and_bad_values(key: str, value: str, complaint: str) -> None:
+    error = render_error(**{key: value})
+    assert "values don't meet the specifications of the schema" in error
+    assert complaint in error
+
+
+def test_app_name_rule_of_the_schema_is_the_engine_rule() -> None:
+    """The schema's app.name and queue patterns accept exactly what topology accepts as a name part."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    app_pattern = re.compile(schema["properties"]["app"]["properties"]["name"]["pattern"])
+    queue_pattern = re.compile(schema["properties"]["app"]["properties"]["queues"]["items"]["pattern"])
+    for name in ("shop", "Shop_2", "a-b", "x" * 100, "my.app", "", "x" * 101, "naïve", "a b"):
+        try:
+            topology.topic_name("inbox", name)
+            engine_ok = True
+        except ValueError:
+            engine_ok = False
+        assert bool(app_pattern.search(name)) == engine_ok, name
+        assert bool(queue_pattern.search(name)) == engine_ok, name
