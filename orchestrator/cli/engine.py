@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from orchestrator._engine import audit
@@ -22,6 +21,7 @@ from orchestrator._engine.loading import load_app
 from orchestrator.app import App
 from orchestrator.cli._unreadable import SkipReport
 from orchestrator.client import Client, RunDescription
+from orchestrator.settings import Settings
 
 console = Console()
 
@@ -30,18 +30,42 @@ AppOption = Annotated[
 ]
 
 
-def _logging(verbose: bool) -> None:
-    """Rich output on a terminal; plain one-line records when logging to a file or a collector."""
-    stderr = Console(stderr=True)
-    if stderr.is_terminal:
-        handler: logging.Handler = RichHandler(console=stderr, show_path=False)
-        fmt = "%(name)s: %(message)s"
-    else:
-        handler = logging.StreamHandler()
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True
-    )
+LogLevelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-level",
+        help="debug, info, warning or error [default: ORCHESTRATOR_LOG_LEVEL, else info; --verbose: debug].",
+        show_default=False,
+    ),
+]
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="text, or json: one JSON object per line on stderr, librdkafka's lines included "
+        "[default: ORCHESTRATOR_LOG_FORMAT, else text].",
+        show_default=False,
+    ),
+]
+
+
+def _logging(
+    verbose: bool, level: str | None = None, fmt: str | None = None, settings: Settings | None = None
+) -> None:
+    """Logs on stderr as the command line says, else as the app's settings (``ORCHESTRATOR_LOG_*``) say.
+
+    ``text``: Rich on a terminal, one plain line per record otherwise; ``json``: one object per line
+    (``orchestrator._logging``). A bad level or format is a usage error (exit 2).
+    """
+    from orchestrator._logging import configure_logging
+
+    chosen = settings or Settings()
+    if level is None:
+        level = "DEBUG" if verbose else chosen.log_level
+    try:
+        configure_logging(level, fmt or chosen.log_format)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _fail(message: str) -> typer.Exit:
@@ -71,13 +95,15 @@ def processor(
         ),
     ] = 0,
     verbose: bool = False,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run a processor: folds events into run state and drives workflows, exactly once."""
     from orchestrator._engine.processor import Processor, ProcessorConfig
     from orchestrator.errors import ProcessorFencedError
 
-    _logging(verbose)
     app = _app(app_spec)
+    _logging(verbose, log_level, log_format, app.settings)
     _tune_gc()
     cfg: dict[str, Any] = {"max_batch": max_batch, "batch_linger_ms": batch_linger_ms}
     if instance_id:
@@ -141,14 +167,16 @@ def worker(
         ),
     ] = 30_000,
     verbose: bool = False,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run a worker: executes steps from the task queues and reports results."""
     import signal
 
     from orchestrator._engine.worker import Worker, WorkerConfig, WorkerFailedError
 
-    _logging(verbose)
     app = _app(app_spec)
+    _logging(verbose, log_level, log_format, app.settings)
     _tune_gc()
     w = Worker(
         app,
