@@ -19,6 +19,8 @@ from rich.table import Table
 from orchestrator._engine import audit
 from orchestrator._engine.loading import load_app
 from orchestrator.app import App
+from orchestrator.cli import _json
+from orchestrator.cli._json import JsonFlag
 from orchestrator.cli._unreadable import SkipReport
 from orchestrator.client import Client, RunDescription
 from orchestrator.settings import Settings
@@ -279,7 +281,7 @@ def runs_list(
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, app_spec: AppOption = None) -> None:
+def runs_show(run_id: str, as_json: JsonFlag = False, app_spec: AppOption = None) -> None:
     """One run: state, result or error, and every step with its attempts.
 
     Exit codes: 0 shown; 2 no such run; 3 the run's latest state record is unreadable (reported).
@@ -287,6 +289,13 @@ def runs_show(run_id: str, app_spec: AppOption = None) -> None:
     app = _app(app_spec)
     report = SkipReport()
     state = audit.live_state(app, run_id, on_unreadable=report.collector())
+    if as_json:
+        if state is None and not report.records:
+            raise _json.fail(f"no run {run_id!r} in app {app.name!r}", run=None, unreadable=[])
+        run = None if state is None else _json.run_json(state)
+        _json.emit({"run": run, "unreadable": _json.unreadable(report.records)})
+        report.print_summary()
+        raise typer.Exit(report.exit_code())
     if state is None:
         if report.records:
             report.print_summary()
@@ -370,7 +379,7 @@ schedules_app = typer.Typer(help="List, pause and resume schedules.", no_args_is
 
 
 @schedules_app.command("list")
-def schedules_list(app_spec: AppOption = None) -> None:
+def schedules_list(as_json: JsonFlag = False, app_spec: AppOption = None) -> None:
     """Every schedule with its next tick.
 
     Exit codes: 0 all read; 3 unreadable schedule records were skipped (each reported on stderr).
@@ -378,6 +387,21 @@ def schedules_list(app_spec: AppOption = None) -> None:
     app = _app(app_spec)
     report = SkipReport()
     rows = audit.schedules(app, on_unreadable=report.collector())
+    if as_json:
+        schedules = [
+            {
+                "workflow": s["workflow"],
+                "cron": s["cron"],
+                "timezone": s["timezone"],
+                "missed": s["missed"],
+                **_json.times("next_tick", s["next_ms"]),
+                "paused": bool(s["paused"]),
+            }
+            for s in rows
+        ]
+        _json.emit({"schedules": schedules, "unreadable": _json.unreadable(report.records)})
+        report.print_summary()
+        raise typer.Exit(report.exit_code())
     table = Table("workflow", "cron", "timezone", "missed", "next tick (UTC)", "paused")
     for s in rows:
         nxt = datetime.fromtimestamp(s["next_ms"] / 1000, tz=UTC).isoformat(timespec="seconds")
