@@ -148,3 +148,22 @@ def test_settings_take_the_log_format_from_the_environment(monkeypatch: pytest.M
     monkeypatch.setenv("ORCHESTRATOR_LOG_LEVEL", "warning")
     settings = Settings()
     assert settings.log_format == "json" and settings.log_level == "warning"
+
+
+def test_a_failed_step_attempt_is_logged_with_its_run_and_step_as_fields() -> None:
+    from orchestrator._core.effects import StepCommand
+    from orchestrator._engine import attempts
+
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    cmd = StepCommand("order-9", "wf", 2, "charge", 3, b"[1]", "order-9/2/charge", 99)
+    attempts.failed(cmd, ConnectionError("card API down"), 0, "w1")
+
+    (record,) = (json.loads(line) for line in out.getvalue().splitlines())
+    assert record["logger"] == "orchestrator.attempts"
+    assert {k: record[k] for k in ("run_id", "step", "position", "attempt")} == {
+        "run_id": "order-9",
+        "step": "charge",
+        "position": 2,
+        "attempt": 3,
+    }
