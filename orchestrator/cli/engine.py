@@ -71,7 +71,8 @@ def _logging(
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    """A usage error (exit 2), said on stderr: stdout stays the command's output (``--json``: JSON only)."""
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
 
 
