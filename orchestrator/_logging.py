@@ -143,9 +143,11 @@ def configure_logging(
     if fmt == "json":
         sys.excepthook = _log_uncaught
         threading.excepthook = _log_uncaught_in_thread
-    else:
-        sys.excepthook = sys.__excepthook__
-        threading.excepthook = threading.__excepthook__
+    else:  # undo only our own hooks: another library's (a test runner's) stay
+        if sys.excepthook is _log_uncaught:
+            sys.excepthook = sys.__excepthook__
+        if threading.excepthook is _log_uncaught_in_thread:
+            threading.excepthook = threading.__excepthook__
     return handler
 
 

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -29,11 +30,11 @@ def _restore_logging() -> Iterator[None]:
     """configure_logging changes the root logger and the except hooks: put them back after each test."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    hooks = sys.excepthook
+    hooks = sys.excepthook, threading.excepthook
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    sys.excepthook = hooks
+    sys.excepthook, threading.excepthook = hooks
     logging.captureWarnings(False)
 
 
@@ -167,3 +168,16 @@ def test_a_failed_step_attempt_is_logged_with_its_run_and_step_as_fields() -> No
         "position": 2,
         "attempt": 3,
     }
+
+
+def test_text_format_leaves_other_except_hooks_alone() -> None:
+    def theirs(args: threading.ExceptHookArgs) -> None:
+        return None
+
+    threading.excepthook = theirs
+    configure_logging("info", "text", stream=io.StringIO())
+    assert threading.excepthook is theirs
+    configure_logging("info", "json", stream=io.StringIO())
+    assert threading.excepthook is not theirs
+    configure_logging("info", "text", stream=io.StringIO())
+    assert threading.excepthook is threading.__excepthook__
