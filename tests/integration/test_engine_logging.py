@@ -8,16 +8,18 @@ worker's producers, readers, admin clients) log at syslog level 7. Before the en
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from engine_support import APP_SPEC, REPO, child_env, settings
+from engine_support import APP_SPEC, REPO, PrivateBroker, child_env, settings
 
 from orchestrator import App, Settings
 from orchestrator._engine import kafka
@@ -164,3 +166,58 @@ def test_a_producers_lines_arrive_with_flush(
     producer.produce(topic, b"x")
     assert producer.flush(30) == 0
     assert "rdkafka#producer" in _clients(lines)
+
+
+def _records(err: Path) -> list[dict[str, object]]:
+    """The JSON records of a stderr file; a line still being written (no newline yet) is left for later."""
+    complete = err.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete]
+
+
+def _kafka_errors(err: Path, client: str) -> list[dict[str, object]]:
+    """ERROR-or-worse librdkafka records of one kind of client (e.g. ``rdkafka#producer``) so far."""
+    return [
+        r
+        for r in _records(err)
+        if r["logger"] == LIBRDKAFKA_LOGGER
+        and r["level"] in ("ERROR", "CRITICAL")
+        and str(r["kafka_client"]).startswith(client)
+    ]
+
+
+async def test_a_broker_outage_is_logged_as_json_records_while_it_lasts(
+    private_broker: PrivateBroker, unique_name: str, tmp_path: Path
+) -> None:
+    """An idle processor's producer is polled each loop turn, so its connection errors arrive during the
+    outage, as records, not after the next transaction (nor as raw lines)."""
+    env = child_env(unique_name, private_broker.bootstrap, tmp_path)
+    proc, proc_err = _spawn(
+        "processor", env, tmp_path, "--state-dir", str(tmp_path / "state"), "--log-format", "json"
+    )
+    work, work_err = _spawn("worker", env, tmp_path, "--log-format", "json")
+    app = App(unique_name, settings=settings(private_broker.bootstrap))
+    try:
+        async with app.client() as client:
+            assert await (await client.start("five", 1, run_id="before")).result(timeout=120) == 11112
+        before = {err: len(err.read_text().splitlines()) for err in (proc_err, work_err)}
+        private_broker.kill()
+        deadline = time.monotonic() + 60  # a guard against a hang, not a timing claim
+        # The worker sets librdkafka's log level to 2 and reports an outage once, from error_cb; the
+        # processor's clients log each failed connection.
+        while not (
+            _kafka_errors(proc_err, "rdkafka#producer")
+            and _kafka_errors(proc_err, "rdkafka#consumer")
+            and any("brokers are down" in str(r["message"]) for r in _records(work_err))
+        ):
+            assert time.monotonic() < deadline, "no connection error logged during the outage"
+            await asyncio.sleep(0.5)
+        assert proc.poll() is None and work.poll() is None  # both ride the outage out
+    finally:
+        _stop(proc)
+        _stop(work)
+    for err in (proc_err, work_err):
+        lines = err.read_text().splitlines()
+        assert len(lines) > before[err]
+        assert not [line for line in lines if RAW_LINE.match(line)]
+        records = _records(err)  # every line parses
+        assert all(r["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") for r in records)
