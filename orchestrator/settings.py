@@ -8,7 +8,7 @@ the component.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     min_insync_replicas: int = Field(default=1, ge=1)
     state_dir: Path = Field(
         default=Path("var/state"), description="Where processors keep their RocksDB stores."
+    )
+    log_level: str = Field(
+        default="INFO",
+        description="Processor and worker log level (debug, info, warning, error); --log-level wins.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text (for people) or json (one object per line, for collectors); --log-format wins.",
     )
     max_payload_bytes: int = Field(
         default=512 * 1024,

@@ -57,7 +57,13 @@ def failed(cmd: StepCommand, exc: BaseException, started_ms: int, worker: str) -
         error_type = "StepTimeout"
     message = str(exc) or repr(exc)
     log.info(
-        "step %s of %s attempt %d failed: %s: %s", cmd.step, cmd.run_id, cmd.attempt, error_type, message
+        "step %s of %s attempt %d failed: %s: %s",
+        cmd.step,
+        cmd.run_id,
+        cmd.attempt,
+        error_type,
+        message,
+        extra={"run_id": cmd.run_id, "step": cmd.step, "position": cmd.position, "attempt": cmd.attempt},
     )
     return StepFailed(
         cmd.position, cmd.attempt, error_type, message[:4000], retryable, started_ms, now_ms(), worker

@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 from orchestrator import topology
 from orchestrator._engine import access
 from orchestrator._kafka_config import ClientConfig, KafkaConfigError, scrub
+from orchestrator._logging import librdkafka_logger
 from orchestrator.app import App
 from orchestrator.settings import Settings
 
@@ -48,6 +49,9 @@ def _build(settings: Settings, defaults: dict[str, Any], extra: dict[str, Any]) 
     conf.update(defaults)
     conf.update(settings.kafka_client_settings())  # may tune the defaults; engine-owned keys are refused
     conf.update(extra)
+    if "logger" not in conf:
+        # librdkafka's lines go through Python logging (orchestrator.kafka.librdkafka), never raw to stderr.
+        conf["logger"] = librdkafka_logger(conf)
     return conf
 
 
@@ -145,6 +149,9 @@ def ensure_topics(app: App, timeout: float = 30.0) -> None:
         # Wrong credentials look like an unreachable broker: say so rather than retry them for ever.
         access.raise_if_refused(app.settings, conf)
         raise
+    finally:
+        # An admin client's log lines wait in its queue until it is polled; nothing else polls this one.
+        admin.poll(0)
 
 
 _NOT_READY = (

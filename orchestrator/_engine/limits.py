@@ -127,6 +127,7 @@ def _topic_limits(settings: Settings, topics: tuple[str, ...]) -> tuple[dict[str
         futures = admin.describe_configs(resources, request_timeout=DESCRIBE_TIMEOUT_S)
     except KafkaException as exc:
         log.warning("could not describe topics %s (%s); assuming the broker default", topics, exc)
+        admin.poll(0)  # hands librdkafka's queued log lines to logging (ADR 0022)
         return out, False
     for resource, future in futures.items():
         try:
@@ -141,6 +142,7 @@ def _topic_limits(settings: Settings, topics: tuple[str, ...]) -> tuple[dict[str
                 exc,
                 BROKER_DEFAULT_MAX_BYTES,
             )
+    admin.poll(0)  # hands librdkafka's queued log lines to logging (ADR 0022)
     return out, complete
 
 

@@ -367,6 +367,7 @@ class Worker:
                     cmd.run_id,
                     cmd.attempt,
                     "already reported" if claim is Claim.DONE else "it ran here already",
+                    extra={"run_id": cmd.run_id, "step": cmd.step, "attempt": cmd.attempt},
                 )
                 if claim is Claim.DONE:
                     self._tracker.finished(*coords)
@@ -454,7 +455,13 @@ class Worker:
         info.cancelled.set()
         if task is not None:
             task.cancel()
-        log.info("cancelled step %s of %s attempt %d", cmd.step, cmd.run_id, cmd.attempt)
+        log.info(
+            "cancelled step %s of %s attempt %d",
+            cmd.step,
+            cmd.run_id,
+            cmd.attempt,
+            extra={"run_id": cmd.run_id, "step": cmd.step, "attempt": cmd.attempt},
+        )
 
     async def _run_step(
         self, cmd: StepCommand, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor

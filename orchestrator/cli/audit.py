@@ -20,9 +20,11 @@ from orchestrator._engine import audit, kafka, wire
 from orchestrator._engine.events import Event
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import DeadLetter, decode_dead_letter
-from orchestrator._engine.state import attempts_of
+from orchestrator._engine.state import RunState, attempts_of
 from orchestrator._engine.unreadable import Unreadable, decoded
 from orchestrator.app import App
+from orchestrator.cli import _json
+from orchestrator.cli._json import JsonFlag
 from orchestrator.cli._unreadable import EXIT_DIFFERENCES, EXIT_UNREADABLE, SkipReport, stderr
 from orchestrator.cli.engine import AppOption, _app, _fail, runs_app
 
@@ -101,6 +103,7 @@ def export(
     workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow.")] = None,
     since: Annotated[str | None, typer.Option(help="From this time (ISO).")] = None,
     until: Annotated[str | None, typer.Option(help="Up to this time (ISO).")] = None,
+    as_json: JsonFlag = False,
     app_spec: AppOption = None,
 ) -> None:
     """Export history events (a run, a workflow, or a time range), streaming, to JSON Lines or Avro.
@@ -115,7 +118,10 @@ def export(
     until_ms = _ms(until)
     report = SkipReport()
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=stderr if as_json else console,  # stdout holds only the JSON summary
     ) as bar:
         task = bar.add_task("exporting", total=None)
 
@@ -132,7 +138,17 @@ def export(
         )
         with out.open("wb") as fh:
             count = audit.export_jsonl(events, fh) if fmt == "jsonl" else audit.export_avro(events, fh)
-    console.print(f"wrote {count} events to {out} ({fmt}); {report.summary()}")
+    if as_json:
+        doc = {
+            "out": str(out),
+            "format": fmt,
+            "events": count,
+            "unreadable": _json.unreadable(report.records),
+        }
+        _json.emit(doc)
+        report.print_summary()
+    else:
+        console.print(f"wrote {count} events to {out} ({fmt}); {report.summary()}")
     raise typer.Exit(report.exit_code())
 
 
@@ -145,6 +161,7 @@ def replay(
     ] = None,
     open_only: Annotated[bool, typer.Option("--open", help="With --check: only runs still open.")] = False,
     sample: Annotated[int | None, typer.Option(help="With --check: at most this many runs.")] = None,
+    as_json: JsonFlag = False,
     app_spec: AppOption = None,
 ) -> None:
     """Rebuild every run's state from the history topic alone and compare it with the live state.
@@ -157,11 +174,11 @@ def replay(
     app = _app(app_spec)
     report = SkipReport()
     if check is not None:
-        raise typer.Exit(_check(app, _app(check), open_only, sample, report))
+        raise typer.Exit(_check(app, _app(check), open_only, sample, report, as_json))
     if at is not None:
         if run_id is None:
-            raise _fail("--at needs a RUN_ID")
-        raise typer.Exit(_at(app, run_id, at, report))
+            raise _json.fail("--at needs a RUN_ID") if as_json else _fail("--at needs a RUN_ID")
+        raise typer.Exit(_at(app, run_id, at, report, as_json))
     since_ms = _ms(since)
     started = datetime.now(tz=UTC)
     rebuilt = audit.rebuild_history(app, report.collector(), since_ms=since_ms)
@@ -174,11 +191,39 @@ def replay(
         live = {k: v for k, v in live.items() if k in window}
         live_unreadable = {k: v for k, v in live_unreadable.items() if k in window}
     verdict = audit.judge(rebuilt, live, live_unreadable)
+    events = sum(s.next_seq for s in rebuilt.values())
+    code = EXIT_DIFFERENCES if verdict.differences else report.exit_code()
+    if as_json:
+        _json.emit(
+            {
+                "mode": "replay",
+                **_json.times("since", since_ms),
+                "runs": len(rebuilt),
+                "events": events,
+                "seconds": round(seconds, 3),
+                "compared": verdict.compared,
+                "differences": [
+                    {
+                        "run_id": d.run_id,
+                        "field": d.field,
+                        "replayed": _json.plain(d.replayed),
+                        "live": _json.plain(d.live),
+                    }
+                    for d in verdict.differences
+                ],
+                "not_verifiable": [
+                    {"run_id": k, "reason": v} for k, v in sorted(verdict.unverifiable.items())
+                ],
+                "began_before_since": sorted(rebuilt.began_before),
+                "unreadable": _json.unreadable(report.records),
+            }
+        )
+        report.print_summary()
+        raise typer.Exit(code)
     for d in verdict.differences[:200]:
         console.print(f"[red]{d.run_id}[/red] {d.field}: replayed={_short(d.replayed)} live={_short(d.live)}")
     for rid, why in sorted(verdict.unverifiable.items())[:200]:
         console.print(f"[yellow]{escape(rid)}[/yellow] not verifiable: {escape(why)}")
-    events = sum(s.next_seq for s in rebuilt.values())
     before = f", {len(rebuilt.began_before)} began before --since" if rebuilt.began_before else ""
     console.print(
         f"replayed {len(rebuilt)} run(s), {events} events in {seconds:.2f}s "
@@ -186,10 +231,12 @@ def replay(
         f"{len(verdict.differences)} difference(s), "
         f"{len(verdict.unverifiable)} run(s) not verifiable{before}; {report.summary()}"
     )
-    raise typer.Exit(EXIT_DIFFERENCES if verdict.differences else report.exit_code())
+    raise typer.Exit(code)
 
 
-def _check(app: App, new_app: App, open_only: bool, sample: int | None, report: SkipReport) -> int:
+def _check(
+    app: App, new_app: App, open_only: bool, sample: int | None, report: SkipReport, as_json: bool = False
+) -> int:
     """``replay --check``: re-execute new code against the recorded runs; the exit code."""
     states = audit.live_states(app, on_unreadable=report.collector())
     if open_only:
@@ -197,18 +244,36 @@ def _check(app: App, new_app: App, open_only: bool, sample: int | None, report: 
     if sample is not None:
         states = dict(list(states.items())[:sample])
     divergences = audit.check_code(new_app, states)
+    code = EXIT_DIFFERENCES if divergences else report.exit_code()
+    if as_json:
+        _json.emit(
+            {
+                "mode": "check",
+                "checked": len(states),
+                "divergences": [
+                    {"run_id": dv.run_id, "workflow": dv.workflow, "message": dv.message}
+                    for dv in divergences
+                ],
+                "unreadable": _json.unreadable(report.records),
+            }
+        )
+        report.print_summary()
+        return code
     table = Table("run id", "workflow", "first difference")
     for dv in divergences:
         table.add_row(dv.run_id, dv.workflow, escape(dv.message))
     console.print(table)
     console.print(f"checked {len(states)} run(s): {len(divergences)} would diverge; {report.summary()}")
-    return EXIT_DIFFERENCES if divergences else report.exit_code()
+    return code
 
 
-def _at(app: App, run_id: str, at: str, report: SkipReport) -> int:
+def _at(app: App, run_id: str, at: str, report: SkipReport, as_json: bool = False) -> int:
     """``replay RUN_ID --at TIME``: the run as it stood then; the exit code."""
-    rebuilt = audit.rebuild_history(app, report.collector(), run_id=run_id, until_ms=_ms(at))
+    at_ms = _ms(at)
+    rebuilt = audit.rebuild_history(app, report.collector(), run_id=run_id, until_ms=at_ms)
     why = rebuilt.unverifiable.get(run_id)
+    if as_json:
+        return _at_json(run_id, at_ms, rebuilt.get(run_id), why, report)
     if why is not None:
         console.print(f"[yellow]{escape(run_id)}[/yellow] not verifiable: {escape(why)}")
         report.print_summary()
@@ -222,6 +287,24 @@ def _at(app: App, run_id: str, at: str, report: SkipReport) -> int:
     console.print(f"[bold]{run_id}[/bold] at {at}: status={state.status}, steps:")
     for s in state.steps:
         console.print(f"  #{s.position} {s.kind} {s.name}: {s.status} (attempt {attempts_of(s)[0]})")
+    report.print_summary()
+    return report.exit_code()
+
+
+def _at_json(
+    run_id: str, at_ms: int | None, state: RunState | None, why: str | None, report: SkipReport
+) -> int:
+    """``replay RUN_ID --at TIME --json``: the run as it stood then (``run`` as in ``runs show``)."""
+    head = {"mode": "at", "run_id": run_id, **_json.times("at", at_ms)}
+    unreadable = _json.unreadable(report.records)
+    if why is not None:
+        _json.emit({**head, "run": None, "not_verifiable": why, "unreadable": unreadable})
+        report.print_summary()
+        return EXIT_UNREADABLE
+    if state is None and not report.records:
+        raise _json.fail(f"run {run_id!r} did not exist at {head['at']}", **head, run=None, unreadable=[])
+    run = None if state is None else _json.run_json(state)
+    _json.emit({**head, "run": run, "not_verifiable": None, "unreadable": unreadable})
     report.print_summary()
     return report.exit_code()
 
@@ -312,15 +395,38 @@ def _letters(app_spec: str | None, report: SkipReport) -> list[tuple[int, DeadLe
     ]
 
 
+def _letter_json(offset: int, d: DeadLetter) -> dict[str, Any]:
+    return {
+        "offset": offset,
+        **_json.times("time", d.timestamp_ms),
+        "source_topic": d.source_topic,
+        "source_partition": d.source_partition,
+        "source_offset": d.source_offset,
+        "component": d.component,
+        "error_type": d.error_type,
+        "reason": d.reason,
+        "key": _json.text(d.key),
+        "value": _json.text(d.value),
+    }
+
+
 @dlq_app.command("list")
-def dlq_list(app_spec: AppOption = None) -> None:
+def dlq_list(as_json: JsonFlag = False, app_spec: AppOption = None) -> None:
     """Every dead letter with where it came from and why.
 
     Exit codes: 0 all read; 3 unreadable records were skipped (each reported on stderr).
     """
     report = SkipReport()
-    table = Table("offset", "time (UTC)", "from", "error", "reason")
     letters = _letters(app_spec, report)
+    if as_json:
+        doc = {
+            "dead_letters": [_letter_json(offset, d) for offset, d in letters],
+            "unreadable": _json.unreadable(report.records),
+        }
+        _json.emit(doc)
+        report.print_summary()
+        raise typer.Exit(report.exit_code())
+    table = Table("offset", "time (UTC)", "from", "error", "reason")
     for offset, d in letters:
         source = f"{d.source_topic}[{d.source_partition}]@{d.source_offset}"
         table.add_row(
@@ -332,7 +438,7 @@ def dlq_list(app_spec: AppOption = None) -> None:
 
 
 @dlq_app.command("show")
-def dlq_show(offset: int, app_spec: AppOption = None) -> None:
+def dlq_show(offset: int, as_json: JsonFlag = False, app_spec: AppOption = None) -> None:
     """One dead letter in full.
 
     Exit codes: 0 shown; 2 no dead letter at OFFSET; 3 the record at OFFSET is unreadable (reported).
@@ -340,6 +446,9 @@ def dlq_show(offset: int, app_spec: AppOption = None) -> None:
     report = SkipReport(quiet=True)
     for off, d in _letters(app_spec, report):
         if off == offset:
+            if as_json:
+                _json.emit({"dead_letter": _letter_json(off, d), "unreadable": []})
+                return
             console.print_json(
                 data={
                     "source": f"{d.source_topic}[{d.source_partition}]@{d.source_offset}",
@@ -354,7 +463,11 @@ def dlq_show(offset: int, app_spec: AppOption = None) -> None:
     bad = next((b for b in report.records if b.where.offset == offset), None)
     if bad is not None:
         stderr.print(f"[red]unreadable[/red] {escape(str(bad))}")
+        if as_json:
+            _json.emit({"dead_letter": None, "unreadable": [bad.as_json()]})
         raise typer.Exit(EXIT_UNREADABLE)
+    if as_json:
+        raise _json.fail(f"no dead letter at offset {offset}", dead_letter=None, unreadable=[])
     raise _fail(f"no dead letter at offset {offset}")
 
 

@@ -14,14 +14,16 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from orchestrator._engine import audit
 from orchestrator._engine.loading import load_app
 from orchestrator.app import App
+from orchestrator.cli import _json
+from orchestrator.cli._json import JsonFlag
 from orchestrator.cli._unreadable import SkipReport
 from orchestrator.client import Client, RunDescription
+from orchestrator.settings import Settings
 
 console = Console()
 
@@ -30,22 +32,47 @@ AppOption = Annotated[
 ]
 
 
-def _logging(verbose: bool) -> None:
-    """Rich output on a terminal; plain one-line records when logging to a file or a collector."""
-    stderr = Console(stderr=True)
-    if stderr.is_terminal:
-        handler: logging.Handler = RichHandler(console=stderr, show_path=False)
-        fmt = "%(name)s: %(message)s"
-    else:
-        handler = logging.StreamHandler()
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True
-    )
+LogLevelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-level",
+        help="debug, info, warning or error [default: ORCHESTRATOR_LOG_LEVEL, else info; --verbose: debug].",
+        show_default=False,
+    ),
+]
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="text, or json: one JSON object per line on stderr, librdkafka's lines included "
+        "[default: ORCHESTRATOR_LOG_FORMAT, else text].",
+        show_default=False,
+    ),
+]
+
+
+def _logging(
+    verbose: bool, level: str | None = None, fmt: str | None = None, settings: Settings | None = None
+) -> None:
+    """Logs on stderr as the command line says, else as the app's settings (``ORCHESTRATOR_LOG_*``) say.
+
+    ``text``: Rich on a terminal, one plain line per record otherwise; ``json``: one object per line
+    (``orchestrator._logging``). A bad level or format is a usage error (exit 2).
+    """
+    from orchestrator._logging import configure_logging
+
+    chosen = settings or Settings()
+    if level is None:
+        level = "DEBUG" if verbose else chosen.log_level
+    try:
+        configure_logging(level, fmt or chosen.log_format)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    """A usage error (exit 2), said on stderr: stdout stays the command's output (``--json``: JSON only)."""
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
 
 
@@ -71,13 +98,15 @@ def processor(
         ),
     ] = 0,
     verbose: bool = False,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run a processor: folds events into run state and drives workflows, exactly once."""
     from orchestrator._engine.processor import Processor, ProcessorConfig
     from orchestrator.errors import ProcessorFencedError
 
-    _logging(verbose)
     app = _app(app_spec)
+    _logging(verbose, log_level, log_format, app.settings)
     _tune_gc()
     cfg: dict[str, Any] = {"max_batch": max_batch, "batch_linger_ms": batch_linger_ms}
     if instance_id:
@@ -141,14 +170,16 @@ def worker(
         ),
     ] = 30_000,
     verbose: bool = False,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run a worker: executes steps from the task queues and reports results."""
     import signal
 
     from orchestrator._engine.worker import Worker, WorkerConfig, WorkerFailedError
 
-    _logging(verbose)
     app = _app(app_spec)
+    _logging(verbose, log_level, log_format, app.settings)
     _tune_gc()
     w = Worker(
         app,
@@ -251,7 +282,7 @@ def runs_list(
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, app_spec: AppOption = None) -> None:
+def runs_show(run_id: str, as_json: JsonFlag = False, app_spec: AppOption = None) -> None:
     """One run: state, result or error, and every step with its attempts.
 
     Exit codes: 0 shown; 2 no such run; 3 the run's latest state record is unreadable (reported).
@@ -259,6 +290,13 @@ def runs_show(run_id: str, app_spec: AppOption = None) -> None:
     app = _app(app_spec)
     report = SkipReport()
     state = audit.live_state(app, run_id, on_unreadable=report.collector())
+    if as_json:
+        if state is None and not report.records:
+            raise _json.fail(f"no run {run_id!r} in app {app.name!r}", run=None, unreadable=[])
+        run = None if state is None else _json.run_json(state)
+        _json.emit({"run": run, "unreadable": _json.unreadable(report.records)})
+        report.print_summary()
+        raise typer.Exit(report.exit_code())
     if state is None:
         if report.records:
             report.print_summary()
@@ -342,7 +380,7 @@ schedules_app = typer.Typer(help="List, pause and resume schedules.", no_args_is
 
 
 @schedules_app.command("list")
-def schedules_list(app_spec: AppOption = None) -> None:
+def schedules_list(as_json: JsonFlag = False, app_spec: AppOption = None) -> None:
     """Every schedule with its next tick.
 
     Exit codes: 0 all read; 3 unreadable schedule records were skipped (each reported on stderr).
@@ -350,6 +388,21 @@ def schedules_list(app_spec: AppOption = None) -> None:
     app = _app(app_spec)
     report = SkipReport()
     rows = audit.schedules(app, on_unreadable=report.collector())
+    if as_json:
+        schedules = [
+            {
+                "workflow": s["workflow"],
+                "cron": s["cron"],
+                "timezone": s["timezone"],
+                "missed": s["missed"],
+                **_json.times("next_tick", s["next_ms"]),
+                "paused": bool(s["paused"]),
+            }
+            for s in rows
+        ]
+        _json.emit({"schedules": schedules, "unreadable": _json.unreadable(report.records)})
+        report.print_summary()
+        raise typer.Exit(report.exit_code())
     table = Table("workflow", "cron", "timezone", "missed", "next tick (UTC)", "paused")
     for s in rows:
         nxt = datetime.fromtimestamp(s["next_ms"] / 1000, tz=UTC).isoformat(timespec="seconds")

@@ -12,6 +12,8 @@ from rich.table import Table
 
 from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo, DevKafkaError
+from orchestrator.cli import _json
+from orchestrator.cli._json import JsonFlag
 
 _console = Console()
 _err = Console(stderr=True)
@@ -121,9 +123,34 @@ def stop(data_dir: DirOption = None) -> None:
     _console.print(f"Kafka broker(s) of {where} " + ("[green]stopped[/]" if stopped else "not running"))
 
 
-def status(data_dir: DirOption = None) -> None:
+def _info_json(info: BrokerInfo) -> dict[str, object]:
+    """The broker(s) of a data dir, for ``--json``: paths, never the client config (it holds a password)."""
+    return {
+        "running": True,
+        "ready": info.ready,
+        "bootstrap": info.bootstrap,
+        "brokers": info.brokers,
+        "pid": info.pid,
+        "log": str(info.log_path),
+        "data_dir": str(info.data_dir),
+        "nodes": [
+            {"node_id": n.node_id, "pid": n.pid, "bootstrap": n.bootstrap, "log": str(n.log_path)}
+            for n in info.nodes
+        ],
+        "secure": info.secure,
+        "client_properties": None if info.client_properties is None else str(info.client_properties),
+        "kafka_version": info.kafka_version,
+    }
+
+
+def status(data_dir: DirOption = None, as_json: JsonFlag = False) -> None:
     """Show the data dir's broker(s); exit code 1 if not all are running and answering."""
     info = _devkafka.status(data_dir)
+    if as_json:
+        where = str(data_dir or _devkafka.default_data_dir())
+        doc = {"running": False, "ready": False, "data_dir": where} if info is None else _info_json(info)
+        _json.emit(doc)
+        raise typer.Exit(code=0 if info is not None and info.ready else 1)
     if info is None:
         _console.print(f"No Kafka broker running for {data_dir or _devkafka.default_data_dir()}")
         raise typer.Exit(code=1)

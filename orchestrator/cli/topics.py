@@ -12,6 +12,8 @@ from rich.table import Table
 from orchestrator import _topic_admin
 from orchestrator._engine import access, kafka
 from orchestrator._topic_admin import TopicAdminError, TopicChange
+from orchestrator.cli import _json
+from orchestrator.cli._json import JsonFlag
 from orchestrator.settings import Settings, load_settings
 from orchestrator.topology import TopicSpec, engine_topics
 
@@ -77,10 +79,31 @@ def _table(changes: list[TopicChange], title: str, applying: bool) -> Table:
     return table
 
 
-def _run(app_name: str, queues: list[str] | None, bootstrap: str | None, apply: bool, **flags: bool) -> None:
+def _change_json(change: TopicChange) -> dict[str, object]:
+    return {
+        "topic": change.topic,
+        "change": change.kind.value,
+        "key": change.key,
+        "current": change.current,
+        "declared": change.desired,
+        "allowed": change.allowed,
+        "applied": change.applied,
+        "note": change.hint or None,
+    }
+
+
+def _run(
+    app_name: str,
+    queues: list[str] | None,
+    bootstrap: str | None,
+    apply: bool,
+    as_json: bool = False,
+    **flags: bool,
+) -> None:
     settings, specs = _specs(app_name, queues, bootstrap)
     servers = settings.bootstrap_servers
     admin = _topic_admin.admin_client(settings)
+    head = {"app": app_name, "bootstrap": servers, "mode": "apply" if apply else "plan"}
     try:
         if apply:
             changes = _topic_admin.apply(admin, specs, **flags)
@@ -88,8 +111,21 @@ def _run(app_name: str, queues: list[str] | None, bootstrap: str | None, apply: 
             changes = _topic_admin.plan(admin, specs, **flags)
     except TopicAdminError as exc:
         reason = access.check(settings, kafka.base(settings)) or exc  # a refused login, not a slow broker
+        if as_json:
+            raise _json.fail(f"{servers}: {reason}", code=1, **head) from exc
         _err.print(f"[bold red]error[/] ({servers}): {escape(str(reason))}", highlight=False)
         raise typer.Exit(code=1) from exc
+    left = [change for change in changes if not change.allowed]
+    if as_json:
+        _json.emit(
+            {
+                **head,
+                "topics": len(specs),
+                "in_sync": not changes,
+                "changes": [_change_json(change) for change in changes],
+            }
+        )
+        raise typer.Exit(code=1 if apply and left else 0)
     if not changes:
         count = len(specs)
         _console.print(
@@ -98,7 +134,6 @@ def _run(app_name: str, queues: list[str] | None, bootstrap: str | None, apply: 
         return
     verb = "Applied to" if apply else "Plan for"
     _console.print(_table(changes, f"{verb} app {app_name!r} on {servers}", apply))
-    left = [change for change in changes if not change.allowed]
     if apply and left:
         _err.print(f"[yellow]{len(left)} drift item(s) left as is; see the note column.[/]")
         raise typer.Exit(code=1)
@@ -110,10 +145,11 @@ def plan(
     bootstrap: BootstrapOption = None,
     fix_config: FixConfigOption = False,
     allow_partition_increase: IncreaseOption = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Show which engine topics are missing or differ from their declaration; change nothing."""
     flags = {"fix_config": fix_config, "allow_partition_increase": allow_partition_increase}
-    _run(app_name, queue, bootstrap, False, **flags)
+    _run(app_name, queue, bootstrap, False, as_json, **flags)
 
 
 def apply(
@@ -122,10 +158,11 @@ def apply(
     bootstrap: BootstrapOption = None,
     fix_config: FixConfigOption = False,
     allow_partition_increase: IncreaseOption = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create missing engine topics; fix drift only where a flag allows it. Exit 1 if drift remains."""
     flags = {"fix_config": fix_config, "allow_partition_increase": allow_partition_increase}
-    _run(app_name, queue, bootstrap, True, **flags)
+    _run(app_name, queue, bootstrap, True, as_json, **flags)
 
 
 def register(app: typer.Typer) -> None:

@@ -255,6 +255,9 @@ class Processor:
         now = _now_ms()
         due = self.stores.due_timers(now, self.config.timer_batch)
         if not msgs and not due:
+            # An idle processor commits nothing, and only poll/flush hand over the producer's queued
+            # librdkafka log lines (ADR 0022): a broker lost while idle must not be heard of only later.
+            self.transactions.current().poll(0)
             return
         self._transaction(msgs, due, now)
 

@@ -111,7 +111,13 @@ class Output:
         """Keep ``msg`` in the DLQ with why; its offset commits all the same, so it never stops the loop."""
         self.stats.dead_letters += 1
         log.warning(
-            "dead-lettered %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), error_type, reason
+            "dead-lettered %s[%d]@%d: %s: %s",
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            error_type,
+            reason,
+            extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()},
         )
         # A letter too large for the DLQ would fail the transaction like the record itself: it then keeps the
         # record's coordinates, not its bytes. One limit for every output (the smallest): a letter is copied

@@ -78,7 +78,12 @@ class RunTask:
         try:
             state = self.runs.load(store, event.run_id)
         except Exception as exc:  # the stored bytes do not decode
-            log.exception("internal error on %s of run %s; parking the run", event.kind, event.run_id)
+            log.exception(
+                "internal error on %s of run %s; parking the run",
+                event.kind,
+                event.run_id,
+                extra={"run_id": event.run_id, "partition": p},
+            )
             self._internal_error(msg, p, event, exc, now_ms)
             return
         old_timers = timers_of(state) if state is not None else set()
@@ -90,7 +95,12 @@ class RunTask:
             encoded = encode_state(new_state) if new_state is not None and changed else None
             records = self.output.records(fx, p)
         except Exception as exc:  # encoding is outside the core
-            log.exception("internal error on %s of run %s; parking the run", event.kind, event.run_id)
+            log.exception(
+                "internal error on %s of run %s; parking the run",
+                event.kind,
+                event.run_id,
+                extra={"run_id": event.run_id, "partition": p},
+            )
             self._internal_error(msg, p, event, exc, now_ms)
             return
         too_big = self.output.too_large([(self.output.topics.changelog, encoded, None, p), *records])
@@ -122,7 +132,13 @@ class RunTask:
         limits are raised), or, when there is no run to park (a start), fails the start: the input is
         dead-lettered and a waiting client is told why.
         """
-        log.error("%s for run %s: %s", event.kind, event.run_id, problem)
+        log.error(
+            "%s for run %s: %s",
+            event.kind,
+            event.run_id,
+            problem,
+            extra={"run_id": event.run_id, "partition": p},
+        )
         self.runs.forget(event.run_id)  # the decider changed it in place; the store has the good bytes
         body = event.body
         hint = (
@@ -155,7 +171,12 @@ class RunTask:
         try:
             state = self.runs.load(store, run_id)
         except Exception as exc:  # the stored bytes do not decode
-            log.exception("internal error firing timer %s of %s; parking the run", tag, run_id)
+            log.exception(
+                "internal error firing timer %s of %s; parking the run",
+                tag,
+                run_id,
+                extra={"run_id": run_id, "partition": p},
+            )
             self._timer_error(p, key, tag, run_id, exc, now_ms)
             return
         if state is None:
@@ -168,7 +189,12 @@ class RunTask:
             encoded = encode_state(state)
             records: list[Record] = self.output.records(fx, p)
         except Exception as exc:  # encoding is outside the core
-            log.exception("internal error firing timer %s of %s; parking the run", tag, run_id)
+            log.exception(
+                "internal error firing timer %s of %s; parking the run",
+                tag,
+                run_id,
+                extra={"run_id": run_id, "partition": p},
+            )
             self._timer_error(p, key, tag, run_id, exc, now_ms)
             return
         self.stats.timers += 1
