@@ -96,9 +96,10 @@ def main() -> None:
         + (STEPS + 1) * out["processor: publish at commit (1 run end), us per transaction"]
         + 4 * (STEPS + 1) * (out["processor: FaultLog.recovered (counted), us"])
     )
-    out["per 5-step run, worker, us"] = STEPS * out[
-        "worker: hooks of one attempt (in flight, attempts, 2 histograms), us"
-    ] + (STEPS + 1) * out["worker: outbox held +1/-1 per result, us"]
+    out["per 5-step run, worker, us"] = (
+        STEPS * out["worker: hooks of one attempt (in flight, attempts, 2 histograms), us"]
+        + (STEPS + 1) * out["worker: outbox held +1/-1 per result, us"]
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         store = PartitionStore(Path(tmp) / "p0", 0)
