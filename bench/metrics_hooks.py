@@ -26,7 +26,6 @@ from orchestrator._core.events import (
 from orchestrator._engine import metrics
 from orchestrator._engine.faults import FaultLog
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
-from orchestrator._engine.worker import _observe
 
 STEPS = 5
 
@@ -80,7 +79,7 @@ def main() -> None:
     def attempt_hooks() -> None:
         metrics.STEPS_IN_FLIGHT.inc()
         metrics.STEPS_IN_FLIGHT.dec()
-        _observe(cmd, "default", body)
+        metrics.observe_attempt(cmd, "default", body)
 
     out["worker: hooks of one attempt (in flight, attempts, 2 histograms), us"] = per_call_us(
         attempt_hooks, 20_000

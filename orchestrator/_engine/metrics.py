@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
+from orchestrator._core.effects import StepCommand
 from orchestrator._core.events import (
     Event,
     RunCancelled,
@@ -40,6 +41,8 @@ from orchestrator._core.events import (
     RunParked,
     RunResumed,
     RunStarted,
+    StepCompleted,
+    StepFailed,
 )
 from orchestrator._engine.episodes import Episode
 from orchestrator._engine.faults import FaultLog
@@ -215,6 +218,21 @@ _SUFFIXES: dict[str, tuple[str, ...]] = {
     "histogram": ("_bucket", "_count", "_sum", "_created"),
     "info": ("_info",),
 }
+
+
+def observe_attempt(cmd: StepCommand, queue: str, body: object) -> None:
+    """One step attempt ran (on a worker, or in the processor for a local step, ``queue`` "local"): its
+    duration, how long it waited to start, and whether it failed. Counted per execution: an attempt that
+    runs again (a worker died, a local step's batch was aborted) did run again."""
+    if not isinstance(body, StepCompleted | StepFailed):
+        return
+    labels = (cmd.step, queue)
+    STEP_ATTEMPTS.labels(*labels).inc()
+    STEP_SECONDS.labels(*labels).observe(max(0, body.finished_ms - body.started_ms) / 1000)
+    if cmd.scheduled_ms > 0:
+        STEP_SCHEDULE_TO_START.labels(*labels).observe(max(0, body.started_ms - cmd.scheduled_ms) / 1000)
+    if isinstance(body, StepFailed):
+        STEP_FAILURES.labels(cmd.step, queue, "true" if body.retryable else "false").inc()
 
 
 # -- the endpoint ---------------------------------------------------------------------------------------

@@ -412,7 +412,7 @@ class Worker:
             body = await self._run_step(cmd, loop, pool)
         finally:
             metrics.STEPS_IN_FLIGHT.dec()
-        _observe(cmd, queue, body)
+        metrics.observe_attempt(cmd, queue, body)
         event = attempts.result_event(cmd, body, self._event_suffix())
         what = f"result of {cmd.step} for run {cmd.run_id} (attempt {cmd.attempt})"
         self._to_inbox(event, what, functools.partial(self._reported, attempt))
@@ -511,18 +511,6 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - every step failure is reported, none crashes the worker
             self.stats.failed += 1
             return attempts.failed(cmd, exc, started, worker)
-
-
-def _observe(cmd: StepCommand, queue: str, body: StepCompleted | StepFailed) -> None:
-    """One attempt ran here: its duration, how long it waited to start, and whether it failed."""
-    labels = (cmd.step, queue)
-    metrics.STEP_ATTEMPTS.labels(*labels).inc()
-    metrics.STEP_SECONDS.labels(*labels).observe(max(0, body.finished_ms - body.started_ms) / 1000)
-    if cmd.scheduled_ms > 0:
-        waited = max(0, body.started_ms - cmd.scheduled_ms) / 1000
-        metrics.STEP_SCHEDULE_TO_START.labels(*labels).observe(waited)
-    if isinstance(body, StepFailed):
-        metrics.STEP_FAILURES.labels(cmd.step, queue, "true" if body.retryable else "false").inc()
 
 
 def _task_done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:

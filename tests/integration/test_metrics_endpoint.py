@@ -151,6 +151,11 @@ async def test_metrics_of_a_processor_and_a_worker_count_what_happened(
             assert all(v == 0 for v in lag.values()), lag
 
         ps = eventually(p_port, processor_counts)
+        # The local step ran in the processor, once per good run: measured there, under queue "local".
+        local = {"step": "stamp", "queue": "local"}
+        assert value(ps, "orchestrator_step_attempts_total", **local) == GOOD
+        assert value(ps, "orchestrator_step_duration_seconds_count", **local) == GOOD
+        assert value(ps, "orchestrator_step_schedule_to_start_seconds_count", **local) == GOOD
         commits = value(ps, "orchestrator_transactions_total", result="commit")
         assert commits > 0
         assert value(ps, "orchestrator_transactions_total", result="abort") == 0

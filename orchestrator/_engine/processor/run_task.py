@@ -32,6 +32,9 @@ from orchestrator.errors import SchemaError
 
 log = logging.getLogger("orchestrator.processor")
 
+LOCAL_QUEUE = "local"
+"""The ``queue`` label of local steps' metrics: they run in the processor, on no task queue."""
+
 
 class RunTask:
     def __init__(
@@ -208,6 +211,7 @@ class RunTask:
                     continue  # a local attempt is never running when its run is cancelled
                 result = self.local_steps.run(cmd)
                 self.stats.local_steps += 1
+                metrics.observe_attempt(cmd, LOCAL_QUEUE, result.body)
                 if budget <= 0 or self.handling.over():
                     fx.inbox.append(result)  # handled in a later batch, like a worker's result
                     continue

@@ -26,6 +26,12 @@ async def add_ten(x: int) -> int:
     return x + 10
 
 
+@app.step(local=True)
+async def stamp(x: int) -> int:
+    """Runs in the processor (a local step): measured there, under queue "local"."""
+    return x
+
+
 @app.step(retry=RetryPolicy(max_attempts=3, initial_interval="100ms"))
 async def flaky(x: int) -> int:
     """Fails its first attempt with a retryable error, then succeeds."""
@@ -42,6 +48,7 @@ async def boom(x: int) -> int:
 @app.workflow
 async def good(ctx: WorkflowContext, x: int) -> int:
     x = await ctx.step(add_one, x)
+    x = await ctx.step(stamp, x)
     return await ctx.step(add_ten, x)
 
 
