@@ -28,7 +28,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from orchestrator._engine.episodes import Episode
+from orchestrator._engine import metrics
 
 log = logging.getLogger("orchestrator.worker")
 
@@ -75,7 +75,9 @@ class Outbox:
         self._due: list[tuple[float, int]] = []  # (monotonic time, record id): produce again then
         self._ids = itertools.count()
         self._fatal: KafkaError | None = None
-        self._episode = Episode(log, "results cannot be delivered to Kafka")
+        self._episode = metrics.CountedEpisode(
+            log, "results cannot be delivered to Kafka", "worker", "deliver results"
+        )
         self.stats = OutboxStats()
         self._producer = make_producer(self._on_error)
 
@@ -89,6 +91,7 @@ class Outbox:
         with self._lock:
             rid = next(self._ids)
             self._held[rid] = _Held(out)
+            metrics.OUTBOX_HELD.inc()
             self._produce_locked(rid)
 
     def pump(self, timeout: float) -> None:
@@ -102,6 +105,7 @@ class Outbox:
                 _, rid = heapq.heappop(self._due)
                 if rid in self._held:
                     self.stats.produced_again += 1
+                    metrics.OUTBOX_PRODUCED_AGAIN.inc()
                     self._produce_locked(rid)
 
     def drain(self, timeout: float) -> int:
@@ -160,6 +164,7 @@ class Outbox:
                     self._retry_later_locked(rid, held, f"{err.name()}: {err.str()}")
                 return
             del self._held[rid]
+            metrics.OUTBOX_HELD.dec()
             self.stats.delivered += 1
             callback = held.out.on_delivered
         self._episode.recovered()
@@ -178,6 +183,7 @@ class Outbox:
             reason, self._fatal = self._fatal, None
             old, self._producer = self._producer, self._make_producer(self._on_error)
             self.stats.producers_replaced += 1
+            metrics.CLIENT_REPLACEMENTS.labels("worker", "producer").inc()
             now = time.monotonic()
             for rid in self._held:
                 heapq.heappush(self._due, (now, rid))

@@ -39,7 +39,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from orchestrator import topology
 from orchestrator._core import formats
-from orchestrator._engine import attempts, kafka
+from orchestrator._engine import attempts, kafka, metrics
 from orchestrator._engine.committer import Committer
 from orchestrator._engine.episodes import Episode
 from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted, encode_event
@@ -115,12 +115,16 @@ class Worker:
         self.config = config or WorkerConfig()
         self.queues = self.config.queues or tuple(sorted(app.queues))
         self.topics = [topology.tasks_topic(app.name, q) for q in self.queues]
+        self._queue_of = dict(zip(self.topics, self.queues, strict=True))
+        self._lag = metrics.ConsumerLag("worker")
         self.inbox = topology.inbox_topic(app.name)
         self.stats = WorkerStats()
         self._tracker = OffsetTracker()
         self._ledger = StepLedger()
         self._committer = Committer(self._tracker)
-        self._consumer_trouble = Episode(log, "task topics unreachable")
+        self._consumer_trouble: Episode = metrics.CountedEpisode(
+            log, "task topics unreachable", "worker", "consume"
+        )
         self._outbox: Outbox | None = None  # made by run(); tests may install one with a fake producer
         # Unique event ids without a uuid4 per result: a random prefix for this process, then a counter.
         self._id_prefix = uuid.uuid4().hex[:8]
@@ -169,7 +173,7 @@ class Worker:
         to exit at this first call, and whatever supervises it had to notice and try again. It waits, logging
         the trouble once, until the broker answers or the worker is stopped (seen in test_chaos).
         """
-        trouble = Episode(log, "broker unreachable at start-up")
+        trouble = metrics.CountedEpisode(log, "broker unreachable at start-up", "worker", "topic check")
         delay = 0.2
         while not self._stop.is_set():
             try:
@@ -202,7 +206,7 @@ class Worker:
         tasks: set[asyncio.Task[None]] = set()
         await loop.run_in_executor(consumer_thread, self._subscribe, consumer)
         log.info("worker %s serving %s", self.config.worker_id, ", ".join(self.topics))
-        last_commit = time.monotonic()
+        last_commit = next_refresh = time.monotonic()
         try:
             while not self._stop.is_set():
                 free = self.config.concurrency - len(tasks)
@@ -219,6 +223,9 @@ class Worker:
                     task.add_done_callback(functools.partial(_task_done, tasks, slots))
                 if self._consumer_failed is not None:
                     consumer = await loop.run_in_executor(consumer_thread, self._replace_consumer, consumer)
+                if time.monotonic() >= next_refresh:
+                    await loop.run_in_executor(consumer_thread, self._lag.refresh, consumer)
+                    next_refresh = time.monotonic() + metrics.REFRESH_S
                 if time.monotonic() - last_commit >= self.config.commit_interval_ms / 1000:
                     await loop.run_in_executor(consumer_thread, self._committer.commit, consumer)
                     last_commit = time.monotonic()
@@ -238,6 +245,7 @@ class Worker:
                 )
             await loop.run_in_executor(consumer_thread, self._committer.commit_now, consumer)
             await loop.run_in_executor(consumer_thread, consumer.close)
+            self._lag.forget()
             self._stop.set()
             consumer_thread.shutdown()
             sync_pool.shutdown(wait=False, cancel_futures=True)
@@ -300,6 +308,7 @@ class Worker:
             self._stop.set()
             return old
         log.error("worker %s: consumer failed fatally (%s); replacing it", self.config.worker_id, reason)
+        metrics.CLIENT_REPLACEMENTS.labels("worker", "consumer").inc()
         self._tracker.forget_all()  # as if lost: commands fetched again join their attempts
         try:
             old.close()
@@ -373,7 +382,7 @@ class Worker:
                     self._tracker.finished(*coords)
                 return
             claimed = attempt
-            await self._attempt(cmd, attempt, loop, pool)
+            await self._attempt(cmd, attempt, loop, pool, self._queue_of.get(coords[0], ""))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -381,7 +390,12 @@ class Worker:
             self._dead_letter(msg, coords, "WorkerError", f"{type(exc).__name__}: {exc}", claimed)
 
     async def _attempt(
-        self, cmd: StepCommand, attempt: Attempt, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
+        self,
+        cmd: StepCommand,
+        attempt: Attempt,
+        loop: asyncio.AbstractEventLoop,
+        pool: ThreadPoolExecutor,
+        queue: str = "",
     ) -> None:
         """Run the step once and hand its result to the outbox: the last thing this does, it never raises."""
         self.stats.started += 1
@@ -394,7 +408,12 @@ class Worker:
                 body=StepStarted(cmd.position, cmd.attempt, attempts.now_ms(), self.config.worker_id),
             )
             self._to_inbox(started, f"start of {cmd.step} for run {cmd.run_id}", None)
-        body = await self._run_step(cmd, loop, pool)
+        metrics.STEPS_IN_FLIGHT.inc()
+        try:
+            body = await self._run_step(cmd, loop, pool)
+        finally:
+            metrics.STEPS_IN_FLIGHT.dec()
+        metrics.observe_attempt(cmd, queue, body)
         event = attempts.result_event(cmd, body, self._event_suffix())
         what = f"result of {cmd.step} for run {cmd.run_id} (attempt {cmd.attempt})"
         self._to_inbox(event, what, functools.partial(self._reported, attempt))
@@ -421,6 +440,7 @@ class Worker:
         )
 
         def delivered() -> None:
+            metrics.DEAD_LETTERS.labels("worker", error_type).inc()
             self._tracker.finished(*coords)
             if attempt is not None:  # not reported: a re-drive of the dead letter runs the step again
                 for waiting in self._ledger.release(attempt):

@@ -27,6 +27,12 @@ from orchestrator.settings import Settings
 
 console = Console()
 
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(help="Serve Prometheus metrics on this port at /metrics (docs/metrics.md); off by default."),
+]
+MetricsHostOption = Annotated[str, typer.Option(help="Address the metrics endpoint listens on.")]
+
 AppOption = Annotated[
     str | None, typer.Option("--app", "-a", help="MODULE:ATTRIBUTE of your App (or env ORCHESTRATOR_APP).")
 ]
@@ -97,6 +103,8 @@ def processor(
             "transactions (less broker and processor CPU per run) for this much added latency per step."
         ),
     ] = 0,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "0.0.0.0",
     verbose: bool = False,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
@@ -114,11 +122,25 @@ def processor(
     if state_dir:
         cfg["state_dir"] = state_dir
     proc = Processor(app, ProcessorConfig(**cfg))
+    _serve_metrics(metrics_port, metrics_host)
     threading.Thread(target=_report, args=(proc,), daemon=True).start()
     try:
         proc.run()
     except ProcessorFencedError as exc:
         raise _fail(str(exc)) from exc
+
+
+def _serve_metrics(port: int | None, host: str) -> None:
+    """Start the /metrics endpoint when asked to; a port already taken is a usage error, said plainly."""
+    if port is None:
+        return
+    from orchestrator._engine.metrics import serve_metrics
+
+    try:
+        server = serve_metrics(port, host)
+    except OSError as exc:
+        raise _fail(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    logging.getLogger("orchestrator").info("metrics at http://%s:%d/metrics", host, server.server_port)
 
 
 def _tune_gc() -> None:
@@ -169,6 +191,8 @@ def worker(
             "(results are held until delivered, whatever the outage; the step never runs again)."
         ),
     ] = 30_000,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "0.0.0.0",
     verbose: bool = False,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
@@ -190,6 +214,7 @@ def worker(
             delivery_timeout_ms=delivery_timeout_ms,
         ),
     )
+    _serve_metrics(metrics_port, metrics_host)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
     try:

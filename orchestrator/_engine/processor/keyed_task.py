@@ -11,6 +11,7 @@ import logging
 
 from confluent_kafka import Message
 
+from orchestrator._engine import metrics
 from orchestrator._engine.events import decode_event
 from orchestrator._engine.processor.config import ProcessorStats
 from orchestrator._engine.processor.output import Output, Record
@@ -55,7 +56,7 @@ class KeyedTask:
                 store.release()
                 if fx.ignored:
                     log.debug("keyed stage ignored %s: %s", event.kind, fx.ignored)
-                self.output.produce_records(records)
+                self.output.produce_records(records, fx.history)
                 if not fx.dead_letter:
                     return
                 error_type, reason = "Rejected", fx.dead_letter
@@ -73,4 +74,5 @@ class KeyedTask:
             return
         store.release()
         self.stats.timers += 1
-        self.output.produce_records(self.output.records(fx))
+        self.output.counts.add(metrics.TIMERS_FIRED, "keyed")
+        self.output.produce_records(self.output.records(fx), fx.history)

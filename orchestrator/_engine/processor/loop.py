@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from orchestrator._core import formats
-from orchestrator._engine import kafka, limits
+from orchestrator._engine import kafka, limits, metrics
 from orchestrator._engine.bounded_call import CallStuckError
 from orchestrator._engine.decider import Decider
 from orchestrator._engine.events import Event, ScheduleRegister
@@ -54,7 +54,9 @@ class Processor:
         self.bootstrap = s.bootstrap_servers
         self.topics = ProcessorTopics.of(app)
         self.stats = ProcessorStats()
-        self.faults = FaultLog(log)
+        self.faults: FaultLog = metrics.CountedFaultLog(log, "processor")
+        self.metrics = metrics.ProcessorMetrics()
+        self._lag = metrics.ConsumerLag("processor")
         self._running = False
         self._retry = Retrier(self.faults, lambda: self._running)
         self._consumer: Consumer | None = None
@@ -64,6 +66,7 @@ class Processor:
         self.output = Output(
             app.name, self.topics, self.partitions, self.transactions, self._retry, self.stats, component
         )
+        self.output.counts = self.metrics.batch
         state_dir = (self.config.state_dir or s.state_dir) / app.name / self.config.instance_id
         self.stores = StateManager(state_dir, self.topics, self.app.settings, self._retry)
         self.runs = RunStates(self.config.cache_size)
@@ -188,6 +191,8 @@ class Processor:
             log.debug("closing the dead consumer failed", exc_info=True)
         self.stores.close()
         self.runs.clear()
+        metrics.CLIENT_REPLACEMENTS.labels("processor", "consumer").inc()
+        self._lag.forget()
         self._subscribe()
 
     def _register_schedules(self) -> None:
@@ -227,7 +232,10 @@ class Processor:
 
     # -- rebalance ------------------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.stats.restored_records += self.stores.assign(partitions)
+        t0 = time.monotonic()
+        restored = self.stores.assign(partitions)
+        self.stats.restored_records += restored
+        self.metrics.restored(restored, time.monotonic() - t0)
         log.info("assigned partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -253,6 +261,8 @@ class Processor:
             self._resubscribe()
             return
         now = _now_ms()
+        if self.metrics.due_for_refresh():
+            self._refresh_metrics(now)
         due = self.stores.due_timers(now, self.config.timer_batch)
         if not msgs and not due:
             # An idle processor commits nothing, and only poll/flush hand over the producer's queued
@@ -294,13 +304,16 @@ class Processor:
         # Past the producer's transaction.timeout.ms the coordinator aborts the transaction anyway: stop
         # retrying send_offsets then, abort, and poll the consumer again (a group that is rebalancing waits
         # for this instance to rejoin, which it cannot do while stuck here).
-        give_up_at = time.monotonic() + txn.timeout_s
+        began = time.monotonic()
+        give_up_at = began + txn.timeout_s
+        handled = len(msgs)
         self.handling.start(txn.timeout_s)
         try:
             txn.begin()
             for i, msg in enumerate(msgs):
                 if i and self.handling.over():
                     self._leave_for_next_transaction(msgs[i:])
+                    handled = i
                     due = []  # due timers are found again by the next iteration
                     break
                 topic, p = msg.topic() or "", msg.partition() or 0
@@ -342,8 +355,18 @@ class Processor:
             self._on_transaction_error(cause)
             return
         self.stores.commit(positions)
+        self.metrics.committed(handled, time.monotonic() - began)
         self.stats.transactions += 1
         self.faults.recovered("transaction")
+
+    def _refresh_metrics(self, now_ms: int) -> None:
+        """Sample lag, timers and store sizes (`metrics.REFRESH_S` apart), between transactions: this
+        thread owns the consumer and the stores, which the scrape thread must not touch."""
+        assert self._consumer is not None
+        self._lag.refresh(self._consumer)
+        stores = [("run", p, s) for p, s in self.stores.run_stores.items()]
+        stores += [("keyed", p, s) for p, s in self.stores.keyed_stores.items()]
+        self.metrics.refresh_stores(stores, now_ms)
 
     def _leave_for_next_transaction(self, rest: list[Message]) -> None:
         """Seek back to the first record of ``rest`` in each partition: the next poll returns them again."""
@@ -379,6 +402,7 @@ class Processor:
                 self.output.record_limit.max_bytes,
             )
         self.stats.aborts += 1
+        self.metrics.aborted()
         if not replaced:
             self.transactions.abort()
         self.stores.discard()

@@ -6,13 +6,14 @@ that wait for room when librdkafka's local queue is full.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import Message
 
 from orchestrator import topology
 from orchestrator._core.effects import Effects, EncodedCommand
-from orchestrator._engine import limits
+from orchestrator._engine import limits, metrics
 from orchestrator._engine.events import Event, encode_event
 from orchestrator._engine.faults import Retrier
 from orchestrator._engine.limits import RecordLimit, first_oversize
@@ -54,6 +55,7 @@ class Output:
         self.record_limit = RecordLimit(limits.PRODUCER_DEFAULT_MAX_BYTES, "message.max.bytes (default)")
         self._retry = retry
         self._task_topics: dict[str, str] = {}
+        self.counts = metrics.BatchCounts()  # the processor's: published only if the transaction commits
 
     # -- effects --------------------------------------------------------------------------------------------
     def records(self, fx: Effects, p: int | None = None) -> list[Record]:
@@ -82,7 +84,10 @@ class Output:
         """Why one of ``records`` is over the record limit, or "" when all fit."""
         return first_oversize(records, self.record_limit)
 
-    def produce_records(self, records: list[Record]) -> None:
+    def produce_records(self, records: list[Record], history: Sequence[Event] = ()) -> None:
+        """Produce ``records``; ``history``, the events among them, are counted (runs started, ended)."""
+        if history:
+            self.counts.history(history)
         for topic, value, key, partition in records:
             self.produce(topic, value, key, partition=partition)
 
@@ -110,6 +115,7 @@ class Output:
     def dead_letter(self, msg: Message, error_type: str, reason: str, now_ms: int) -> None:
         """Keep ``msg`` in the DLQ with why; its offset commits all the same, so it never stops the loop."""
         self.stats.dead_letters += 1
+        self.counts.add(metrics.DEAD_LETTERS, "processor", error_type)
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
             msg.topic(),

@@ -78,7 +78,7 @@ class Parking:
             if with_input and more.dead_letter and msg is not None:
                 self.output.dead_letter(msg, "Rejected", more.dead_letter, now_ms)
             self.runs.save(store, state, old_timers, encoded)
-            self.output.produce_records(records)
+            self.output.produce_records(records, fx.history)
             if with_input:
                 return True
             parked = True

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from confluent_kafka import Message
 
+from orchestrator._engine import metrics
 from orchestrator._engine.decider import PARK_INTERNAL_ERROR, Decider, Effects, timers_of
 from orchestrator._engine.events import Event, StartRun, StepCompleted, StepFailed, decode_event
 from orchestrator._engine.local_steps import LocalSteps
@@ -30,6 +31,9 @@ from orchestrator._engine.store import timer_key
 from orchestrator.errors import SchemaError
 
 log = logging.getLogger("orchestrator.processor")
+
+LOCAL_QUEUE = "local"
+"""The ``queue`` label of local steps' metrics: they run in the processor, on no task queue."""
 
 
 class RunTask:
@@ -116,7 +120,7 @@ class RunTask:
             self.runs.save(store, new_state, old_timers, encoded)
         else:  # nothing recorded, so nothing may have changed: re-read the store's bytes next time
             self.runs.evict(event.run_id)
-        self.output.produce_records(records)
+        self.output.produce_records(records, fx.history)
 
     def _internal_error(self, msg: Message, p: int, event: Event, exc: Exception, now_ms: int) -> None:
         """Park the run with ``event`` recorded on it (a step result is not lost), or dead-letter ``msg``."""
@@ -198,6 +202,7 @@ class RunTask:
             self._timer_error(p, key, tag, run_id, exc, now_ms)
             return
         self.stats.timers += 1
+        self.output.counts.add(metrics.TIMERS_FIRED, "run")
         too_big = self.output.too_large([(self.output.topics.changelog, encoded, None, p), *records])
         if too_big:
             log.error("timer %s of run %s: %s; parking the run", tag, run_id, too_big)
@@ -208,7 +213,7 @@ class RunTask:
         store.delete(key)  # stale or fired: either way it is done (a re-armed timer has a new key)
         for due, t in timers_of(state):
             store.put(timer_key(due, run_id, t), b"")
-        self.output.produce_records(records)
+        self.output.produce_records(records, fx.history)
 
     def _timer_error(self, p: int, key: bytes, tag: str, run_id: str, exc: Exception, now_ms: int) -> None:
         """Park the run; the timer is done with (a resumed run re-arms its timers from its state)."""
@@ -232,6 +237,7 @@ class RunTask:
                     continue  # a local attempt is never running when its run is cancelled
                 result = self.local_steps.run(cmd)
                 self.stats.local_steps += 1
+                metrics.observe_attempt(cmd, LOCAL_QUEUE, result.body)
                 if budget <= 0 or self.handling.over():
                     fx.inbox.append(result)  # handled in a later batch, like a worker's result
                     continue

@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from orchestrator._engine import metrics
 from orchestrator._engine.bounded_call import BoundedCaller, CallStuckError
 from orchestrator._engine.faults import Retrier, error_of, is_fatal
 from orchestrator.errors import ProcessorFencedError
@@ -156,6 +157,7 @@ class Transactions:
             problem,
             exc,
         )
+        metrics.CLIENT_REPLACEMENTS.labels("processor", "producer").inc()
         old = self.producer
         if old is not None:
             try:
