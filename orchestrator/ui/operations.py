@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, TopicPartition
+from confluent_kafka import TopicPartition
 
 from orchestrator import topology
 from orchestrator._engine import audit, kafka, wire
@@ -35,10 +35,9 @@ class PartitionLag:
     """The worker group's committed offset; None when the group never committed on this partition."""
     oldest_waiting_ms: int | None = None
     """Timestamp of the first command the workers have not consumed yet (None: nothing waits)."""
-
-    @property
-    def lag(self) -> int:
-        return self.end_offset - (self.committed or 0)
+    lag: int = 0
+    """Offsets between the committed one and the end: 0 when no record waits there (only transaction
+    markers); otherwise an upper bound, since markers among the waiting records take offsets too."""
 
 
 @dataclass(frozen=True)
@@ -175,26 +174,38 @@ class Operations:
             return []
         tps = [TopicPartition(topic, p) for p in range(count)]
         committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+        ends = {p: kafka.watermarks(consumer, TopicPartition(topic, p))[1] for p in range(count)}
+        done = {p: at if at is not None and at >= 0 else None for p, at in committed.items()}
+        behind = {p: done.get(p) or 0 for p in range(count) if ends[p] > (done.get(p) or 0)}
+        oldest = self._first_waiting(topic, behind)
         out = []
         for p in range(count):
-            _, high = kafka.watermarks(consumer, TopicPartition(topic, p))
-            at = committed.get(p, OFFSET_INVALID)
-            done = at if at is not None and at >= 0 else None
-            oldest = self._timestamp_at(topic, p, done or 0) if high > (done or 0) else None
-            out.append(PartitionLag(queue, topic, p, high, done, oldest))
+            at = done.get(p)
+            # Task topics are written in transactions: each commit marker takes an offset, so an end offset
+            # past the committed one may hide no record at all. Nothing to read there means no lag.
+            end = ends[p] if p in oldest else max(at or 0, 0)
+            out.append(PartitionLag(queue, topic, p, ends[p], at, oldest.get(p), end - (at or 0)))
         return out
 
-    def _timestamp_at(self, topic: str, partition: int, offset: int) -> int | None:
-        """The timestamp of the first record at or after ``offset`` (None: none there within 5 s)."""
+    def _first_waiting(self, topic: str, starts: dict[int, int]) -> dict[int, int]:
+        """Partition -> timestamp of its first record from ``starts[partition]`` on, for the partitions
+        that have one (read_committed: records of aborted transactions and markers are not records)."""
+        if not starts:
+            return {}
         reader = kafka.new_consumer(kafka.reader_config(self.app.settings))
+        found: dict[int, int] = {}
+        pending = set(starts)
         try:
-            reader.assign([TopicPartition(topic, partition, offset)])
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                msg = reader.poll(0.5)
-                if msg is None or msg.error() is not None:
+            reader.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+            deadline = time.monotonic() + 10
+            while pending and time.monotonic() < deadline:
+                msg = reader.poll(0.2)
+                if msg is None:
                     continue
-                return int(msg.timestamp()[1])
-            return None
+                partition = msg.partition() or 0
+                if partition in pending and msg.error() is None:
+                    found[partition] = int(msg.timestamp()[1])
+                pending.discard(partition)  # a record, or the end of the partition
+            return found
         finally:
             reader.close()

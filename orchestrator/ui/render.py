@@ -36,9 +36,11 @@ def payload_text(data: bytes | None) -> str:
     if data is None:
         return ""
     try:
-        return json.dumps(json.loads(data), indent=2, sort_keys=True, ensure_ascii=False)
+        value = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return "base64:" + base64.b64encode(data).decode()
+    compact = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return compact if len(compact) <= 60 else json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
 def plain(value: Any) -> str:

@@ -235,7 +235,7 @@ class UI:
         run_id, action = request.path_params["run_id"], request.path_params["action"]
         fields = await self.form(request)
         await self.act(action, run_id, fields)
-        return RedirectResponse(f"/runs/{quote(run_id)}?done={action}", 303)
+        return RedirectResponse(f"/runs/{quote(run_id, safe='/')}?done={action}", 303)
 
     async def api_run_action(self, request: Request) -> Response:
         run_id, action = request.path_params["run_id"], request.path_params["action"]
@@ -396,8 +396,8 @@ def _routes(ui: UI) -> list[Route | Mount]:
         Route("/runs", ui.runs_page),
         Route("/runs/rows", ui.runs_page),
         Route("/runs/bulk", ui.bulk, methods=["POST"]),
-        Route("/runs/{run_id}", ui.run_page),
-        Route("/runs/{run_id}/{action}", ui.run_action, methods=["POST"]),
+        Route("/runs/{run_id:path}", ui.run_page),
+        Route("/runs/{run_id:path}/{action}", ui.run_action, methods=["POST"]),
         Route("/dlq", ui.dlq_page),
         Route("/dlq/redrive", ui.redrive, methods=["POST"]),
         Route("/dlq/{offset:int}", ui.dlq_page),
@@ -406,8 +406,8 @@ def _routes(ui: UI) -> list[Route | Mount]:
         Route("/queues", ui.queues_page),
         Route("/api/runs", ui.api_runs),
         Route("/api/runs/bulk", ui.api_bulk, methods=["POST"]),
-        Route("/api/runs/{run_id}", ui.api_run),
-        Route("/api/runs/{run_id}/{action}", ui.api_run_action, methods=["POST"]),
+        Route("/api/runs/{run_id:path}", ui.api_run),
+        Route("/api/runs/{run_id:path}/{action}", ui.api_run_action, methods=["POST"]),
         Route("/api/dlq", ui.api_dlq),
         Route("/api/dlq/redrive", ui.api_redrive, methods=["POST"]),
         Route("/api/schedules", ui.schedules_page),
