@@ -94,8 +94,16 @@ def parse_filter(params: Mapping[str, str], now_ms: int) -> ParsedFilter:
     return ParsedFilter(flt, values)
 
 
-def matches(flt: RunFilter, *, workflow: str, status: str, error_type: str, created_ms: int, run_id: str,
-            tags: Mapping[str, str]) -> bool:  # fmt: skip
+def matches(
+    flt: RunFilter,
+    *,
+    workflow: str,
+    status: str,
+    error_type: str,
+    created_ms: int,
+    run_id: str,
+    tags: Mapping[str, str],
+) -> bool:
     """Whether one run passes the filter (the rule every RunQuery answers by; see `RunFilter`)."""
     return (
         (flt.workflow is None or flt.workflow == workflow)

@@ -96,8 +96,16 @@ class Operations:
         return rebuilt.get(run_id)
 
     # -- actions (the public client) -------------------------------------------------------------------
-    async def act(self, action: str, run_id: str, *, reason: str, signal: str = "", payload: Any = None,
-                  from_position: int | None = None) -> None:  # fmt: skip
+    async def act(
+        self,
+        action: str,
+        run_id: str,
+        *,
+        reason: str,
+        signal: str = "",
+        payload: Any = None,
+        from_position: int | None = None,
+    ) -> None:
         if action == "cancel":
             await self.client.cancel(run_id, reason)
         elif action == "resume":

@@ -116,18 +116,35 @@ def layout(state: RunState, now_ms: int) -> Timeline:
 
 def _row(record: CommandRecord, resolved: dict[int, int], horizon: int) -> Row:
     if isinstance(record, StepRecord):
-        return Row(record.position, str(record.kind), record.step, str(record.status),
-                   tuple(_step_segments(record, horizon)), undoes=record.undoes)  # fmt: skip
+        return Row(
+            record.position,
+            str(record.kind),
+            record.step,
+            str(record.status),
+            tuple(_step_segments(record, horizon)),
+            undoes=record.undoes,
+        )
     if isinstance(record, TimerRecord):
         return Row(
             record.position, "timer", "sleep", str(record.status), (_timer(record, resolved, horizon),)
         )
     if isinstance(record, WaitRecord):
-        return Row(record.position, "wait", record.event_name, str(record.status),
-                   (_wait(record, resolved, horizon),))  # fmt: skip
+        return Row(
+            record.position,
+            "wait",
+            record.event_name,
+            str(record.status),
+            (_wait(record, resolved, horizon),),
+        )
     if isinstance(record, ChildRecord):
-        return Row(record.position, "child", record.workflow, str(record.status),
-                   (_child(record, resolved, horizon),), child_run_id=record.child_run_id)  # fmt: skip
+        return Row(
+            record.position,
+            "child",
+            record.workflow,
+            str(record.status),
+            (_child(record, resolved, horizon),),
+            child_run_id=record.child_run_id,
+        )
     assert isinstance(record, MarkerRecord)
     point = Segment(record.scheduled_ms, record.scheduled_ms, "point", f"patched {record.name!r}")
     return Row(record.position, "marker", record.name, str(record.status), (point,))

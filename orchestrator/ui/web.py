@@ -257,8 +257,15 @@ class UI:
         confirm = fields.get("confirm")
         if confirm is None or confirm != str(len(ids)):
             changed = confirm is not None
-            return self.page(request, "confirm.html", action=action, parsed=parsed, ids=ids,
-                             statuses=BULK[action], changed=changed)  # fmt: skip
+            return self.page(
+                request,
+                "confirm.html",
+                action=action,
+                parsed=parsed,
+                ids=ids,
+                statuses=BULK[action],
+                changed=changed,
+            )
         for run_id in ids:
             await self.act(action, run_id, {"reason": f"bulk {action} from the web UI"})
         return self.page(request, "done.html", action=action, ids=ids)
@@ -371,8 +378,13 @@ class UI:
             )
         response = RedirectResponse(target, 303)
         if not self.auth.open:
-            response.set_cookie(COOKIE, self.auth.session_cookie(role), httponly=True, samesite="strict",
-                                secure=request.url.scheme == "https")  # fmt: skip
+            response.set_cookie(
+                COOKIE,
+                self.auth.session_cookie(role),
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
         return response
 
     async def logout(self, request: Request) -> Response:
