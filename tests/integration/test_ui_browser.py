@@ -17,6 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ SPEC = "tests.integration.apps.ui_app:app"
 CHROMIUM = "/usr/bin/chromium"
 FULL, READ = "full-token-7c1", "read-token-93b"
 WAIT = 60.0
+expect.set_options(timeout=WAIT * 1000)  # pages read topics: on a loaded 2-core machine that takes seconds
 
 
 @dataclass
@@ -48,7 +50,9 @@ class Stack:
             async with self.app.client() as client:
                 await client.start(workflow, value, run_id=run_id)
 
-        asyncio.run(go())
+        # On a thread of its own: Playwright's sync API keeps an event loop running on the test's thread.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, go()).result(WAIT)
 
     def api(self, method: str, path: str, token: str = FULL, **kw: object) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"}

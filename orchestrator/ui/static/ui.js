@@ -2,13 +2,17 @@
 (function () {
   "use strict";
   var poll = parseFloat(document.body.dataset.poll || "3") * 1000;
+  // Once a form is on its way (an action posting), a reload would abandon its answer: stop refreshing.
+  var leaving = false;
+  document.addEventListener("submit", function (ev) { if (!ev.defaultPrevented) leaving = true; });
+  window.addEventListener("beforeunload", function () { leaving = true; });
 
   // Runs list: re-fetch the rows (same filter, first page) while "live" is ticked.
   var rows = document.getElementById("run-rows");
   var live = document.getElementById("live");
   if (rows && live) {
     setInterval(function () {
-      if (!live.checked || document.hidden) return;
+      if (leaving || !live.checked || document.hidden) return;
       fetch(rows.dataset.src, { credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) { if (html !== null) rows.innerHTML = html; })
@@ -20,7 +24,7 @@
   if (document.getElementById("live-run")) {
     setInterval(function () {
       var active = document.activeElement;
-      if (document.hidden || (active && (active.tagName === "INPUT" || active.tagName === "SELECT"))) return;
+      if (leaving || document.hidden || (active && (active.tagName === "INPUT" || active.tagName === "SELECT"))) return;
       location.reload();
     }, poll);
   }
