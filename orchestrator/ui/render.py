@@ -52,6 +52,13 @@ def plain(value: Any) -> str:
     return str(value)
 
 
+def field(value: Any, name: str) -> str:
+    """An event body field as text: epoch-ms fields (``started_ms``, ``due_ms``...) as UTC times."""
+    if name.endswith("_ms") and isinstance(value, int) and value > 10**12:
+        return when(value)
+    return plain(value)
+
+
 def command_error(record: Any) -> str:
     if isinstance(record, StepRecord | ChildRecord) and record.error_type:
         return f"{record.error_type}: {record.error_message}"
@@ -147,7 +154,7 @@ def queue_json(q: QueueReport) -> dict[str, Any]:
 
 def install(env: jinja2.Environment) -> None:
     """The filters and globals the templates use."""
-    env.filters.update(when=when, payload=payload_text, plain=plain, dur=duration_text)
+    env.filters.update(when=when, payload=payload_text, plain=plain, field=field, dur=duration_text)
     env.globals.update(
         ago=ago,
         command_error=command_error,
