@@ -114,7 +114,9 @@ class ChangelogRunQuery:
                 return self._cached[1]
             states = audit.live_states(self.app, on_unreadable=self._on_unreadable)
             runs = [summary(s, self.app.settings.partitions) for s in states.values()]
-            self._cached = (now, runs)
+            # Aged from when the scan ended: a scan takes over a second, so a page's list and count
+            # would otherwise each scan (measured: 2.5 s instead of 1.2 s for the runs page).
+            self._cached = (self._clock(), runs)
             return runs
 
     def list(self, flt: RunFilter, cursor: str | None = None, limit: int = 50) -> RunPage:
