@@ -343,6 +343,22 @@ def test_queues_page_shows_every_partition_of_the_task_queue(
     assert [p["partition"] for p in body["queues"][0]["partitions"]] == [0, 1, 2, 3]
 
 
+def test_schedules_are_listed_paused_and_resumed(stack: Stack, signed_in: SignIn) -> None:
+    page = signed_in(FULL)
+    page.goto(stack.base + "/schedules")
+    _reload_until(page, "table.schedules tbody", "yearly_report")
+    row = page.locator("table.schedules tbody tr", has_text="yearly_report")
+    expect(row).to_contain_text("0 0 1 1 *")
+    expect(row).to_contain_text("active")
+    row.locator("button", has_text="Pause").click()
+    expect(page.locator("#flash")).to_contain_text("paused yearly_report")
+    _reload_until(page, "table.schedules tbody", "paused")
+    page.locator("table.schedules tbody tr", has_text="yearly_report").locator(
+        "button", has_text="Resume"
+    ).click()
+    _reload_until(page, "table.schedules tbody", "active")
+
+
 def test_wrong_token_is_refused_and_read_only_cannot_act(
     stack: Stack, browser: Browser, signed_in: SignIn
 ) -> None:

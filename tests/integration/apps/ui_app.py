@@ -85,3 +85,8 @@ async def pay(n: int) -> None:
 async def trip(ctx: WorkflowContext, n: int) -> None:
     await ctx.step(book, n, compensate=unbook)
     await ctx.step(pay, n)
+
+
+@app.workflow(schedule="0 0 1 1 *")  # once a year: listed on the schedules page, never fires during a test
+async def yearly_report(ctx: WorkflowContext, when: str) -> str:
+    return when
