@@ -288,3 +288,32 @@ def test_tokens_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.token is not None and settings.token.get_secret_value() == "t1"
     assert settings.read_token is not None and settings.read_token.get_secret_value() == "t2"
     assert "t1" not in repr(settings)
+
+
+def test_the_changelog_query_scans_once_per_ttl_and_forgets_after_an_action(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from orchestrator import App
+    from orchestrator.ui import changelog_runs
+
+    scans: list[int] = []
+    states = {"a": RunState("a", "wf", RunStatus.FAILED, b"", 5, 9, error_type="E", error_message="m")}
+
+    def live_states(app: App, *, on_unreadable: object = None) -> dict[str, RunState]:
+        scans.append(1)
+        return states
+
+    monkeypatch.setattr(changelog_runs.audit, "live_states", live_states)
+    now = [100.0]
+    query = changelog_runs.ChangelogRunQuery(App("q"), ttl=1.0, clock=lambda: now[0])
+    page = query.list(RunFilter(status="failed"))
+    assert [(r.run_id, r.ended_ms, r.error_type, 0 <= r.partition < 4) for r in page.runs] == [
+        ("a", 9, "E", True)
+    ]
+    assert query.count(RunFilter()) == 1 and len(scans) == 1  # a page's list and count: one scan
+    now[0] += 1.5
+    query.count(RunFilter())
+    assert len(scans) == 2
+    query.forget()
+    query.count(RunFilter())
+    assert len(scans) == 3
