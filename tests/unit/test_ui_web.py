@@ -152,3 +152,24 @@ async def test_metrics_label_requests_by_route_template(ui: Any) -> None:
         == 1
     )
     assert value("orchestrator_ui_request_duration_seconds_count", {"route": "/api/runs"}) == 1
+
+
+async def test_pages_escape_what_they_show_and_forbid_framing() -> None:
+    class Hostile(FakeRuns):
+        def list(self, flt: RunFilter, cursor: str | None = None, limit: int = 50) -> RunPage:
+            return RunPage(
+                [RunSummary("<script>alert(1)</script>", "wf", "failed", 1, 2, error_message="<b>x")]
+            )
+
+    web = create_app(App("webtest"), Hostile(), UISettings(), ops=cast(Operations, FakeOps()))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=web), base_url="http://127.0.0.1"
+    ) as client:
+        page = await client.get("/runs")  # no token configured: open (local) mode
+    assert page.status_code == 200
+    assert (
+        "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    )
+    assert "<b>x" not in page.text
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
