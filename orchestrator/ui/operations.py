@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from orchestrator import topology
 from orchestrator._engine import audit, kafka, wire
@@ -21,6 +21,7 @@ from orchestrator._engine.reader import partition_count, read_partitions
 from orchestrator._engine.records import DeadLetter, decode_dead_letter
 from orchestrator._engine.state import KIND_COMPENSATION, KIND_STEP, STEP_SCHEDULED, RunState, StepRecord
 from orchestrator._engine.unreadable import Unreadable, decoded
+from orchestrator._topic_admin import admin_client
 from orchestrator.app import App
 from orchestrator.client import Client
 
@@ -58,6 +59,23 @@ class QueueReport:
     def oldest_waiting_ms(self) -> int | None:
         waiting = [p.oldest_waiting_ms for p in self.partitions if p.oldest_waiting_ms is not None]
         return min(waiting) if waiting else None
+
+
+@dataclass(frozen=True)
+class WorkerMember:
+    """One worker in the workers' consumer group, and the task partitions it holds."""
+
+    client_id: str
+    host: str
+    member_id: str
+    partitions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Workers:
+    state: str
+    """The group's state as the coordinator reports it (STABLE, PREPARING_REBALANCE, EMPTY, ...)."""
+    members: list[WorkerMember]
 
 
 @dataclass
@@ -174,6 +192,26 @@ class Operations:
         finally:
             consumer.close()
         return reports
+
+    def workers(self) -> Workers:
+        """The workers' consumer group as its coordinator describes it: who is in it, holding what."""
+        admin = admin_client(self.app.settings)
+        group = workers_group(self.app)
+        try:
+            described = admin.describe_consumer_groups([group], request_timeout=10)[group].result(15)
+        except KafkaException as exc:  # the page still shows the queues; it says why workers are missing
+            return Workers(f"not described: {exc}", [])
+        members = [
+            WorkerMember(
+                m.client_id,
+                m.host,
+                m.member_id,
+                tuple(sorted(f"{tp.topic}[{tp.partition}]" for tp in (m.assignment.topic_partitions or []))),
+            )
+            for m in described.members
+        ]
+        state = getattr(described.state, "name", str(described.state))
+        return Workers(state, sorted(members, key=lambda m: (m.host, m.client_id, m.member_id)))
 
     def _lags(self, consumer: Any, queue: str, topic: str) -> list[PartitionLag]:
         try:

@@ -15,7 +15,7 @@ import jinja2
 
 from orchestrator._engine.records import DeadLetter
 from orchestrator._engine.state import ChildRecord, RunState, StepRecord, WaitRecord, attempts_of, result_of
-from orchestrator.ui.operations import QueueReport
+from orchestrator.ui.operations import QueueReport, Workers
 from orchestrator.ui.timeline import duration_text
 
 
@@ -148,6 +148,21 @@ def queue_json(q: QueueReport) -> dict[str, Any]:
                 "oldest_waiting_ms": p.oldest_waiting_ms,
             }
             for p in q.partitions
+        ],
+    }
+
+
+def workers_json(w: Workers) -> dict[str, Any]:
+    return {
+        "state": w.state,
+        "members": [
+            {
+                "client_id": m.client_id,
+                "host": m.host,
+                "member_id": m.member_id,
+                "partitions": list(m.partitions),
+            }
+            for m in w.members
         ],
     }
 

@@ -357,10 +357,12 @@ class UI:
             states = audit.live_states(self.app, on_unreadable=skipped.append)
             return self.ops.queues(states.values())
 
-        reports = await asyncio.to_thread(read)
+        reports, workers = await asyncio.gather(asyncio.to_thread(read), asyncio.to_thread(self.ops.workers))
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"queues": [render.queue_json(q) for q in reports]})
-        return self.page(request, "queues.html", queues=reports, skipped=skipped)
+            return JSONResponse(
+                {"queues": [render.queue_json(q) for q in reports], "workers": render.workers_json(workers)}
+            )
+        return self.page(request, "queues.html", queues=reports, workers=workers, skipped=skipped)
 
     # -- signing in --------------------------------------------------------------------------------------
     async def login(self, request: Request) -> Response:

@@ -338,6 +338,9 @@ def test_queues_page_shows_every_partition_of_the_task_queue(
     card = page.locator("section.queue[data-queue='default']")
     expect(card.locator("tbody tr")).to_have_count(4)
     expect(card.locator(".lag")).to_have_text("0")  # the worker consumed every command
+    workers = page.locator("#workers tr.worker")
+    expect(workers).to_have_count(1)  # the one worker process, holding all four task partitions
+    expect(workers).to_contain_text(f"{stack.name}.tasks.default[3]")
     _shot(page, "queues", tmp_path)
     body = stack.api("GET", "/api/queues", READ).json()
     assert [p["partition"] for p in body["queues"][0]["partitions"]] == [0, 1, 2, 3]
