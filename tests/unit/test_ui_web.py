@@ -102,8 +102,11 @@ async def test_browser_signs_in_once_and_forms_need_the_csrf_token(ui: Any) -> N
     assert (await client.post("/runs/run-1/cancel", data={"csrf": "forged"})).status_code == 403
     ok = await client.post("/runs/run-1/cancel", data={"csrf": token, "reason": "r"})
     assert ok.status_code == 303 and [a[:2] for a in ops.acted] == [("cancel", "run-1")]
-    assert (await client.post("/login", data={"token": "full", "next": "https://evil.example/"},
-                       follow_redirects=False)).headers["location"] == "/runs"  # fmt: skip
+    assert (
+        await client.post(
+            "/login", data={"token": "full", "next": "https://evil.example/"}, follow_redirects=False
+        )
+    ).headers["location"] == "/runs"
 
 
 async def test_a_read_only_browser_sees_no_actions_and_cannot_post(ui: Any) -> None:
@@ -173,3 +176,85 @@ async def test_pages_escape_what_they_show_and_forbid_framing() -> None:
     assert "<b>x" not in page.text
     policy = page.headers["content-security-policy"]
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+
+
+async def test_a_run_page_draws_every_kind_of_command() -> None:
+    from orchestrator._core.state import (
+        AttemptRecord,
+        ChildRecord,
+        MarkerRecord,
+        RunState,
+        RunStatus,
+        StepKind,
+        StepRecord,
+        StepStatus,
+        TimerRecord,
+        WaitRecord,
+    )
+    from orchestrator._engine.events import Event, RunStarted
+
+    state = RunState(
+        "r-1",
+        "wf",
+        RunStatus.RUNNING,
+        b"{}",
+        1_000,
+        9_000,
+        steps=[
+            StepRecord(
+                0,
+                "charge",
+                "default",
+                StepStatus.BACKOFF,
+                2,
+                b"[1]",
+                1_000,
+                due_ms=20_000,
+                attempts=[AttemptRecord(1, 1_100, 1_200, "ConnectionError", "card <b>network</b>")],
+            ),
+            TimerRecord(1, StepStatus.COMPLETED, 1_300, 2_000),
+            WaitRecord(2, StepStatus.WAITING, 2_100, "approved", "k-1"),
+            ChildRecord(3, StepStatus.SCHEDULED, 2_200, "ship", "r-1/3", b"1"),
+            MarkerRecord(4, 2_300, "new-pricing"),
+            StepRecord(
+                5,
+                "unbook",
+                "default",
+                StepStatus.SCHEDULED,
+                1,
+                b"[]",
+                2_400,
+                kind=StepKind.COMPENSATION,
+                undoes=0,
+            ),
+        ],
+    )
+
+    class Ops(FakeOps):
+        def state(self, run_id: str, skipped: list[object]) -> RunState | None:
+            return state if run_id == "r-1" else None
+
+        def history(self, run_id: str, skipped: list[object]) -> list[Event]:
+            return [Event("e0", "r-1", "wf", 1_000, RunStarted(b"{}"), 0)] if run_id == "r-1" else []
+
+    web = create_app(App("webtest"), FakeRuns(), UISettings(), ops=cast(Operations, Ops()))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=web), base_url="http://127.0.0.1"
+    ) as client:
+        page = await client.get("/runs/r-1")
+        missing = await client.get("/runs/nope")
+    assert page.status_code == 200, page.text
+    for position, seg in [
+        (0, "failed"),
+        (0, "backoff"),
+        (1, "sleep"),
+        (2, "wait"),
+        (3, "child"),
+        (4, "point"),
+        (5, "queued"),
+    ]:
+        row = page.text.split(f'data-position="{position}"')[1].split('class="grow')[0]
+        assert f'class="seg {seg}' in row, (position, seg)
+    assert 'href="/runs/r-1/3"' in page.text and "undo #0" in page.text
+    assert "card &lt;b&gt;network&lt;/b&gt;" in page.text and 'id="cancel"' in page.text
+    assert missing.status_code == 404 and "no run" in missing.text
