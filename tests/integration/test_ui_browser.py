@@ -217,6 +217,13 @@ def test_runs_list_filters_and_search(stack: Stack, signed_in: SignIn, tmp_path:
     page.goto(stack.base + "/runs?tags=team")
     expect(page.locator("#filter-error")).to_contain_text("tags:")
 
+    page.goto(stack.base + "/runs?workflow=approval")
+    expect(page.locator("#run-rows tr[data-run='approval-1']")).to_be_visible()
+    loaded = page.evaluate("() => performance.timeOrigin")
+    stack.start("approval", 5, "live-1")
+    expect(page.locator("#run-rows tr[data-run='live-1']")).to_be_visible()  # polled in, no reload
+    assert page.evaluate("() => performance.timeOrigin") == loaded
+
 
 def test_a_run_shows_its_timeline_history_and_past_states(
     stack: Stack, signed_in: SignIn, tmp_path: Path
