@@ -32,7 +32,9 @@ def read_partitions(
             return
         consumer.assign(tps)
         while pending:
-            for msg in consumer.consume(10_000, timeout=1.0):
+            # consume() waits for a full batch or the timeout: a long timeout made every read of a small
+            # topic take at least that long (1 s per CLI/UI read); a short one just loops more.
+            for msg in consumer.consume(10_000, timeout=0.05):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
