@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from opentelemetry.trace import Span
 
 from orchestrator import topology
 from orchestrator._core import formats
-from orchestrator._engine import attempts, kafka
+from orchestrator._engine import attempts, kafka, tracing
 from orchestrator._engine.committer import Committer
 from orchestrator._engine.episodes import Episode
 from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted, encode_event
@@ -372,7 +373,8 @@ class Worker:
                     self._tracker.finished(*coords)
                 return
             claimed = attempt
-            await self._attempt(cmd, attempt, loop, pool)
+            with tracing.worker_span(cmd, msg) as span:  # a no-op without an OpenTelemetry SDK
+                await self._attempt(cmd, attempt, loop, pool, span)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -380,7 +382,12 @@ class Worker:
             self._dead_letter(msg, coords, "WorkerError", f"{type(exc).__name__}: {exc}", claimed)
 
     async def _attempt(
-        self, cmd: StepCommand, attempt: Attempt, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
+        self,
+        cmd: StepCommand,
+        attempt: Attempt,
+        loop: asyncio.AbstractEventLoop,
+        pool: ThreadPoolExecutor,
+        span: Span | None = None,
     ) -> None:
         """Run the step once and hand its result to the outbox: the last thing this does, it never raises."""
         self.stats.started += 1
@@ -394,6 +401,8 @@ class Worker:
             )
             self._to_inbox(started, f"start of {cmd.step} for run {cmd.run_id}", None)
         body = await self._run_step(cmd, loop, pool)
+        if span is not None:
+            tracing.end_worker_span(span, body, cmd.scheduled_ms)
         event = attempts.result_event(cmd, body, self._event_suffix())
         what = f"result of {cmd.step} for run {cmd.run_id} (attempt {cmd.attempt})"
         self._to_inbox(event, what, functools.partial(self._reported, attempt))
@@ -437,7 +446,11 @@ class Worker:
 
     def _to_inbox(self, event: Event, what: str, on_delivered: Callable[[], None] | None) -> None:
         partition = partition_for(event.run_id, self.app.settings.partitions)
-        out = Outgoing(self.inbox, encode_event(event), event.run_id.encode(), what, partition, on_delivered)
+        # The current (worker's) span, with the attempt's tracestate; none without an OpenTelemetry SDK.
+        headers = (tracing.inject() or None) if tracing.enabled() else None
+        out = Outgoing(
+            self.inbox, encode_event(event), event.run_id.encode(), what, partition, on_delivered, headers
+        )
         self._require_outbox().send(out)
 
     def _require_outbox(self) -> Outbox:

@@ -44,6 +44,13 @@ def _logging(verbose: bool) -> None:
     )
 
 
+def _tracing(service: str) -> None:
+    """OpenTelemetry traces, when the OTEL_* variables ask for them (docs/tracing.md)."""
+    from orchestrator._engine.tracing_setup import configure_from_env
+
+    configure_from_env(service)
+
+
 def _fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
@@ -77,6 +84,7 @@ def processor(
     from orchestrator.errors import ProcessorFencedError
 
     _logging(verbose)
+    _tracing("orchestrator-processor")
     app = _app(app_spec)
     _tune_gc()
     cfg: dict[str, Any] = {"max_batch": max_batch, "batch_linger_ms": batch_linger_ms}
@@ -148,6 +156,7 @@ def worker(
     from orchestrator._engine.worker import Worker, WorkerConfig, WorkerFailedError
 
     _logging(verbose)
+    _tracing("orchestrator-worker")
     app = _app(app_spec)
     _tune_gc()
     w = Worker(
@@ -184,6 +193,7 @@ def start(
     """
     from orchestrator.errors import OrchestratorError
 
+    _tracing("orchestrator-cli")
     app = _app(app_spec)
     try:
         value = json.loads(input_json)

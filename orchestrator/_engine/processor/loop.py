@@ -293,6 +293,7 @@ class Processor:
         # for this instance to rejoin, which it cannot do while stuck here).
         give_up_at = time.monotonic() + txn.timeout_s
         self.handling.start(txn.timeout_s)
+        self.run_task.spans.begin()
         try:
             txn.begin()
             for i, msg in enumerate(msgs):
@@ -339,6 +340,7 @@ class Processor:
             self._on_transaction_error(cause)
             return
         self.stores.commit(positions)
+        self.run_task.spans.committed()  # only now: an aborted batch's spans are derived again, not emitted
         self.stats.transactions += 1
         self.faults.recovered("transaction")
 
@@ -376,6 +378,7 @@ class Processor:
                 self.output.record_limit.max_bytes,
             )
         self.stats.aborts += 1
+        self.run_task.spans.aborted()
         if not replaced:
             self.transactions.abort()
         self.stores.discard()
