@@ -379,6 +379,7 @@ def _run_span(state: st.RunState, ts: int) -> SpanRecord:
     error = None
     if state.status != st.COMPLETED:
         _error_attrs(attrs, state.error_type, state.error_message)
+    if state.status == st.FAILED:  # a cancelled run did what it was asked: no error status
         error = (state.error_type, state.error_message)
     links: tuple[SpanContext, ...] = ()
     if state.parent_run_id:
