@@ -81,13 +81,15 @@ class _Path:
     @staticmethod
     def worker(raw: bytes, now_ms: int) -> bytes:
         cmd = decode_command(raw)
-        with tracing.worker_span(cmd, _NO_HEADERS) as span:  # as worker.Worker._execute
-            x = app.data.decode(cmd.args)[0]
-            result = StepCompleted(cmd.position, cmd.attempt, app.data.encode(x + 1), now_ms, now_ms, "w")
-            if span is not None:
+        x = app.data.decode(cmd.args)[0]
+        if tracing.enabled():  # as worker.Worker._execute, then _to_inbox inside the span
+            with tracing.worker_span(cmd, _NO_HEADERS) as span:
+                result = StepCompleted(cmd.position, cmd.attempt, app.data.encode(x + 1), now_ms, now_ms, "w")
                 tracing.end_worker_span(span, result, cmd.scheduled_ms)
-            if tracing.enabled():  # as worker.Worker._to_inbox
-                tracing.inject()
+                _ = tracing.inject() if tracing.enabled() else None
+        else:
+            result = StepCompleted(cmd.position, cmd.attempt, app.data.encode(x + 1), now_ms, now_ms, "w")
+            _ = tracing.inject() if tracing.enabled() else None
         return encode_event(Event(f"{cmd.idempotency_key}/1/x", cmd.run_id, cmd.workflow, now_ms, result))
 
 

@@ -373,8 +373,11 @@ class Worker:
                     self._tracker.finished(*coords)
                 return
             claimed = attempt
-            with tracing.worker_span(cmd, msg) as span:  # a no-op without an OpenTelemetry SDK
-                await self._attempt(cmd, attempt, loop, pool, span)
+            if tracing.enabled():  # an OpenTelemetry SDK is installed: the attempt runs in its span
+                with tracing.worker_span(cmd, msg) as span:
+                    await self._attempt(cmd, attempt, loop, pool, span)
+            else:
+                await self._attempt(cmd, attempt, loop, pool)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

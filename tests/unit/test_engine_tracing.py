@@ -41,7 +41,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
         _install(None)
 
 
-def _install(provider: TracerProvider | None) -> None:
+def _install(provider: trace.TracerProvider | None) -> None:
     trace._TRACER_PROVIDER_SET_ONCE = Once()
     trace._TRACER_PROVIDER = None
     if provider is not None:
@@ -331,9 +331,21 @@ def test_the_worker_span_is_a_child_of_the_attempt_span_with_or_without_headers(
     assert reported["traceparent"].decode().split("-")[2] == f"{with_headers.context.span_id:016x}"
 
 
-def test_no_worker_span_without_an_sdk() -> None:
-    with tracing.worker_span(_cmd(), object()) as span:  # the record's headers are not even read
-        assert span is None
+def test_enabled_follows_the_global_provider() -> None:
+    assert not tracing.enabled()  # no provider: the worker and processor compute nothing
+    provider = TracerProvider(id_generator=RunIds())
+    _install(provider)
+    try:
+        assert tracing.enabled()
+    finally:
+        provider.shutdown()
+        _install(None)
+    assert not tracing.enabled()
+    _install(trace.NoOpTracerProvider())  # what OTEL_SDK_DISABLED gives a process
+    try:
+        assert not tracing.enabled()
+    finally:
+        _install(None)
 
 
 def test_the_client_start_span_is_in_the_runs_trace_and_links_the_caller(spans: InMemorySpanExporter) -> None:
