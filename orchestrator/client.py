@@ -247,10 +247,18 @@ class Client:
         idempotency_key: str | None = None,
         timeout: float = 60.0,
     ) -> RunHandle[Any]:
-        """Start a run.
+        """Start a run. The same ``run_id`` twice gives one run; the second start returns its handle.
+
+        With ``idempotency_key``, a second start with the same key within the workflow's
+        ``idempotency_window`` (from any client) returns the handle of the first run instead of starting
+        another. Workflows with an ``Admission`` are started through it (they may wait for a slot).
+
+        Typing: ``input`` is checked against the workflow's input parameter (omitted for a workflow that
+        takes only ``ctx``) and the handle's ``result()`` has its return type. By name, both are unchecked.
 
         Traced (OpenTelemetry, a no-op without an SDK): a ``start`` span in the run's own trace, linked to
-        the caller's current span (docs/tracing.md)."""
+        the caller's current span (docs/tracing.md).
+        """
         name = workflow if isinstance(workflow, str) else self.app.workflow_name(workflow)
         run_id = run_id or uuid.uuid4().hex
         with tracing.client_start_span(run_id, name, self._inbox):
@@ -267,15 +275,7 @@ class Client:
         idempotency_key: str | None = None,
         timeout: float = 60.0,
     ) -> RunHandle[Any]:
-        """Start a run. The same ``run_id`` twice gives one run; the second start returns its handle.
-
-        With ``idempotency_key``, a second start with the same key within the workflow's
-        ``idempotency_window`` (from any client) returns the handle of the first run instead of starting
-        another. Workflows with an ``Admission`` are started through it (they may wait for a slot).
-
-        Typing: ``input`` is checked against the workflow's input parameter (omitted for a workflow that
-        takes only ``ctx``) and the handle's ``result()`` has its return type. By name, both are unchecked.
-        """
+        """`start` inside its span."""
         name = workflow if isinstance(workflow, str) else self.app.workflow_name(workflow)
         run_id = run_id or uuid.uuid4().hex
         data = self.app.data.encode(input, what=f"input of workflow {name!r}")

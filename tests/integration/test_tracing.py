@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from engine_support import ProcessorThread, WorkerThread, history, settings
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -283,3 +284,49 @@ async def test_a_run_with_steps_a_retry_a_sleep_a_wait_and_a_child_is_one_trace(
     assert senders[f"{kid_id}/end"] == (tracing.trace_id_of(kid_id), tracing.run_span_id(kid_id))
     (client_start,) = [h for e, h in inbox if e.run_id == run_id and e.kind == "StartRun"]
     assert _parent_of(client_start) == _ctx(start)
+
+
+async def test_an_aborted_batch_emits_nothing_and_its_second_processing_emits_each_span_once(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    app = App(unique_name, settings=settings(kafka_bootstrap))
+
+    @app.step
+    async def echo(x: int) -> int:
+        return x
+
+    @app.workflow
+    async def once(ctx: WorkflowContext, x: int) -> int:
+        return await ctx.step(echo, x)
+
+    proc = ProcessorThread(app, tmp_path)
+    processor = proc.processor
+    real_commit = processor.transactions.commit
+    failed: list[int] = []
+
+    def commit_or_fail() -> None:
+        """The first commit of a batch that ends spans fails as a broker timeout would: the processor aborts
+        the (real) transaction, rewinds and handles the batch again."""
+        if not failed and processor.run_task.spans.spans:
+            failed.append(len(processor.run_task.spans.spans))
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit timed out (injected by the test)"))
+        real_commit()
+
+    processor.transactions.commit = commit_or_fail  # type: ignore[method-assign]
+    worker = WorkerThread(app)
+    try:
+        async with app.client() as client:
+            assert await (await client.start(once, 7, run_id="abort-1")).result(timeout=60) == 7
+    finally:
+        worker.stop()
+        proc.stop()
+    assert failed == [2] and processor.stats.aborts == 1  # the step's span and the run's were pending
+    run_trace = tracing.trace_id_of("abort-1")
+    processor_spans = [
+        s
+        for s in exporter.get_finished_spans()
+        if _ctx(s)[0] == run_trace and s.name in ("step echo", "run once")
+    ]
+    assert sorted((s.name, _ctx(s)[1]) for s in processor_spans) == sorted(
+        [("step echo", tracing.step_span_id("abort-1", 0, 1)), ("run once", tracing.run_span_id("abort-1"))]
+    )
