@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -22,7 +23,7 @@ from opentelemetry.util._once import Once
 
 from orchestrator import App, RetryPolicy, WorkflowContext
 from orchestrator._engine import tracing
-from orchestrator._engine.events import StepScheduled, WaitStarted, decode_event
+from orchestrator._engine.events import Event, StepCompleted, StepScheduled, WaitStarted, decode_event
 from orchestrator._engine.reader import read_partitions
 from orchestrator._engine.records import decode_command
 from orchestrator._engine.tracing_ids import RunIds
@@ -301,17 +302,24 @@ async def test_an_aborted_batch_emits_nothing_and_its_second_processing_emits_ea
 
     proc = ProcessorThread(app, tmp_path)
     processor = proc.processor
-    real_commit = processor.transactions.commit
+    real_handle, real_commit = processor.run_task.handle_event, processor.transactions.commit
+    results: list[str] = []  # run ids of the step results handled (once per processing of the batch)
     failed: list[int] = []
 
+    def handle_event(msg: Any, p: int, event: Event, now_ms: int) -> None:
+        if isinstance(event.body, StepCompleted):
+            results.append(event.run_id)
+        real_handle(msg, p, event, now_ms)
+
     def commit_or_fail() -> None:
-        """The first commit of a batch that ends spans fails as a broker timeout would: the processor aborts
-        the (real) transaction, rewinds and handles the batch again."""
-        if not failed and processor.run_task.spans.spans:
-            failed.append(len(processor.run_task.spans.spans))
+        """The first commit of the batch holding the step's result fails as a broker timeout would: the
+        processor aborts the (real) transaction, rewinds and handles the batch again."""
+        if results and not failed:
+            failed.append(len(results))
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit timed out (injected by the test)"))
         real_commit()
 
+    processor.run_task.handle_event = handle_event  # type: ignore[method-assign]
     processor.transactions.commit = commit_or_fail  # type: ignore[method-assign]
     worker = WorkerThread(app)
     try:
@@ -320,7 +328,8 @@ async def test_an_aborted_batch_emits_nothing_and_its_second_processing_emits_ea
     finally:
         worker.stop()
         proc.stop()
-    assert failed == [2] and processor.stats.aborts == 1  # the step's span and the run's were pending
+    assert failed == [1] and results == ["abort-1", "abort-1"]  # the result's batch, handled twice
+    assert processor.stats.aborts == 1
     run_trace = tracing.trace_id_of("abort-1")
     processor_spans = [
         s
