@@ -6,6 +6,7 @@ and the processor that finishes the run is a new instance restored from the chan
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,15 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
-from engine_support import ProcessorThread, WorkerThread, history, settings
+from engine_support import (
+    APP_SPEC,
+    EngineProcess,
+    ProcessorThread,
+    WorkerThread,
+    child_env,
+    history,
+    settings,
+)
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -339,3 +348,72 @@ async def test_an_aborted_batch_emits_nothing_and_its_second_processing_emits_ea
     assert sorted((s.name, _ctx(s)[1]) for s in processor_spans) == sorted(
         [("step echo", tracing.step_span_id("abort-1", 0, 1)), ("run once", tracing.run_span_id("abort-1"))]
     )
+
+
+def _console_spans(text: str) -> list[dict[str, Any]]:
+    """The spans the SDK's ConsoleSpanExporter printed (indented JSON objects, among log lines)."""
+    decoder, out, i = json.JSONDecoder(), [], 0
+    while (i := text.find('{\n    "name"', i)) >= 0:
+        span, i = decoder.raw_decode(text, i)
+        out.append(span)
+    return out
+
+
+async def test_processor_and_worker_processes_export_from_the_otel_variables(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """`orchestrator processor|worker` set the SDK up from OTEL_* alone (here the console exporter), with the
+    engine's id generator: the processes' spans make the run's derived trace."""
+    env = child_env(unique_name, kafka_bootstrap, tmp_path) | {
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",  # export every 200 ms rather than every 5 s
+    }
+    logs = {role: tmp_path / f"{role}.log" for role in ("processor", "worker")}
+    parts = [
+        EngineProcess(
+            "processor", APP_SPEC, env, "--state-dir", str(tmp_path / "state"), log=logs["processor"]
+        ),
+        EngineProcess("worker", APP_SPEC, env, log=logs["worker"]),
+    ]
+    run_id = "otel-1"
+    root = f"0x{tracing.run_span_id(run_id):016x}"
+    try:
+        for part in parts:
+            part.start()
+        app = App(unique_name, settings=settings(kafka_bootstrap))
+        async with app.client() as client:
+            assert await (await client.start("five", 0, run_id=run_id)).result(timeout=120) == 11111
+        deadline = time.monotonic() + 30
+        while root not in logs["processor"].read_text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    finally:
+        for part in parts:
+            part.terminate()  # SIGTERM: the processes stop and the SDK flushes what is left at exit
+    trace_hex = f"0x{tracing.trace_id_of(run_id):032x}"
+    processor_spans = [
+        s for s in _console_spans(logs["processor"].read_text()) if s["context"]["trace_id"] == trace_hex
+    ]
+    worker_spans = [
+        s for s in _console_spans(logs["worker"].read_text()) if s["context"]["trace_id"] == trace_hex
+    ]
+    (run,) = [s for s in processor_spans if s["name"] == "run five"]
+    assert run["context"]["span_id"] == root and run["parent_id"] is None
+    assert run["resource"]["attributes"]["service.name"] == "orchestrator-processor"
+    steps = {
+        s["attributes"]["orchestrator.position"]: s for s in processor_spans if s["name"].startswith("step ")
+    }
+    assert sorted(steps) == [0, 1, 2, 3, 4]
+    for position, span in steps.items():
+        assert span["context"]["span_id"] == f"0x{tracing.step_span_id(run_id, position, 1):016x}"
+        assert span["parent_id"] == root
+    executions = sorted(worker_spans, key=lambda s: s["attributes"]["orchestrator.position"])
+    assert [s["name"] for s in executions] == [
+        "execute s1",
+        "execute s2",
+        "execute s3",
+        "execute s4",
+        "execute s5",
+    ]
+    for position, span in enumerate(executions):
+        assert span["parent_id"] == steps[position]["context"]["span_id"]
+        assert span["resource"]["attributes"]["service.name"] == "orchestrator-worker"
