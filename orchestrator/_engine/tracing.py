@@ -13,7 +13,7 @@ endian; 16 bytes for the trace id (kind ``trace``), 8 bytes for span ids (kinds 
 ``timer``, ``wait``, ``child``). A zero id (invalid in W3C) would be replaced by 1.
 
 Setting a span's id is not part of the OpenTelemetry API: the SDK asks its ``IdGenerator``. The ids to use
-next are put in `pending_ids`, which the generator of ``orchestrator._engine.tracing_setup`` reads (a
+next are put in `pending_ids`, which the generator ``orchestrator._engine.tracing_ids.RunIds`` reads (a
 TracerProvider made elsewhere must be given that generator; `emit` warns once if it was not).
 
 Context crosses Kafka as W3C ``traceparent``/``tracestate`` headers, written and read by the API's
