@@ -70,11 +70,14 @@ def main() -> None:
     cp.add_argument("--repeats", type=int, default=5)
     cp.add_argument("--tuned-gc", action="store_true", help="GC settings of the CLI's engine commands")
     cp.add_argument("--baseline", action="store_true", help="no state cache, plain Avro state encoding")
+    cp.add_argument("--traced", action="store_true", help="OpenTelemetry SDK installed (spans dropped)")
     args = ap.parse_args()
     if args.cmd == "cpu-path":
         from bench import cpu_path
 
-        out = cpu_path.main(args.runs, args.in_flight, args.repeats, args.tuned_gc, args.baseline)
+        out = cpu_path.main(
+            args.runs, args.in_flight, args.repeats, args.tuned_gc, args.baseline, args.traced
+        )
         print(json.dumps(out))
         return
     if args.cmd == "capacity":

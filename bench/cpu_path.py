@@ -6,6 +6,10 @@ call for every record (decode the inbox event, load the run's state, decide, enc
 emits; decode the command, encode the result) for many interleaved runs of the bench app's workflows, in one
 process, and reports CPU ms per run: stable to a few percent, so a change to the hot path can be judged.
 
+Tracing (ADR 0018) is on the path as in the processor and the worker: a no-op without an OpenTelemetry SDK;
+``--traced`` installs the SDK (with the engine's id generator and an exporter that drops the spans) to
+measure what recording the spans costs.
+
 What it leaves out: librdkafka (produce/consume calls, transactions), RocksDB, the worker's event loop. The
 store is a dict of encoded states, so a state-cache miss costs a real decode.
 """
@@ -20,11 +24,11 @@ from typing import Any
 
 from bench.apps import app
 from bench.load import STEPS
-from orchestrator._engine import wire
+from orchestrator._engine import tracing, wire
 from orchestrator._engine.decider import Decider, timers_of
 from orchestrator._engine.events import Event, StartRun, StepCompleted, decode_event, encode_event
 from orchestrator._engine.instance_cache import InstanceCache
-from orchestrator._engine.records import decode_command, encode_command, encode_outcome
+from orchestrator._engine.records import StepCommand, decode_command, encode_command, encode_outcome
 from orchestrator._engine.state import RunState, decode_state, encode_state, state_record
 from orchestrator._engine.state_cache import StateCache
 
@@ -40,8 +44,10 @@ class _Path:
         # encodes all of it again with plain Avro. Kept to show what those fixes bought, in one run.
         self.baseline = baseline
         self.encode_state = _plain_encode_state if baseline else encode_state
+        self.spans = tracing.PendingSpans()
 
     def processor(self, raw: bytes, now_ms: int) -> list[bytes]:
+        self.spans.begin()  # the processor does this once per transaction, not per record
         event = decode_event(raw)
         state: RunState | None = None if self.baseline else self.states.get(event.run_id)
         if state is None and event.run_id in self.store:
@@ -61,14 +67,58 @@ class _Path:
             encode_event(e)
         for o in fx.outcomes:
             encode_outcome(o)
-        return [encode_command(c) for _, c in fx.commands]
+        traced = tracing.enabled() if fx.commands or fx.inbox else False  # as processor.output.Output.records
+        out = []
+        for _, c in fx.commands:
+            assert isinstance(c, StepCommand)
+            if traced:
+                tracing.command_headers(c)
+            out.append(encode_command(c))
+        self.spans.note(new_state, fx.history)  # as processor.run_task.RunTask.handle_event
+        self.spans.committed()
+        return out
 
     @staticmethod
     def worker(raw: bytes, now_ms: int) -> bytes:
         cmd = decode_command(raw)
         x = app.data.decode(cmd.args)[0]
-        result = StepCompleted(cmd.position, cmd.attempt, app.data.encode(x + 1), now_ms, now_ms, "w")
+        if tracing.enabled():  # as worker.Worker._execute, then _to_inbox inside the span
+            with tracing.worker_span(cmd, _NO_HEADERS) as span:
+                result = StepCompleted(cmd.position, cmd.attempt, app.data.encode(x + 1), now_ms, now_ms, "w")
+                tracing.end_worker_span(span, result, cmd.scheduled_ms)
+                _ = tracing.inject() if tracing.enabled() else None
+        else:
+            result = StepCompleted(cmd.position, cmd.attempt, app.data.encode(x + 1), now_ms, now_ms, "w")
+            _ = tracing.inject() if tracing.enabled() else None
         return encode_event(Event(f"{cmd.idempotency_key}/1/x", cmd.run_id, cmd.workflow, now_ms, result))
+
+
+class _NoHeaders:
+    """The command record of the worker's path: consumed without headers (the span's parent is derived)."""
+
+    @staticmethod
+    def headers() -> None:
+        return None
+
+
+_NO_HEADERS = _NoHeaders()
+
+
+def _install_sdk() -> None:
+    """The OpenTelemetry SDK as ``tracing_setup`` installs it, exporting nowhere: what making spans costs."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from orchestrator._engine.tracing_ids import RunIds
+
+    class _Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(id_generator=RunIds())
+    provider.add_span_processor(SimpleSpanProcessor(_Drop()))
+    trace.set_tracer_provider(provider)
 
 
 def _plain_encode_state(state: RunState) -> bytes:
@@ -101,8 +151,15 @@ def _one_round(workflow: str, runs: int, in_flight: int, baseline: bool) -> dict
 
 
 def main(
-    runs: int = 3000, in_flight: int = 256, repeats: int = 5, tuned_gc: bool = False, baseline: bool = False
+    runs: int = 3000,
+    in_flight: int = 256,
+    repeats: int = 5,
+    tuned_gc: bool = False,
+    baseline: bool = False,
+    traced: bool = False,
 ) -> dict[str, Any]:
+    if traced:
+        _install_sdk()
     if tuned_gc:  # what the CLI's processor and worker commands do (orchestrator/cli/engine.py _tune_gc)
         gc.collect()
         gc.freeze()
@@ -113,6 +170,7 @@ def main(
         "repeats": repeats,
         "tuned_gc": tuned_gc,
         "baseline": baseline,
+        "traced": traced,
     }
     for workflow in ("one", "five", "twenty"):
         _one_round(workflow, min(runs, 500), in_flight, baseline)  # warm-up
@@ -124,7 +182,8 @@ def main(
         print(
             f"{workflow:7} ({STEPS[workflow]:2} steps): processor {figures['processor_ms']:.3f} ms/run, "
             f"worker {figures['worker_ms']:.3f} ms/run (median of {repeats}, gc "
-            f"{'tuned' if tuned_gc else 'default'}{', baseline path' if baseline else ''})",
+            f"{'tuned' if tuned_gc else 'default'}{', baseline path' if baseline else ''}"
+            f"{', traced' if traced else ''})",
             flush=True,
         )
     return out

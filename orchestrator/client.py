@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._core import formats
-from orchestrator._engine import audit, kafka, wire
+from orchestrator._engine import audit, kafka, tracing, wire
 from orchestrator._engine.admission import admit_routing, idempotency_routing
 from orchestrator._engine.events import (
     AdmitRequest,
@@ -255,7 +255,27 @@ class Client:
 
         Typing: ``input`` is checked against the workflow's input parameter (omitted for a workflow that
         takes only ``ctx``) and the handle's ``result()`` has its return type. By name, both are unchecked.
+
+        Traced (OpenTelemetry, a no-op without an SDK): a ``start`` span in the run's own trace, linked to
+        the caller's current span (docs/tracing.md).
         """
+        name = workflow if isinstance(workflow, str) else self.app.workflow_name(workflow)
+        run_id = run_id or uuid.uuid4().hex
+        with tracing.client_start_span(run_id, name, self._inbox):
+            return await self._start(
+                workflow, input, run_id=run_id, idempotency_key=idempotency_key, timeout=timeout
+            )
+
+    async def _start(
+        self,
+        workflow: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float = 60.0,
+    ) -> RunHandle[Any]:
+        """`start` inside its span."""
         name = workflow if isinstance(workflow, str) else self.app.workflow_name(workflow)
         run_id = run_id or uuid.uuid4().hex
         data = self.app.data.encode(input, what=f"input of workflow {name!r}")
@@ -382,12 +402,14 @@ class Client:
             loop.call_soon_threadsafe(settle)
 
         routing = key if key is not None else event.run_id
+        headers = tracing.inject()  # the caller's span (the start span in start()), as W3C traceparent
         producer.produce(
             topic or self._inbox,
             encode_event(event),
             routing.encode(),
             partition=partition_for(routing, self.app.settings.partitions),
             on_delivery=delivered,
+            headers=headers or None,
         )
         producer.poll(0)
         await done

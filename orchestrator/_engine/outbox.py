@@ -50,6 +50,8 @@ class Outgoing:
     """For logs: what the record is, e.g. "result of s1 for run r7 (attempt 1)"."""
     partition: int = -1
     on_delivered: Callable[[], None] | None = None
+    headers: list[tuple[str, str | bytes | None]] | None = None
+    """Record headers (the W3C trace context of a step's report), or None."""
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Outbox:
                 out.key,
                 partition=out.partition,
                 on_delivery=lambda err, _msg: self._on_delivery(rid, token, err),
+                headers=out.headers,
             )
         except BufferError:
             # librdkafka's local queue is full (broker slow or down): the next pump polls, which frees room.

@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from opentelemetry.trace import Span
 
 from orchestrator import topology
 from orchestrator._core import formats
-from orchestrator._engine import attempts, kafka, metrics
+from orchestrator._engine import attempts, kafka, metrics, tracing
 from orchestrator._engine.committer import Committer
 from orchestrator._engine.episodes import Episode
 from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted, encode_event
@@ -382,7 +383,12 @@ class Worker:
                     self._tracker.finished(*coords)
                 return
             claimed = attempt
-            await self._attempt(cmd, attempt, loop, pool, self._queue_of.get(coords[0], ""))
+            queue = self._queue_of.get(coords[0], "")
+            if tracing.enabled():  # an OpenTelemetry SDK is installed: the attempt runs in its span
+                with tracing.worker_span(cmd, msg) as span:
+                    await self._attempt(cmd, attempt, loop, pool, queue, span)
+            else:
+                await self._attempt(cmd, attempt, loop, pool, queue)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -396,6 +402,7 @@ class Worker:
         loop: asyncio.AbstractEventLoop,
         pool: ThreadPoolExecutor,
         queue: str = "",
+        span: Span | None = None,
     ) -> None:
         """Run the step once and hand its result to the outbox: the last thing this does, it never raises."""
         self.stats.started += 1
@@ -414,6 +421,8 @@ class Worker:
         finally:
             metrics.STEPS_IN_FLIGHT.dec()
         metrics.observe_attempt(cmd, queue, body)
+        if span is not None:
+            tracing.end_worker_span(span, body, cmd.scheduled_ms)
         event = attempts.result_event(cmd, body, self._event_suffix())
         what = f"result of {cmd.step} for run {cmd.run_id} (attempt {cmd.attempt})"
         self._to_inbox(event, what, functools.partial(self._reported, attempt))
@@ -458,7 +467,11 @@ class Worker:
 
     def _to_inbox(self, event: Event, what: str, on_delivered: Callable[[], None] | None) -> None:
         partition = partition_for(event.run_id, self.app.settings.partitions)
-        out = Outgoing(self.inbox, encode_event(event), event.run_id.encode(), what, partition, on_delivered)
+        # The current (worker's) span, with the attempt's tracestate; none without an OpenTelemetry SDK.
+        headers = (tracing.inject() or None) if tracing.enabled() else None
+        out = Outgoing(
+            self.inbox, encode_event(event), event.run_id.encode(), what, partition, on_delivered, headers
+        )
         self._require_outbox().send(out)
 
     def _require_outbox(self) -> Outbox:

@@ -76,6 +76,13 @@ def _logging(
         raise _fail(str(exc)) from exc
 
 
+def _tracing(service: str) -> None:
+    """OpenTelemetry traces, when the OTEL_* variables ask for them (docs/tracing.md)."""
+    from orchestrator._engine.tracing_setup import configure_from_env
+
+    configure_from_env(service)
+
+
 def _fail(message: str) -> typer.Exit:
     """A usage error (exit 2), said on stderr: stdout stays the command's output (``--json``: JSON only)."""
     Console(stderr=True).print(f"[red]error:[/red] {message}")
@@ -115,6 +122,7 @@ def processor(
 
     app = _app(app_spec)
     _logging(verbose, log_level, log_format, app.settings)
+    _tracing("orchestrator-processor")
     _tune_gc()
     cfg: dict[str, Any] = {"max_batch": max_batch, "batch_linger_ms": batch_linger_ms}
     if instance_id:
@@ -204,6 +212,7 @@ def worker(
 
     app = _app(app_spec)
     _logging(verbose, log_level, log_format, app.settings)
+    _tracing("orchestrator-worker")
     _tune_gc()
     w = Worker(
         app,
@@ -240,6 +249,7 @@ def start(
     """
     from orchestrator.errors import OrchestratorError
 
+    _tracing("orchestrator-cli")
     app = _app(app_spec)
     try:
         value = json.loads(input_json)

@@ -308,6 +308,7 @@ class Processor:
         give_up_at = began + txn.timeout_s
         handled = len(msgs)
         self.handling.start(txn.timeout_s)
+        self.run_task.spans.begin()
         try:
             txn.begin()
             for i, msg in enumerate(msgs):
@@ -356,6 +357,7 @@ class Processor:
             return
         self.stores.commit(positions)
         self.metrics.committed(handled, time.monotonic() - began)
+        self.run_task.spans.committed()  # only now: an aborted batch's spans are derived again, not emitted
         self.stats.transactions += 1
         self.faults.recovered("transaction")
 
@@ -403,6 +405,7 @@ class Processor:
             )
         self.stats.aborts += 1
         self.metrics.aborted()
+        self.run_task.spans.aborted()
         if not replaced:
             self.transactions.abort()
         self.stores.discard()

@@ -13,7 +13,7 @@ from confluent_kafka import Message
 
 from orchestrator import topology
 from orchestrator._core.effects import Effects, EncodedCommand
-from orchestrator._engine import limits, metrics
+from orchestrator._engine import limits, metrics, tracing
 from orchestrator._engine.events import Event, encode_event
 from orchestrator._engine.faults import Retrier
 from orchestrator._engine.limits import RecordLimit, first_oversize
@@ -30,8 +30,11 @@ from orchestrator._engine.records import (
 
 log = logging.getLogger("orchestrator.processor")
 
-Record = tuple[str, bytes | None, bytes | None, int]
-"""(topic, value, key, partition) of one record to produce; partition -1: the producer's partitioner."""
+Record = (
+    tuple[str, bytes | None, bytes | None, int] | tuple[str, bytes | None, bytes | None, int, tracing.Headers]
+)
+"""(topic, value, key, partition[, headers]) of one record to produce; partition -1: the producer's
+partitioner. Headers: the W3C trace context of step commands and inbox records, when tracing is on."""
 
 
 class Output:
@@ -64,12 +67,18 @@ class Output:
         without it (the keyed stage), each run's own."""
         out: list[Record] = []
         n, topics = self.partitions, self.topics
+        traced = tracing.enabled() if fx.commands or fx.inbox else False
         for event in fx.history:
             rp = partition_for(event.run_id, n) if p is None else p
             out.append((topics.history, encode_event(event), event.run_id.encode(), rp))
         for queue, cmd in fx.commands:
-            value = cmd.value if isinstance(cmd, EncodedCommand) else encode_command(cmd)
-            out.append((self.tasks_topic(queue), value, cmd.run_id.encode(), -1))
+            if isinstance(cmd, EncodedCommand):
+                out.append((self.tasks_topic(queue), cmd.value, cmd.run_id.encode(), -1))
+            elif traced and not cmd.cancel:
+                headers = tracing.command_headers(cmd)
+                out.append((self.tasks_topic(queue), encode_command(cmd), cmd.run_id.encode(), -1, headers))
+            else:
+                out.append((self.tasks_topic(queue), encode_command(cmd), cmd.run_id.encode(), -1))
         for outcome in fx.outcomes:
             rp = partition_for(outcome.run_id, n) if p is None else p
             out.append((topics.outcomes, encode_outcome(outcome), outcome.run_id.encode(), rp))
@@ -77,19 +86,29 @@ class Output:
             out.append((topics.keyed, encode_event(event), rk.encode(), partition_for(rk, n)))
         for event in fx.inbox:
             key = event.run_id.encode()
-            out.append((topics.inbox, encode_event(event), key, partition_for(event.run_id, n)))
+            rp = partition_for(event.run_id, n)
+            inbox_headers = tracing.inbox_headers(event) if traced else None
+            if inbox_headers:
+                out.append((topics.inbox, encode_event(event), key, rp, inbox_headers))
+            else:
+                out.append((topics.inbox, encode_event(event), key, rp))
         return out
 
     def too_large(self, records: list[Record]) -> str:
         """Why one of ``records`` is over the record limit, or "" when all fit."""
-        return first_oversize(records, self.record_limit)
+        if any(len(r) > 4 for r in records):  # headers (trace context, < 200 bytes) are not counted
+            return first_oversize([(r[0], r[1], r[2], r[3]) for r in records], self.record_limit)
+        return first_oversize(records, self.record_limit)  # type: ignore[arg-type]
 
     def produce_records(self, records: list[Record], history: Sequence[Event] = ()) -> None:
         """Produce ``records``; ``history``, the events among them, are counted (runs started, ended)."""
         if history:
             self.counts.history(history)
-        for topic, value, key, partition in records:
-            self.produce(topic, value, key, partition=partition)
+        for record in records:
+            if len(record) == 4:
+                self.produce(record[0], record[1], record[2], partition=record[3])
+            else:
+                self.produce(record[0], record[1], record[2], partition=record[3], headers=record[4])
 
     def tasks_topic(self, queue: str) -> str:
         """Cached: the name is built from the topic templates and checked, ~2 % of the loop's CPU per call."""
@@ -143,22 +162,34 @@ class Output:
         self.produce(self.topics.dlq, encode_dead_letter(letter), msg.key())
 
     def produce(
-        self, topic: str, value: bytes | None, key: bytes | None, partition: int = -1, on_delivery: Any = None
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int = -1,
+        on_delivery: Any = None,
+        headers: tracing.Headers | None = None,
     ) -> None:
         """``Producer.produce``, waiting for room when librdkafka's local queue is full (BufferError)."""
         producer = self.transactions.current()
         try:
-            producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+            producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery, headers=headers)
         except BufferError:
             self._retry.call(
                 "produce (local queue full)",
-                lambda: self._produce_after_poll(topic, value, key, partition, on_delivery),
+                lambda: self._produce_after_poll(topic, value, key, partition, on_delivery, headers),
                 lambda exc: isinstance(exc, BufferError),
             )
 
     def _produce_after_poll(
-        self, topic: str, value: bytes | None, key: bytes | None, partition: int, on_delivery: Any
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int,
+        on_delivery: Any,
+        headers: tracing.Headers | None = None,
     ) -> None:
         producer = self.transactions.current()
         producer.poll(0.1)  # serves delivery reports, which is what frees the queue
-        producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+        producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery, headers=headers)

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from confluent_kafka import Message
 
-from orchestrator._engine import metrics
+from orchestrator._engine import metrics, tracing
 from orchestrator._engine.decider import PARK_INTERNAL_ERROR, Decider, Effects, timers_of
 from orchestrator._engine.events import Event, StartRun, StepCompleted, StepFailed, decode_event
 from orchestrator._engine.local_steps import LocalSteps
@@ -55,6 +55,7 @@ class RunTask:
         self.handling = handling
         self.stats = stats
         self.parking = Parking(decider, runs, output)
+        self.spans = tracing.PendingSpans()  # emitted by the loop once the batch's transaction commits
 
     # -- inbox records --------------------------------------------------------------------------------------
     def handle(self, msg: Message, now_ms: int) -> None:
@@ -121,6 +122,7 @@ class RunTask:
         else:  # nothing recorded, so nothing may have changed: re-read the store's bytes next time
             self.runs.evict(event.run_id)
         self.output.produce_records(records, fx.history)
+        self.spans.note(new_state, fx.history, msg)
 
     def _internal_error(self, msg: Message, p: int, event: Event, exc: Exception, now_ms: int) -> None:
         """Park the run with ``event`` recorded on it (a step result is not lost), or dead-letter ``msg``."""
@@ -214,6 +216,7 @@ class RunTask:
         for due, t in timers_of(state):
             store.put(timer_key(due, run_id, t), b"")
         self.output.produce_records(records, fx.history)
+        self.spans.note(state, fx.history)
 
     def _timer_error(self, p: int, key: bytes, tag: str, run_id: str, exc: Exception, now_ms: int) -> None:
         """Park the run; the timer is done with (a resumed run re-arms its timers from its state)."""
