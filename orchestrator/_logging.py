@@ -31,10 +31,17 @@ from typing import Any, Literal, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
+from orchestrator import _log_repeats
 from orchestrator._kafka_config import REDACTED, is_secret
 
 LIBRDKAFKA_LOGGER = "orchestrator.kafka.librdkafka"
 """The logger every librdkafka line of the engine's clients goes to (level it, filter it, route it)."""
+
+REPEATS = _log_repeats.install(logging.getLogger(LIBRDKAFKA_LOGGER))
+"""Collapses repeated librdkafka lines (a failed reconnect, many times a second in an outage) into the
+first one and a ``(repeated N times in T s, ...)`` summary: `orchestrator._log_repeats`. Installed on import,
+so every program whose clients the engine builds gets it, not only the CLI; remove it from the logger
+(``removeFilter(REPEATS)``) to see every line."""
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
