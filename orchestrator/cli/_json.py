@@ -24,10 +24,33 @@ import typer
 from orchestrator._core.state import AttemptRecord, CommandRecord, RunState, attempts_of, result_of
 from orchestrator._engine.unreadable import Unreadable
 
+_requested = False
+
+
+def remember(value: bool) -> bool:
+    """Typer callback of every ``--json`` option: `main` must know it to report a failure as JSON too."""
+    global _requested
+    _requested = _requested or bool(value)
+    return value
+
+
+def requested() -> bool:
+    """Whether this command was given ``--json`` (as far as its options were parsed)."""
+    return _requested
+
+
+def forget() -> None:
+    """A new command starts (the root callback; tests invoke several in one process)."""
+    global _requested
+    _requested = False
+
+
 JsonFlag = Annotated[
     bool,
     typer.Option(
-        "--json", help="One JSON document on stdout (shapes: docs/cli-json.md); diagnostics stay on stderr."
+        "--json",
+        help="One JSON document on stdout (shapes: docs/cli-json.md); diagnostics stay on stderr.",
+        callback=remember,
     ),
 ]
 

@@ -60,10 +60,13 @@ def _logging(
     (``orchestrator._logging``). A bad level or format is a usage error (exit 2).
     """
     from orchestrator._logging import configure_logging
+    from orchestrator.cli._root import explicit
 
     chosen = settings or Settings()
+    root_level, root_format = explicit()  # orchestrator --log-level ... processor: kept unless given here
     if level is None:
-        level = "DEBUG" if verbose else chosen.log_level
+        level = "DEBUG" if verbose else root_level or chosen.log_level
+    fmt = fmt or root_format
     try:
         configure_logging(level, fmt or chosen.log_format)
     except ValueError as exc:
