@@ -41,12 +41,19 @@ RootFormat = Annotated[
 ]
 
 
+_standalone = False
+"""Set by `run`: the CLI owns this process, so it may set up the root logger. A program (or a test) that
+invokes the Typer app itself keeps its own logging; ``processor``/``worker`` set theirs up either way."""
+
+
 def setup(ctx: typer.Context, log_level: RootLevel = None, log_format: RootFormat = None) -> None:
     """Durable workflows on Apache Kafka."""
     from orchestrator._logging import configure_logging
 
     _json.forget()
     ctx.meta[_META] = (log_level, log_format)
+    if not _standalone:
+        return
     if log_level is None or log_format is None:
         default_level, default_format = _from_dotenv()
         log_level = log_level or default_level
@@ -56,6 +63,7 @@ def setup(ctx: typer.Context, log_level: RootLevel = None, log_format: RootForma
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    _json.json_logs = log_format == "json"
 
 
 def _from_dotenv() -> tuple[str, str]:
@@ -97,11 +105,13 @@ def run(app: typer.Typer) -> None:
 
     from orchestrator._kafka_config import KafkaConfigError
 
+    global _standalone
+    _standalone = True
     try:
         app()
     except (KafkaConfigError, ValidationError) as exc:
         # A traceback would bury the one line that says which setting to fix; none of these holds a secret.
-        typer.echo(f"error: {exc}", err=True)
+        _json.say_error(str(exc), exit_code=2)
         raise SystemExit(2) from None
     except Exception as exc:
         failure = _failures.explain(exc)
@@ -110,7 +120,9 @@ def run(app: typer.Typer) -> None:
         from orchestrator._logging import REPEATS
 
         REPEATS.flush()  # librdkafka's collapsed lines before the verdict, not after it
-        typer.echo(f"error: {failure.message}", err=True)
+        _json.say_error(
+            failure.message, error_type=failure.kind, bootstrap=failure.bootstrap, exit_code=failure.code
+        )
         if _json.requested():
             _json.emit({"error": failure.message, "error_type": failure.kind, "bootstrap": failure.bootstrap})
         sys.stderr.flush()
