@@ -163,8 +163,8 @@ def _summary(seen: _Repeats, how: str) -> logging.LogRecord:
         latest.levelno,
         latest.pathname,
         latest.lineno,
-        "%s (repeated %d times in %.1f s, %s)",
-        (latest.getMessage(), seen.count, span, how),
+        "%s (repeated %s in %.1f s, %s)",
+        (latest.getMessage(), "once" if seen.count == 1 else f"{seen.count} times", span, how),
         None,
         extra={
             "kafka_facility": getattr(latest, "kafka_facility", ""),
