@@ -54,7 +54,10 @@ def first_contact(
     within ``timeout``; `access.KafkaAccessError` when the cluster refuses this client's login or TLS.
     """
     errors: list[KafkaError] = []
-    probe = kafka.new_admin(ClientConfig({**conf, "logger": _QUIET, "error_cb": errors.append}))
+    # A producer-type handle may ask the broker to auto-create a topic it requests metadata for (librdkafka's
+    # producer default); a probe must never create an app's topic with the broker's default partitions.
+    quiet = {"logger": _QUIET, "error_cb": errors.append, "allow.auto.create.topics": False}
+    probe = kafka.new_admin(ClientConfig({**conf, **quiet}))
     bootstrap = settings.bootstrap_servers
     deadline = time.monotonic() + timeout
     while True:
