@@ -13,12 +13,13 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from orchestrator.cli import _failures, _json
 
-_META = "orchestrator.log_options"
+_given: tuple[str | None, str | None] = (None, None)
+"""``(--log-level, --log-format)`` of the root command in this invocation (Typer vendors its own click, so
+the click context is not reachable from ``import click``; one invocation per process, reset by `setup`)."""
 
 RootLevel = Annotated[
     str | None,
@@ -46,12 +47,13 @@ _standalone = False
 invokes the Typer app itself keeps its own logging; ``processor``/``worker`` set theirs up either way."""
 
 
-def setup(ctx: typer.Context, log_level: RootLevel = None, log_format: RootFormat = None) -> None:
+def setup(log_level: RootLevel = None, log_format: RootFormat = None) -> None:
     """Durable workflows on Apache Kafka."""
     from orchestrator._logging import configure_logging
 
+    global _given
     _json.forget()
-    ctx.meta[_META] = (log_level, log_format)
+    _given = (log_level, log_format)
     if not _standalone:
         return
     if log_level is None or log_format is None:
@@ -87,11 +89,7 @@ def explicit() -> tuple[str | None, str | None]:
     For ``processor``/``worker``, whose own options and settings would otherwise set logging up again
     without them.
     """
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return None, None
-    level, fmt = ctx.meta.get(_META, (None, None))
-    return level, fmt
+    return _given
 
 
 def run(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from engine_support import APP_SPEC, REPO, free_ports
@@ -128,3 +129,27 @@ def test_root_log_options_reach_a_read_commands_librdkafka_lines(
     records = [json.loads(line) for line in err.splitlines()]  # every stderr line is JSON
     assert records[-1]["message"] == f"no run 'r-1' in app {unique_name!r}"
     assert any(r["logger"] == "orchestrator.kafka.librdkafka" and r["level"] == "DEBUG" for r in records)
+
+
+def test_the_root_log_format_reaches_a_worker_that_waits_for_its_broker(dead: str, tmp_path: Path) -> None:
+    """``orchestrator --log-format json worker``: the worker's own setup keeps the root's format."""
+    err_path = tmp_path / "worker.stderr"
+    with err_path.open("wb") as err:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "--log-format", "json", "worker", APP_SPEC],
+            env={**os.environ, "ORCHESTRATOR_BOOTSTRAP_SERVERS": dead, "CRASH_APP_NAME": tmp_path.name},
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 90  # a guard against a hang: the warning comes after one try
+        while "broker unreachable at start-up" not in err_path.read_text():
+            assert worker.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.5)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    records = [json.loads(line) for line in err_path.read_text().splitlines()]  # all JSON
+    assert any(r["logger"] == "orchestrator.worker" and r["level"] == "WARNING" for r in records)
