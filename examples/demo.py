@@ -20,6 +20,7 @@ from rich.table import Table
 
 from examples.orders import Order, app, fulfil_order
 from orchestrator import RunFailedError
+from orchestrator._logging import configure_logging
 
 console = Console()
 APP = "examples.orders:app"
@@ -78,6 +79,9 @@ async def main(count: int) -> None:
 
 if __name__ == "__main__":
     count = int(os.environ.get("DEMO_ORDERS", "20"))
+    # The demo's own client logs as the processes it starts do (ORCHESTRATOR_LOG_LEVEL/FORMAT): librdkafka's
+    # warnings, e.g. the coordinator still loading on a fresh broker, as formatted records, not bare lines.
+    configure_logging(app.settings.log_level, app.settings.log_format)
     procs = [spawn("processor", "--instance-id", "demo-processor"), spawn("worker")]
     try:
         time.sleep(1)

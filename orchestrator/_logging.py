@@ -4,8 +4,9 @@
 ``json`` is for collectors (Loki, Elasticsearch, CloudWatch): one JSON object per line on stderr with
 ``time`` (ISO-8601 UTC), ``time_ms`` (epoch ms), ``level``, ``logger``, ``message``, and every ``extra``
 field a log call passed (``run_id``, ``step``, ``partition``, ... ) as a field of its own, so a collector
-can filter on them without parsing messages. `configure_logging` is what ``processor``, ``worker`` and
-the UI command call; ``Settings.log_level`` / ``Settings.log_format`` (``ORCHESTRATOR_LOG_LEVEL``,
+can filter on them without parsing messages. `configure_logging` is what every CLI command calls (the root
+callback, ``orchestrator/cli/_root.py``; ``processor`` and ``worker`` again with their own options) and
+the UI command; ``Settings.log_level`` / ``Settings.log_format`` (``ORCHESTRATOR_LOG_LEVEL``,
 ``ORCHESTRATOR_LOG_FORMAT``) set them when the command line does not.
 
 **librdkafka.** Left alone, librdkafka writes its own lines (``%3|1732900000.123|FAIL|rdkafka#producer-1|
@@ -16,7 +17,8 @@ the ``orchestrator.kafka.librdkafka`` logger, at the logging level of their sysl
 3 ERROR, 4 WARNING, 5-6 INFO, 7 DEBUG, as confluent-kafka maps them), with any secret of the client's
 configuration masked. With a logger set, confluent-kafka has librdkafka queue its lines, and they are
 handed over when the client is served (``poll``, ``consume``, ``flush``, ``close``): ADR 0022 lists which
-clients that delays and how.
+clients that delays and how. A line that repeats (a failed reconnect, many times a second in an outage) is
+logged once, then summarised (`REPEATS`, ``orchestrator._log_repeats``).
 """
 
 from __future__ import annotations
@@ -31,10 +33,17 @@ from typing import Any, Literal, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
+from orchestrator import _log_repeats
 from orchestrator._kafka_config import REDACTED, is_secret
 
 LIBRDKAFKA_LOGGER = "orchestrator.kafka.librdkafka"
 """The logger every librdkafka line of the engine's clients goes to (level it, filter it, route it)."""
+
+REPEATS = _log_repeats.install(logging.getLogger(LIBRDKAFKA_LOGGER))
+"""Collapses repeated librdkafka lines (a failed reconnect, many times a second in an outage) into the
+first one and a ``(repeated N times in T s, ...)`` summary: `orchestrator._log_repeats`. Installed on import,
+so every program whose clients the engine builds gets it, not only the CLI; remove it from the logger
+(``removeFilter(REPEATS)``) to see every line."""
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from orchestrator._engine import access, kafka
+from orchestrator._engine import access, kafka, reach
 from orchestrator.settings import Settings
 
 
@@ -19,7 +19,11 @@ def read_partitions(
     settings: Settings, topic: str, partitions: list[int], timeout: float = 30.0, since_ms: int | None = None
 ) -> Iterator[Message]:
     """Every committed record of ``partitions`` of ``topic``, from the beginning (or from the first record
-    at or after ``since_ms``, found through Kafka's time index) to the current end."""
+    at or after ``since_ms``, found through Kafka's time index) to the current end.
+
+    A cluster that cannot be reached fails the read at once (`reach.KafkaUnreachableError`), not after
+    ``timeout``."""
+    reach.first_contact(settings, kafka.base(settings), topic)
     conf = kafka.reader_config(settings, **{"fetch.max.bytes": 52_428_800})
     consumer = kafka.new_consumer(conf)
     try:

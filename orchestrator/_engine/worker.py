@@ -55,11 +55,9 @@ from orchestrator.context import StepInfo, _current_step
 from orchestrator.errors import SchemaError
 
 log = logging.getLogger("orchestrator.worker")
-
-_LIBRDKAFKA_LOG_LEVEL = 2
-"""librdkafka logs every failed reconnect at level 3 (a line a second per broker while it is down); errors
-reach us through ``error_cb`` instead and are logged once per episode (`episodes.Episode`)."""
-
+# librdkafka logs at its default level, as the processor's clients do: a failed reconnect repeated in an
+# outage is collapsed into its first line and a summary (orchestrator._log_repeats, ADR 0022); the errors
+# also reach error_cb and are logged once per episode (`episodes.Episode`).
 
 CONSUMER_FAILURES = 3
 CONSUMER_FAILURE_WINDOW_S = 300.0
@@ -146,7 +144,6 @@ class Worker:
             **{
                 "message.timeout.ms": self.config.delivery_timeout_ms,
                 "error_cb": on_error,
-                "log_level": _LIBRDKAFKA_LOG_LEVEL,
             }
             | self.config.producer_overrides,
         )
@@ -161,7 +158,6 @@ class Worker:
             **{
                 "on_commit": self._committer.on_commit,
                 "error_cb": self._on_consumer_error,
-                "log_level": _LIBRDKAFKA_LOG_LEVEL,
             }
             | self.config.consumer_overrides,
         )

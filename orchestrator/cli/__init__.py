@@ -6,12 +6,15 @@ import importlib
 
 import typer
 
+from orchestrator.cli import _root
+
 app = typer.Typer(
     name="orchestrator",
     help="Durable workflows on Apache Kafka.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.callback()(_root.setup)  # logging for every command: --log-level/--log-format before the command
 
 # Each group module exposes ``register(app)``; a group whose module is not written yet is simply absent.
 _GROUPS = ("kafka", "topics", "engine", "audit", "ui")
@@ -32,15 +35,5 @@ _register_groups()
 
 
 def main() -> None:
-    """Run the CLI; Kafka settings that are wrong end it with their one-paragraph explanation (exit 2)."""
-    from pydantic import ValidationError
-
-    from orchestrator._engine.access import KafkaAccessError
-    from orchestrator._kafka_config import KafkaConfigError
-
-    try:
-        app()
-    except (KafkaAccessError, KafkaConfigError, ValidationError) as exc:
-        # A traceback would bury the one line that says which setting to fix; none of these holds a secret.
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
+    """Run the CLI: Kafka failures and refused settings end it with one line (exit 2 or 4), no traceback."""
+    _root.run(app)

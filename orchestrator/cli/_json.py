@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import sys
 from datetime import UTC, datetime
 from enum import Enum
@@ -24,10 +25,33 @@ import typer
 from orchestrator._core.state import AttemptRecord, CommandRecord, RunState, attempts_of, result_of
 from orchestrator._engine.unreadable import Unreadable
 
+_requested = False
+
+
+def remember(value: bool) -> bool:
+    """Typer callback of every ``--json`` option: `main` must know it to report a failure as JSON too."""
+    global _requested
+    _requested = _requested or bool(value)
+    return value
+
+
+def requested() -> bool:
+    """Whether this command was given ``--json`` (as far as its options were parsed)."""
+    return _requested
+
+
+def forget() -> None:
+    """A new command starts (the root callback; tests invoke several in one process)."""
+    global _requested, json_logs
+    _requested = json_logs = False
+
+
 JsonFlag = Annotated[
     bool,
     typer.Option(
-        "--json", help="One JSON document on stdout (shapes: docs/cli-json.md); diagnostics stay on stderr."
+        "--json",
+        help="One JSON document on stdout (shapes: docs/cli-json.md); diagnostics stay on stderr.",
+        callback=remember,
     ),
 ]
 
@@ -40,9 +64,22 @@ def emit(document: dict[str, Any]) -> None:
 
 def fail(message: str, code: int = 2, **fields: Any) -> typer.Exit:
     """A failing command's JSON: ``{"error": message, ...}`` on stdout, the message on stderr too."""
-    typer.echo(f"error: {message}", err=True)
+    say_error(message, exit_code=code)
     emit({"error": message, **fields})
     return typer.Exit(code)
+
+
+json_logs = False
+"""Set by the root callback when ``--log-format json`` is in force: stderr then takes JSON records only."""
+
+
+def say_error(message: str, **extra: Any) -> None:
+    """A command's final error on stderr: ``error: ...``, or an ERROR record of ``orchestrator.cli`` (with
+    ``extra`` as fields) when the logs are JSON, so that stderr stays one JSON object per line."""
+    if json_logs:
+        logging.getLogger("orchestrator.cli").error("%s", message, extra=extra)
+    else:
+        typer.echo(f"error: {message}", err=True)
 
 
 def iso(ms: int) -> str:

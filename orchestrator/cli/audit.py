@@ -52,7 +52,9 @@ def history(
     as_json: Annotated[
         bool,
         typer.Option(
-            "--json", help='One JSON object per event; unreadable records as {"type": "unreadable", ...}.'
+            "--json",
+            help='One JSON object per event; unreadable records as {"type": "unreadable", ...}.',
+            callback=_json.remember,
         ),
     ] = False,
     app_spec: AppOption = None,

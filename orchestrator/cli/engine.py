@@ -66,10 +66,13 @@ def _logging(
     (``orchestrator._logging``). A bad level or format is a usage error (exit 2).
     """
     from orchestrator._logging import configure_logging
+    from orchestrator.cli._root import explicit
 
     chosen = settings or Settings()
+    root_level, root_format = explicit()  # orchestrator --log-level ... processor: kept unless given here
     if level is None:
-        level = "DEBUG" if verbose else chosen.log_level
+        level = "DEBUG" if verbose else root_level or chosen.log_level
+    fmt = fmt or root_format
     try:
         configure_logging(level, fmt or chosen.log_format)
     except ValueError as exc:
@@ -238,6 +241,7 @@ def start(
     run_id: Annotated[str | None, typer.Option(help="Run id (same id twice = one run).")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the result.")] = False,
     timeout: float = 60.0,
+    as_json: JsonFlag = False,
     app_spec: AppOption = None,
 ) -> None:
     """Start a run of WORKFLOW.
@@ -245,7 +249,7 @@ def start(
     With --wait, an unreadable record met on the outcomes topic under the run's id is reported on stderr
     and skipped, and the wait goes on for the run's real outcome. Exit codes: 0 started (and, with --wait,
     completed); 2 usage error, or the run failed or timed out; 3 completed, but unreadable records about
-    it were skipped.
+    it were skipped. --json: ``{"run_id", "workflow", "status", "result", "unreadable"}`` (docs/cli-json.md).
     """
     from orchestrator.errors import OrchestratorError
 
@@ -256,20 +260,29 @@ def start(
     except json.JSONDecodeError as exc:
         raise _fail(f"--input is not JSON: {exc}") from exc
     report = SkipReport()
+    started: dict[str, Any] = {"run_id": run_id, "workflow": workflow, "status": None, "result": None}
 
     async def go() -> None:
         async with Client(app, on_unreadable=report.collector()) as client:
             handle = await client.start(workflow, value, run_id=run_id)
-            console.print(f"started run [bold]{handle.run_id}[/bold] of {workflow}")
+            started.update(run_id=handle.run_id, status="started")
+            if not as_json:
+                console.print(f"started run [bold]{handle.run_id}[/bold] of {workflow}")
             if wait:
                 result = await handle.result(timeout=timeout)
-                console.print_json(data=result)
+                started.update(status="completed", result={"json": _json.plain(result)})
+                if not as_json:
+                    console.print_json(data=result)
 
     try:
         asyncio.run(go())
     except OrchestratorError as exc:
         report.print_summary()
+        if as_json:
+            raise _json.fail(str(exc), **started, unreadable=_json.unreadable(report.records)) from exc
         raise _fail(str(exc)) from exc
+    if as_json:
+        _json.emit({**started, "unreadable": _json.unreadable(report.records)})
     report.print_summary()
     raise typer.Exit(report.exit_code())
 

@@ -61,7 +61,10 @@ SecureOption = Annotated[
 ]
 
 
-def _fail(exc: DevKafkaError) -> typer.Exit:
+def _fail(exc: DevKafkaError, as_json: bool = False, **fields: object) -> typer.Exit:
+    """Exit 1 with the broker's trouble; under ``--json`` as ``{"error": ..., **fields}`` on stdout too."""
+    if as_json:
+        return _json.fail(str(exc), code=1, **fields)
     _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
     return typer.Exit(code=1)
 
@@ -101,24 +104,42 @@ def start(
     controller_port: ControllerPortOption = None,
     brokers: BrokersOption = 1,
     secure: SecureOption = False,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Start the broker(s) for a data dir, or reuse those already running there."""
+    """Start the broker(s) for a data dir, or reuse those already running there.
+
+    With ``--json``: the broker(s) as ``kafka status --json`` shows them, plus ``started`` (false when
+    reused) and ``seconds`` (until every broker answered); for scripts that need the bootstrap and pid.
+    """
     try:
         info = _devkafka.start(data_dir, port, controller_port, brokers=brokers, secure=secure)
     except DevKafkaError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, as_json, running=False, data_dir=_where(data_dir)) from exc
+    if as_json:
+        _json.emit({**_info_json(info), "started": info.started_new, "seconds": round(info.seconds, 3)})
+        return
     how = "started" if info.started_new else "[yellow]reused[/] (already running)"
     table = _info_table(info, f"{_what(info)} {how}")
     table.add_row("ready in", f"{info.seconds:.2f} s")
     _console.print(table)
 
 
-def stop(data_dir: DirOption = None) -> None:
-    """Stop the data dir's broker(s) (SIGTERM, then SIGKILL after 30 s); their data is kept."""
+def _where(data_dir: Path | None) -> str:
+    return str(data_dir or _devkafka.default_data_dir())
+
+
+def stop(data_dir: DirOption = None, as_json: JsonFlag = False) -> None:
+    """Stop the data dir's broker(s) (SIGTERM, then SIGKILL after 30 s); their data is kept.
+
+    With ``--json``: ``{"stopped": true|false, "data_dir": ...}`` (false: nothing was running); exit 0 both.
+    """
     try:
         stopped = _devkafka.stop(data_dir)
     except DevKafkaError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, as_json, stopped=False, data_dir=_where(data_dir)) from exc
+    if as_json:
+        _json.emit({"stopped": stopped, "data_dir": _where(data_dir)})
+        return
     where = data_dir or _devkafka.default_data_dir()
     _console.print(f"Kafka broker(s) of {where} " + ("[green]stopped[/]" if stopped else "not running"))
 
@@ -147,8 +168,11 @@ def status(data_dir: DirOption = None, as_json: JsonFlag = False) -> None:
     """Show the data dir's broker(s); exit code 1 if not all are running and answering."""
     info = _devkafka.status(data_dir)
     if as_json:
-        where = str(data_dir or _devkafka.default_data_dir())
-        doc = {"running": False, "ready": False, "data_dir": where} if info is None else _info_json(info)
+        doc = (
+            {"running": False, "ready": False, "data_dir": _where(data_dir)}
+            if info is None
+            else _info_json(info)
+        )
         _json.emit(doc)
         raise typer.Exit(code=0 if info is not None and info.ready else 1)
     if info is None:
@@ -160,12 +184,18 @@ def status(data_dir: DirOption = None, as_json: JsonFlag = False) -> None:
         raise typer.Exit(code=1)
 
 
-def jars() -> None:
-    """Download the broker jars from Maven Central if this machine lacks them; print their folder."""
+def jars(as_json: JsonFlag = False) -> None:
+    """Download the broker jars from Maven Central if this machine lacks them; print their folder.
+
+    With ``--json``: ``{"kafka_version": ..., "jars": folder}``.
+    """
     try:
         lib = _devkafka.ensure_jars()
     except DevKafkaError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, as_json, kafka_version=_devkafka.KAFKA_VERSION, jars=None) from exc
+    if as_json:
+        _json.emit({"kafka_version": _devkafka.KAFKA_VERSION, "jars": str(lib)})
+        return
     _console.print(f"Kafka {_devkafka.KAFKA_VERSION} jars: {lib}")
 
 

@@ -202,8 +202,8 @@ async def test_a_broker_outage_is_logged_as_json_records_while_it_lasts(
         before = {err: len(err.read_text().splitlines()) for err in (proc_err, work_err)}
         private_broker.kill()
         deadline = time.monotonic() + 60  # a guard against a hang, not a timing claim
-        # The worker sets librdkafka's log level to 2 and reports an outage once, from error_cb; the
-        # processor's clients log each failed connection.
+        # Both log the first failed connection of each client (repeats are collapsed: test_log_outage);
+        # the worker also reports the outage once, from error_cb.
         while not (
             _kafka_errors(proc_err, "rdkafka#producer")
             and _kafka_errors(proc_err, "rdkafka#consumer")
