@@ -155,7 +155,8 @@ def _component_acls(
         ops.setdefault(topic, [])
         if op not in ops[topic]:
             ops[topic].append(op)
-        why[topic] = f"{why[topic]}; {reason}" if topic in why else reason
+        if reason not in why.get(topic, ""):
+            why[topic] = f"{why[topic]}; {reason}" if topic in why else reason
 
     history, changelog, outcomes = t.history_topic(app), t.changelog_topic(app), t.outcomes_topic(app)
     inbox, dlq, keyed = t.inbox_topic(app), t.dlq_topic(app), t.keyed_topic(app)

@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 # Each group module exposes ``register(app)``; a group whose module is not written yet is simply absent.
-_GROUPS = ("kafka", "topics", "engine", "audit")
+_GROUPS = ("kafka", "topics", "engine", "audit", "acls")
 
 
 def _register_groups() -> None:
