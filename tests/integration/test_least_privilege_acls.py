@@ -1,0 +1,210 @@
+"""The engine runs with exactly the planned ACLs, one SCRAM user per component, on a broker with ACLs on.
+
+A secured broker of this module's own (``kafka start --secure``: SASL_SSL, SCRAM-SHA-512, StandardAuthorizer
+with no access for anyone but the super users). The admin creates the app's topics and one user per
+component, and gives each exactly what ``orchestrator acls plan`` lists, nothing more. The processor, the
+worker, the client and the read-only CLI (the ui's principal) then run a workflow that touches every
+engine topic, both task queues and a user's source topic. Should the engine need an ACL the plan forgot,
+some component fails here: this test is what keeps the plan honest. A component missing one of its ACLs
+must fail with a `KafkaAccessError` naming what is missing, not hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apps.acl_app import make_app
+from confluent_kafka import Producer
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    NewTopic,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
+from engine_support import REPO, ProcessorThread, WorkerThread, free_ports
+
+from orchestrator import App, Settings, _acls, _devkafka
+from orchestrator._acls import AppShape, Component
+from orchestrator._devkafka import BrokerInfo
+from orchestrator._devkafka.security import read_client_properties
+from orchestrator._engine import kafka
+
+pytestmark = pytest.mark.timeout(900)  # a JVM start, engine threads and CLI processes on a shared 2-core box
+APP_SPEC = "tests.integration.apps.acl_app:app"
+QUIET = logging.getLogger("tests.acls.librdkafka")
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
+    data_dir = tmp_path_factory.mktemp("acls") / "kafka"
+    port, controller_port = free_ports(2)
+    info = _devkafka.start(data_dir, port, controller_port, secure=True, heap_mb=384)
+    try:
+        yield info
+    finally:
+        _devkafka.stop(data_dir)
+
+
+@pytest.fixture
+def properties(secured: BrokerInfo, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The broker's client.properties (the admin's) as the only Kafka setting in the environment."""
+    assert secured.client_properties is not None
+    for name in list(os.environ):
+        if name.upper().startswith("ORCHESTRATOR_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ORCHESTRATOR_KAFKA_CONFIG_FILE", str(secured.client_properties))
+    return secured.client_properties
+
+
+@pytest.fixture
+def admin(properties: Path) -> AdminClient:
+    return AdminClient({**read_client_properties(properties), "logger": QUIET})
+
+
+class Cluster:
+    """The admin's side of the test: the app's topics, users, ACLs, and the source topic's producer."""
+
+    def __init__(self, admin: AdminClient, properties: Path, name: str) -> None:
+        self.admin, self.properties, self.name = admin, properties, name
+        self.source = f"{name}-approvals"
+        self.shape = AppShape.of(make_app(name, self.source))
+
+    def create_topics(self) -> None:
+        futures = self.admin.create_topics([NewTopic(self.source, num_partitions=2, replication_factor=1)])
+        for future in futures.values():
+            future.result()
+        kafka.ensure_topics(make_app(self.name, self.source))  # as the admin: `topics apply`
+
+    def user(self, component: Component) -> Settings:
+        """A new SCRAM user for ``component``, with no ACL yet; the settings it logs in with."""
+        user, password = f"{self.name}-{component.value}", secrets.token_urlsafe(16)
+        upsert = UserScramCredentialUpsertion(
+            user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192), password.encode()
+        )
+        for future in self.admin.alter_user_scram_credentials([upsert]).values():
+            future.result()
+        return Settings(kafka={"sasl.username": user, "sasl.password": password})
+
+    def grant(self, component: Component, leave_out: Callable[[_acls.Acl], _acls.Acl | None] | None = None) -> None:
+        acls = _acls.plan(self.shape, [component])
+        if leave_out is not None:
+            acls = [kept for acl in acls if (kept := leave_out(acl)) is not None]
+        _acls.apply(self.admin, acls, f"User:{self.name}-{component.value}")
+
+    def approve(self, order: str, bonus: int) -> None:
+        producer = Producer({**read_client_properties(self.properties), "logger": QUIET})
+        producer.produce(self.source, json.dumps({"order_id": order, "bonus": bonus}).encode(), order.encode())
+        assert producer.flush(30) == 0
+
+    def cli(self, settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+        """``orchestrator ARGS`` as ``settings``' user, a new process, settings from its environment."""
+        login = {f"ORCHESTRATOR_KAFKA__{k.upper().replace('.', '_')}": str(v) for k, v in _login(settings)}
+        env = {**os.environ, "ACL_APP_NAME": self.name, "ACL_APP_SOURCE": self.source, "COLUMNS": "200", **login}
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+
+
+def _login(settings: Settings) -> list[tuple[str, str]]:
+    values = settings.kafka
+    return [(key, values[key] if isinstance(values[key], str) else values[key].get_secret_value())  # type: ignore[union-attr]
+            for key in ("sasl.username", "sasl.password")]  # fmt: skip
+
+
+@pytest.fixture
+def cluster(admin: AdminClient, properties: Path, unique_name: str) -> Cluster:
+    made = Cluster(admin, properties, unique_name)
+    made.create_topics()
+    return made
+
+
+async def test_the_whole_engine_runs_with_exactly_the_planned_acls(cluster: Cluster, tmp_path: Path) -> None:
+    settings = {component: cluster.user(component) for component in Component}
+    for component in (Component.WORKER, Component.CLIENT, Component.UI):
+        cluster.grant(component)
+    granted = cluster.cli(
+        Settings(kafka={}), "acls", "apply", "--app", APP_SPEC, "--component", "processor",
+        "--principal", f"User:{cluster.name}-processor",
+    )  # fmt: skip
+    assert granted.returncode == 0, granted.stdout + granted.stderr
+    assert "ACL binding(s)" in granted.stdout
+
+    apps = {c: make_app(cluster.name, cluster.source, settings[c]) for c in Component}
+    proc = ProcessorThread(apps[Component.PROCESSOR], tmp_path)
+    worker = WorkerThread(apps[Component.WORKER])
+    try:
+        async with apps[Component.CLIENT].client() as client:
+            handles = [
+                await client.start("compute", x, run_id=f"run-{x}", idempotency_key=f"key-{x}") for x in range(3)
+            ]
+            for x in range(3):
+                cluster.approve(f"order-{x}", 100 * x)
+            assert [await h.result(timeout=180) for h in handles] == [1, 103, 205]
+            described = await client.describe("run-1")
+            assert described is not None and described.status == "completed"
+    finally:
+        worker.stop()
+        proc.stop()
+
+    ui = settings[Component.UI]
+    history = cluster.cli(ui, "history", "run-2", "--app", APP_SPEC)
+    assert history.returncode == 0, history.stdout + history.stderr
+    assert "RunCompleted" in history.stdout and "StepCompleted" in history.stdout
+    listed = cluster.cli(ui, "runs", "list", "--app", APP_SPEC)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "run-0" in listed.stdout
+    letters = cluster.cli(ui, "dlq", "list", "--app", APP_SPEC)
+    assert letters.returncode == 0, letters.stdout + letters.stderr
+
+
+def _raises_within(seconds: float, target: Callable[[], Any]) -> BaseException:
+    """What ``target`` raised, run in a thread: a hang fails the test instead of stalling it."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: it should have failed"
+    assert raised, "returned instead of failing"
+    return raised[0]
+
+
+async def test_a_client_without_acls_fails_clearly(cluster: Cluster) -> None:
+    app = make_app(cluster.name, cluster.source, cluster.user(Component.CLIENT))
+
+    async def start() -> None:
+        async with app.client() as client:
+            handle = await client.start("compute", 1, run_id="r1")
+            await handle.result(timeout=60)
+
+    failed = await asyncio.to_thread(_raises_within, 120, lambda: asyncio.run(start()))
+    print(repr(failed))
+    raise AssertionError(repr(failed))
+
+
+def _processor(app: App, tmp_path: Path) -> BaseException:
+    from orchestrator._engine.processor import Processor, ProcessorConfig
+
+    proc = Processor(app, ProcessorConfig(instance_id="p0", state_dir=tmp_path))
+    return _raises_within(120, lambda: proc.run(install_signal_handlers=False))
