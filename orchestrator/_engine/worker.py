@@ -173,7 +173,7 @@ class Worker:
         delay = 0.2
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(kafka.ensure_topics, self.app)
+                await asyncio.to_thread(kafka.ensure_topics, self.app, component="worker")
             except (TopicAdminError, KafkaException) as exc:
                 trouble.failed(exc)
                 await asyncio.to_thread(self._stop.wait, delay)

@@ -12,6 +12,7 @@ must fail with a `KafkaAccessError` naming what is missing, not hang.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -19,13 +20,14 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from apps.acl_app import make_app
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     NewTopic,
@@ -40,6 +42,9 @@ from orchestrator._acls import AppShape, Component
 from orchestrator._devkafka import BrokerInfo
 from orchestrator._devkafka.security import read_client_properties
 from orchestrator._engine import kafka
+from orchestrator._engine.access import KafkaAccessError
+from orchestrator._engine.processor import Processor, ProcessorConfig
+from orchestrator._engine.worker import Worker
 
 pytestmark = pytest.mark.timeout(900)  # a JVM start, engine threads and CLI processes on a shared 2-core box
 APP_SPEC = "tests.integration.apps.acl_app:app"
@@ -97,9 +102,13 @@ class Cluster:
         )
         for future in self.admin.alter_user_scram_credentials([upsert]).values():
             future.result()
-        return Settings(kafka={"sasl.username": user, "sasl.password": password})
+        settings = Settings(kafka={"sasl.username": user, "sasl.password": password})
+        _await_login(settings)
+        return settings
 
-    def grant(self, component: Component, leave_out: Callable[[_acls.Acl], _acls.Acl | None] | None = None) -> None:
+    def grant(
+        self, component: Component, leave_out: Callable[[_acls.Acl], _acls.Acl | None] | None = None
+    ) -> None:
         acls = _acls.plan(self.shape, [component])
         if leave_out is not None:
             acls = [kept for acl in acls if (kept := leave_out(acl)) is not None]
@@ -107,17 +116,40 @@ class Cluster:
 
     def approve(self, order: str, bonus: int) -> None:
         producer = Producer({**read_client_properties(self.properties), "logger": QUIET})
-        producer.produce(self.source, json.dumps({"order_id": order, "bonus": bonus}).encode(), order.encode())
+        producer.produce(
+            self.source, json.dumps({"order_id": order, "bonus": bonus}).encode(), order.encode()
+        )
         assert producer.flush(30) == 0
 
     def cli(self, settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         """``orchestrator ARGS`` as ``settings``' user, a new process, settings from its environment."""
         login = {f"ORCHESTRATOR_KAFKA__{k.upper().replace('.', '_')}": str(v) for k, v in _login(settings)}
-        env = {**os.environ, "ACL_APP_NAME": self.name, "ACL_APP_SOURCE": self.source, "COLUMNS": "200", **login}
+        env = {
+            **os.environ,
+            "ACL_APP_NAME": self.name,
+            "ACL_APP_SOURCE": self.source,
+            "COLUMNS": "200",
+            **login,
+        }
         return subprocess.run(
             [sys.executable, "-m", "orchestrator", *args],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
+
+
+def _await_login(settings: Settings) -> None:
+    """Wait until the new user can log in: the broker learns SCRAM credentials through its metadata log,
+    and a login refused meanwhile would be reported as wrong credentials, not as the ACL under test."""
+    deadline = time.monotonic() + 30
+    while True:
+        probe = AdminClient({**kafka.base(settings), "logger": QUIET})
+        try:
+            probe.list_topics(timeout=5)
+            return
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _login(settings: Settings) -> list[tuple[str, str]]:
@@ -150,7 +182,8 @@ async def test_the_whole_engine_runs_with_exactly_the_planned_acls(cluster: Clus
     try:
         async with apps[Component.CLIENT].client() as client:
             handles = [
-                await client.start("compute", x, run_id=f"run-{x}", idempotency_key=f"key-{x}") for x in range(3)
+                await client.start("compute", x, run_id=f"run-{x}", idempotency_key=f"key-{x}")
+                for x in range(3)
             ]
             for x in range(3):
                 cluster.approve(f"order-{x}", 100 * x)
@@ -190,21 +223,63 @@ def _raises_within(seconds: float, target: Callable[[], Any]) -> BaseException:
     return raised[0]
 
 
-async def test_a_client_without_acls_fails_clearly(cluster: Cluster) -> None:
-    app = make_app(cluster.name, cluster.source, cluster.user(Component.CLIENT))
+def _without(
+    kind: _acls.ResourceKind, name_end: str, op: _acls.Operation | None = None
+) -> Callable[[_acls.Acl], _acls.Acl | None]:
+    """A filter leaving out ``op`` (or every operation) on the resource of ``kind`` whose name ends so."""
 
-    async def start() -> None:
-        async with app.client() as client:
-            handle = await client.start("compute", 1, run_id="r1")
-            await handle.result(timeout=60)
+    def leave_out(acl: _acls.Acl) -> _acls.Acl | None:
+        if acl.resource.kind is not kind or not acl.resource.name.endswith(name_end):
+            return acl
+        kept = tuple(o for o in acl.operations if op is not None and o is not op)
+        return dataclasses.replace(acl, operations=kept) if kept else None
 
-    failed = await asyncio.to_thread(_raises_within, 120, lambda: asyncio.run(start()))
-    print(repr(failed))
-    raise AssertionError(repr(failed))
+    return leave_out
+
+
+T, X = _acls.ResourceKind.TOPIC, _acls.ResourceKind.TRANSACTIONAL_ID
+MISSING = {
+    # case: (component, what is left out of its plan, what the error must name)
+    "client-without-any-acl": (Component.CLIENT, lambda acl: None, ".inbox"),
+    "client-without-describe-on-history": (Component.CLIENT, _without(T, ".history"), ".history"),
+    "worker-without-read-on-a-tasks-topic": (
+        Component.WORKER, _without(T, ".tasks.slow", _acls.Operation.READ), ".tasks.slow"
+    ),
+    "processor-without-describe-configs": (
+        Component.PROCESSOR, _without(T, ".history", _acls.Operation.DESCRIBE_CONFIGS), ".history"
+    ),
+    "processor-without-its-transactional-id": (
+        Component.PROCESSOR, _without(X, ".processor."), "Transactional Id"
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MISSING))
+async def test_a_component_missing_an_acl_fails_clearly_naming_it(
+    cluster: Cluster, tmp_path: Path, case: str
+) -> None:
+    component, leave_out, named = MISSING[case]
+    cluster.grant(component, leave_out)
+    app = make_app(cluster.name, cluster.source, cluster.user(component))
+    if component is Component.PROCESSOR:
+        failed = await asyncio.to_thread(_processor, app, tmp_path)
+    elif component is Component.WORKER:
+        failed = await asyncio.to_thread(_raises_within, 120, lambda: asyncio.run(Worker(app).run()))
+    else:
+
+        async def start() -> None:
+            async with app.client() as client:
+                handle = await client.start("compute", 1, run_id="r1")
+                await handle.result(timeout=60)
+
+        failed = await asyncio.to_thread(_raises_within, 120, lambda: asyncio.run(start()))
+    assert isinstance(failed, KafkaAccessError), repr(failed)
+    said = str(failed)
+    assert f"{cluster.name}-{component.value}" in said  # the principal
+    assert named in said  # the resource
+    assert f"acls plan --app APP --component {component.value}" in said  # where to find the fix
 
 
 def _processor(app: App, tmp_path: Path) -> BaseException:
-    from orchestrator._engine.processor import Processor, ProcessorConfig
-
     proc = Processor(app, ProcessorConfig(instance_id="p0", state_dir=tmp_path))
     return _raises_within(120, lambda: proc.run(install_signal_handlers=False))
