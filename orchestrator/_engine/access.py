@@ -112,4 +112,3 @@ def denied(settings: Settings, exc: BaseException, component: str) -> KafkaAcces
             )
         seen = seen.__cause__
     return None
-

@@ -56,7 +56,7 @@ BootstrapOption = Annotated[
 ]
 
 
-def _shape(
+def app_shape(
     app_spec: str, queues: list[str] | None, sources: list[str] | None
 ) -> tuple[AppShape, Settings | None]:
     """The app's shape, and its settings when the app itself was loaded."""
@@ -129,7 +129,7 @@ def plan(
     """Print the ACLs each component needs (no cluster contact)."""
     if output not in {"table", "json", "kafka-acls"}:
         raise _fail(f"--format {output!r}: use table, json or kafka-acls")
-    shape, settings = _shape(app_spec, queue, source_topic)
+    shape, settings = app_shape(app_spec, queue, source_topic)
     flags = {"create_topics": create_topics, "idempotent_write": idempotent_write}
     acls = _acls.plan(shape, component or tuple(Component), **flags)
     if output == "json":
@@ -157,7 +157,7 @@ def apply(
     """Create the planned ACLs of one component for PRINCIPAL (AdminClient.create_acls, as an admin)."""
     if ":" not in principal:
         raise _fail(f"--principal {principal!r}: expected TYPE:NAME, e.g. User:proc")
-    shape, app_settings = _shape(app_spec, queue, source_topic)
+    shape, app_settings = app_shape(app_spec, queue, source_topic)
     overrides: dict[str, object] = {"bootstrap_servers": bootstrap} if bootstrap else {}
     settings = app_settings if app_settings is not None and not bootstrap else load_settings(**overrides)
     flags = {"create_topics": create_topics, "idempotent_write": idempotent_write}
