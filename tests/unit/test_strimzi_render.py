@@ -33,10 +33,6 @@ CRD_FILES = {"KafkaTopic": "043-Crd-kafkatopic.yaml", "KafkaUser": "044-Crd-kafk
 
 def _schema(kind: str, version: str) -> dict[str, Any]:
     crd = yaml.safe_load((CRDS / CRD_FILES[kind]).read_text(encoding="utf-8"))
-        (
-            CRDS / f"{ {'KafkaTopic': '043-Crd-kafkatopic', 'KafkaUser': '044-Crd-kafkauser'}[kind] }.yaml"
-        ).read_text()
-    )
     assert crd["spec"]["names"]["kind"] == kind
     served = {v["name"]: v for v in crd["spec"]["versions"] if v["served"]}
     return served[version]["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
