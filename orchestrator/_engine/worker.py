@@ -39,7 +39,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from orchestrator import topology
 from orchestrator._core import formats
-from orchestrator._engine import attempts, kafka
+from orchestrator._engine import access, attempts, kafka
 from orchestrator._engine.committer import Committer
 from orchestrator._engine.episodes import Episode
 from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted, encode_event
@@ -209,6 +209,12 @@ class Worker:
                 msgs = await loop.run_in_executor(consumer_thread, self._poll, consumer, free, 0.05)
                 for msg in msgs:
                     if msg.error() is not None:
+                        doing = f"consuming {', '.join(self.topics)} in group {self.app.name}.workers"
+                        refused = access.denied(
+                            self.app.settings, KafkaException(msg.error()), "worker", doing
+                        )
+                        if refused is not None:
+                            raise refused  # an ACL is missing: retrying cannot help (ADR 0021)
                         self._consumer_trouble.failed(msg.error())
                         continue
                     self._consumer_trouble.recovered()

@@ -190,9 +190,17 @@ async def test_the_whole_engine_runs_with_exactly_the_planned_acls(cluster: Clus
             assert [await h.result(timeout=180) for h in handles] == [1, 103, 205]
             described = await client.describe("run-1")
             assert described is not None and described.status == "completed"
+        proc.stop()
+        # A new instance with empty stores restores both changelogs: reading them takes the plan's ACLs too.
+        proc = ProcessorThread(apps[Component.PROCESSOR], tmp_path / "restored", instance_id="p1")
+        async with apps[Component.CLIENT].client() as client:
+            cluster.approve("order-3", 300)
+            assert await (await client.start("compute", 3, run_id="run-3")).result(timeout=180) == 307
+            assert (await client.describe("run-0")).status == "completed"  # type: ignore[union-attr]
     finally:
         worker.stop()
         proc.stop()
+    assert proc.processor.stats.restored_records > 0
 
     ui = settings[Component.UI]
     history = cluster.cli(ui, "history", "run-2", "--app", APP_SPEC)
@@ -237,7 +245,7 @@ def _without(
     return leave_out
 
 
-T, X = _acls.ResourceKind.TOPIC, _acls.ResourceKind.TRANSACTIONAL_ID
+T, G, X = _acls.ResourceKind.TOPIC, _acls.ResourceKind.GROUP, _acls.ResourceKind.TRANSACTIONAL_ID
 MISSING = {
     # case: (component, what is left out of its plan, what the error must name)
     "client-without-any-acl": (Component.CLIENT, lambda acl: None, ".inbox"),
@@ -248,6 +256,11 @@ MISSING = {
     "processor-without-describe-configs": (
         Component.PROCESSOR, _without(T, ".history", _acls.Operation.DESCRIBE_CONFIGS), ".history"
     ),
+    "client-without-describe-on-the-reader-group": (
+        Component.CLIENT, _without(G, _acls.READER_GROUP), f"group id {_acls.READER_GROUP}"
+    ),
+    "worker-without-its-group": (Component.WORKER, _without(G, ".workers"), ".workers"),
+    "processor-without-its-group": (Component.PROCESSOR, _without(G, ".processors"), ".processors"),
     "processor-without-its-transactional-id": (
         Component.PROCESSOR, _without(X, ".processor."), "Transactional Id"
     ),

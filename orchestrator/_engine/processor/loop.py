@@ -272,11 +272,19 @@ class Processor:
                 records.append(msg)
             elif err.fatal() or err.code() == KafkaError._FATAL:
                 self._fatal = err  # the consumer is replaced before anything else (see _resubscribe)
+            elif refused := access.denied(
+                self.app.settings, KafkaException(err), "processor", self._consuming()
+            ):
+                raise refused  # an ACL is missing: retrying cannot help (ADR 0021)
             else:
                 self.faults.fault("consume", err.str())
         if records:
             self.faults.recovered("consume")
         return records
+
+    def _consuming(self) -> str:
+        inputs = ", ".join([self.topics.inbox, self.topics.keyed, *self.topics.sources])
+        return f"consuming {inputs} in group {self.app.name}.processors"
 
     def _linger(self, msgs: list[Message]) -> None:
         """Add records that arrive within ``batch_linger_ms`` of the first, up to ``max_batch``."""
