@@ -21,23 +21,30 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from apps.acl_app import make_app
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
     AdminClient,
     NewTopic,
+    ResourcePatternType,
+    ResourceType,
     ScramCredentialInfo,
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
 from engine_support import REPO, ProcessorThread, WorkerThread, free_ports
 
-from orchestrator import App, Settings, _acls, _devkafka
+from orchestrator import App, Settings, _acls, _devkafka, _topic_admin
 from orchestrator._acls import AppShape, Component
 from orchestrator._devkafka import BrokerInfo
 from orchestrator._devkafka.security import read_client_properties
@@ -108,11 +115,27 @@ class Cluster:
 
     def grant(
         self, component: Component, leave_out: Callable[[_acls.Acl], _acls.Acl | None] | None = None
-    ) -> None:
+    ) -> set[tuple[str, str, str, str]]:
+        """Create ``component``'s planned ACLs (less what ``leave_out`` drops) for its user, and wait until
+        the broker enforces them; returns them as the broker lists them."""
         acls = _acls.plan(self.shape, [component])
         if leave_out is not None:
             acls = [kept for acl in acls if (kept := leave_out(acl)) is not None]
         _acls.apply(self.admin, acls, f"User:{self.name}-{component.value}")
+        return self.enforced(component, acls)
+
+    def enforced(self, component: Component, acls: list[_acls.Acl]) -> set[tuple[str, str, str, str]]:
+        """Wait until the broker lists exactly ``acls`` for ``component``'s user; what it lists then."""
+        principal = f"User:{self.name}-{component.value}"
+        wanted = _tuples(_acls.bindings(acls, principal))
+        # create_acls returns once the controller took them; the broker's authorizer learns them a moment
+        # later from the metadata log, and describe_acls answers from the authorizer.
+        query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
+                                 AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while (found := _bindings_of(self.admin, query)) != wanted and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return found
 
     def approve(self, order: str, bonus: int) -> None:
         producer = Producer({**read_client_properties(self.properties), "logger": QUIET})
@@ -175,6 +198,9 @@ async def test_the_whole_engine_runs_with_exactly_the_planned_acls(cluster: Clus
     )  # fmt: skip
     assert granted.returncode == 0, granted.stdout + granted.stderr
     assert "ACL binding(s)" in granted.stdout
+    planned = _acls.plan(cluster.shape, [Component.PROCESSOR])
+    binds = _acls.bindings(planned, f"User:{cluster.name}-processor")
+    assert cluster.enforced(Component.PROCESSOR, planned) == _tuples(binds)  # what the CLI created
 
     apps = {c: make_app(cluster.name, cluster.source, settings[c]) for c in Component}
     proc = ProcessorThread(apps[Component.PROCESSOR], tmp_path)
@@ -296,3 +322,48 @@ async def test_a_component_missing_an_acl_fails_clearly_naming_it(
 def _processor(app: App, tmp_path: Path) -> BaseException:
     proc = Processor(app, ProcessorConfig(instance_id="p0", state_dir=tmp_path))
     return _raises_within(120, lambda: proc.run(install_signal_handlers=False))
+
+
+def test_strimzi_render_equals_the_cluster(cluster: Cluster) -> None:
+    """The rendered KafkaTopics are the topics `topics apply` made (partitions, replicas, configs), and
+    each rendered KafkaUser's ACLs are the bindings `acls apply` creates for that component."""
+    rendered = cluster.cli(Settings(kafka={}), "topics", "render", "--app", APP_SPEC, "--users")
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    docs = list(yaml.safe_load_all(rendered.stdout))
+    topics = {d["spec"]["topicName"]: d["spec"] for d in docs if d["kind"] == "KafkaTopic"}
+    assert sorted(topics) == sorted(_acls.engine_topic_names(cluster.shape))
+    observed = _topic_admin.observe(cluster.admin, list(topics))
+    assert sorted(observed) == sorted(topics)
+    for name, spec in topics.items():
+        actual = observed[name]
+        assert (spec["partitions"], spec["replicas"]) == (actual.partitions, actual.replication_factor), name
+        assert spec["config"].items() <= actual.config.items(), name
+
+    users = {
+        d["metadata"]["labels"]["orchestrator.io/component"]: d for d in docs if d["kind"] == "KafkaUser"
+    }
+    assert sorted(users) == sorted(c.value for c in Component)
+    for component in Component:
+        on_broker = cluster.grant(component)
+        kinds = {
+            "topic": "TOPIC",
+            "group": "GROUP",
+            "transactionalId": "TRANSACTIONAL_ID",
+            "cluster": "BROKER",
+        }
+        patterns = {"literal": "LITERAL", "prefix": "PREFIXED"}
+        wanted = {
+            (kinds[r["resource"]["type"]], r["resource"]["name"], patterns[r["resource"]["patternType"]],
+             op.replace("DescribeConfigs", "Describe_Configs").upper())
+            for r in users[component.value]["spec"]["authorization"]["acls"]
+            for op in r["operations"]
+        }  # fmt: skip
+        assert on_broker == wanted, component
+
+
+def _bindings_of(admin: AdminClient, query: AclBindingFilter) -> set[tuple[str, str, str, str]]:
+    return _tuples(admin.describe_acls(query).result())
+
+
+def _tuples(bindings: Iterable[AclBinding]) -> set[tuple[str, str, str, str]]:
+    return {(b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name) for b in bindings}
