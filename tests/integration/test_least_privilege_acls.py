@@ -367,3 +367,116 @@ def _bindings_of(admin: AdminClient, query: AclBindingFilter) -> set[tuple[str, 
 
 def _tuples(bindings: Iterable[AclBinding]) -> set[tuple[str, str, str, str]]:
     return {(b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name) for b in bindings}
+
+
+def _describe_only(name_end: str) -> Callable[[_acls.Acl], _acls.Acl | None]:
+    """A filter taking every operation but Describe/DescribeConfigs from the topic whose name ends so."""
+    kept = (_acls.Operation.DESCRIBE, _acls.Operation.DESCRIBE_CONFIGS)
+
+    def leave_out(acl: _acls.Acl) -> _acls.Acl | None:
+        hit = acl.resource.kind is T and acl.resource.name.endswith(name_end)
+        return dataclasses.replace(acl, operations=kept) if hit else acl
+
+    return leave_out
+
+
+LATER = {
+    # case: (what is left out of the processor's plan, what the error must name); each is needed only once
+    # there is something to restore or to write, so an admin's engine makes that first.
+    "changelog-read-at-restore": (_without(T, ".changelog", _acls.Operation.READ), ".changelog"),
+    "reader-group-at-restore": (_without(G, _acls.READER_GROUP), f"group id {_acls.READER_GROUP}"),
+    "history-write-in-a-transaction": (_describe_only(".history"), ".history"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LATER))
+async def test_a_processor_denied_later_fails_clearly_too(
+    cluster: Cluster, tmp_path: Path, case: str
+) -> None:
+    leave_out, named = LATER[case]
+    admin_app = make_app(cluster.name, cluster.source)  # the admin's login, from the properties file
+    worker = WorkerThread(admin_app)
+    try:
+        if case.endswith("at-restore"):  # runs for the changelogs to hold
+            proc = ProcessorThread(admin_app, tmp_path / "admin")
+            try:
+                async with admin_app.client() as client:
+                    cluster.approve("order-1", 10)
+                    assert await (await client.start("compute", 1, run_id="r1")).result(timeout=120) == 13
+            finally:
+                proc.stop()
+        cluster.grant(Component.PROCESSOR, leave_out)
+        app = make_app(cluster.name, cluster.source, cluster.user(Component.PROCESSOR))
+        failing = asyncio.create_task(asyncio.to_thread(_processor, app, tmp_path / "restricted"))
+        if case.endswith("in-a-transaction"):  # a run for the processor to write about
+            async with admin_app.client() as client:
+                await client.start("compute", 2, run_id="r2")
+        failed = await failing
+    finally:
+        worker.stop()
+    assert isinstance(failed, KafkaAccessError), repr(failed)
+    said = str(failed)
+    assert f"{cluster.name}-processor" in said and named in said, said
+    assert "acls plan --app APP --component processor" in said
+
+
+def _bindings_of(admin: AdminClient, query: AclBindingFilter) -> set[tuple[str, str, str, str]]:
+    return _tuples(admin.describe_acls(query).result())
+
+
+def _tuples(bindings: Iterable[AclBinding]) -> set[tuple[str, str, str, str]]:
+    return {(b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name) for b in bindings}
+
+
+PROBES = {
+    "processor-changelog-read": _without(T, ".changelog", _acls.Operation.READ),
+    "processor-reader-group": _without(G, _acls.READER_GROUP),
+    "processor-history-write": lambda acl: (
+        dataclasses.replace(acl, operations=(_acls.Operation.DESCRIBE, _acls.Operation.DESCRIBE_CONFIGS))
+        if acl.resource.name.endswith(".history")
+        else acl
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PROBES))
+async def test_probe(cluster: Cluster, tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    admin_app = make_app(cluster.name, cluster.source)
+    if case != "processor-history-write":
+        proc0 = ProcessorThread(admin_app, tmp_path / "a")
+        w0 = WorkerThread(admin_app)
+        async with admin_app.client() as client:
+            cluster.approve("order-1", 1)
+            assert await (await client.start("compute", 1, run_id="x1")).result(timeout=120) == 4
+        w0.stop()
+        proc0.stop()
+    cluster.grant(Component.PROCESSOR, PROBES[case])
+    app = make_app(cluster.name, cluster.source, cluster.user(Component.PROCESSOR))
+    proc = Processor(app, ProcessorConfig(instance_id="p9", state_dir=tmp_path / "b"))
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            proc.run(install_signal_handlers=False)
+        except BaseException as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    if case == "processor-history-write":
+        w0 = WorkerThread(admin_app)
+        async with admin_app.client() as client:
+            try:
+                print("RESULT", await (await client.start("compute", 2, run_id="x2")).result(timeout=40))
+            except Exception as exc:
+                print("RESULT-EXC", repr(exc))
+        w0.stop()
+    else:
+        await asyncio.sleep(40)
+    proc.stop()
+    t.join(30)
+    print("RAISED", [repr(e) for e in raised], "alive", t.is_alive(), "restored", proc.stats.restored_records)
+    for r in caplog.records:
+        print("LOG", r.name, r.levelname, r.getMessage()[:300])
+    raise AssertionError("probe")

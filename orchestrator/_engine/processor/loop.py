@@ -392,6 +392,11 @@ class Processor:
             self.transactions.abort()
         self.stores.discard()
         self.runs.clear()
+        if isinstance(exc, KafkaException):  # a missing ACL: reprocessing would be denied again (ADR 0021)
+            doing = f"writing a transaction to {', '.join(self._output_topics())}"
+            refused = access.denied(self.app.settings, exc, "processor", doing)
+            if refused is not None:
+                raise refused
         if self._fatal is None:  # a dead consumer is replaced instead; the new one starts at the commits
             self._rewind()
 
