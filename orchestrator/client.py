@@ -530,6 +530,7 @@ class _OutcomeWatcher:
         self._acks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[RunOutcome]]] = {}
         self._lock = threading.Lock()
         self._stopped: str | None = None
+        self._stopped_by: type[OrchestratorError] = OrchestratorError  # KafkaAccessError for a denial
         self._skipped: dict[str, Unreadable] = {}
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="orchestrator-outcomes")
@@ -558,7 +559,7 @@ class _OutcomeWatcher:
         """A future for an outcome; already failed once the watcher has stopped (none would come)."""
         fut: asyncio.Future[RunOutcome] = loop.create_future()
         if self._stopped is not None:
-            fut.set_exception(OrchestratorError(self._stopped))
+            fut.set_exception(self._stopped_by(self._stopped))
         return fut
 
     def started_here(self, run_id: str) -> bool:
@@ -639,7 +640,7 @@ class _OutcomeWatcher:
 
     def _fail_all(self, why: str, kind: type[OrchestratorError] = OrchestratorError) -> None:
         with self._lock:
-            self._stopped = why
+            self._stopped, self._stopped_by = why, kind
             waiting = [*self._futures.values(), *self._acks.values()]
         for loop, fut in waiting:
             try:
