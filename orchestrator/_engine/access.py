@@ -90,6 +90,10 @@ _DENIED = {
 }
 
 
+DENIED_CODES = frozenset(_DENIED)
+"""librdkafka's codes for a request the cluster's ACLs refused."""
+
+
 def denied(
     settings: Settings, exc: BaseException, component: str, doing: str = ""
 ) -> KafkaAccessError | None:

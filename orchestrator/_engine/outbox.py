@@ -28,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
+from orchestrator._engine.access import DENIED_CODES
 from orchestrator._engine.episodes import Episode
 
 log = logging.getLogger("orchestrator.worker")
@@ -75,6 +76,9 @@ class Outbox:
         self._due: list[tuple[float, int]] = []  # (monotonic time, record id): produce again then
         self._ids = itertools.count()
         self._fatal: KafkaError | None = None
+        self.denied: KafkaError | None = None
+        """Set when Kafka's ACLs refused a record: the owner stops and says which (ADR 0021); the record
+        stays held meanwhile, as for any failure."""
         self._episode = Episode(log, "results cannot be delivered to Kafka")
         self.stats = OutboxStats()
         self._producer = make_producer(self._on_error)
@@ -157,6 +161,8 @@ class Outbox:
                 if token == held.token:  # a stale copy's failure says nothing about the live one
                     if err.fatal():
                         self._fatal = err
+                    if err.code() in DENIED_CODES:
+                        self.denied = err
                     self._retry_later_locked(rid, held, f"{err.name()}: {err.str()}")
                 return
             del self._held[rid]

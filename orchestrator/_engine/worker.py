@@ -223,6 +223,10 @@ class Worker:
                     task = asyncio.create_task(self._execute(msg, loop, sync_pool))
                     tasks.add(task)
                     task.add_done_callback(functools.partial(_task_done, tasks, slots))
+                if outbox.denied is not None:  # an ACL is missing: no result could ever be delivered
+                    doing = f"writing step results to {self.inbox}, dead letters to the dlq"
+                    denial = KafkaException(outbox.denied)
+                    raise access.denied(self.app.settings, denial, "worker", doing) or denial
                 if self._consumer_failed is not None:
                     consumer = await loop.run_in_executor(consumer_thread, self._replace_consumer, consumer)
                 if time.monotonic() - last_commit >= self.config.commit_interval_ms / 1000:

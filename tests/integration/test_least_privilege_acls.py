@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -426,3 +427,24 @@ def _bindings_of(admin: AdminClient, query: AclBindingFilter) -> set[tuple[str, 
 
 def _tuples(bindings: Iterable[AclBinding]) -> set[tuple[str, str, str, str]]:
     return {(b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name) for b in bindings}
+
+
+async def test_a_worker_denied_writing_results_fails_clearly(cluster: Cluster, tmp_path: Path) -> None:
+    """Results are held and produced again through any outage (ADR 0012); a denial is not an outage, so
+    the worker stops (after its drain timeout, 30 s) saying which ACL is missing."""
+    admin_app = make_app(cluster.name, cluster.source)
+    proc = ProcessorThread(admin_app, tmp_path)
+    try:
+        cluster.grant(Component.WORKER, _describe_only(".inbox"))
+        app = make_app(cluster.name, cluster.source, cluster.user(Component.WORKER))
+        run = partial(_raises_within, 120, lambda: asyncio.run(Worker(app).run()))
+        failing = asyncio.create_task(asyncio.to_thread(run))
+        async with admin_app.client() as client:
+            await client.start("compute", 2, run_id="r2")  # a step for the worker to finish
+        failed = await failing
+    finally:
+        proc.stop()
+    assert isinstance(failed, KafkaAccessError), repr(failed)
+    said = str(failed)
+    assert f"{cluster.name}-worker" in said and f"{cluster.name}.inbox" in said, said
+    assert "acls plan --app APP --component worker" in said
