@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
-from confluent_kafka import KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from orchestrator import topology
 from orchestrator._core import formats
-from orchestrator._engine import audit, kafka, tracing, wire
+from orchestrator._engine import access, audit, kafka, tracing, wire
+from orchestrator._engine.access import KafkaAccessError
 from orchestrator._engine.admission import admit_routing, idempotency_routing
 from orchestrator._engine.events import (
     AdmitRequest,
@@ -534,6 +535,8 @@ class _OutcomeWatcher:
 
     def __init__(self, settings: Settings, topic: str, partitions: int, on_unreadable: OnUnreadable) -> None:
         self._on_unreadable = on_unreadable
+        self._settings, self._topic = settings, topic
+        self._group = kafka.reader_config(settings)["group.id"]  # named when its ACL is missing
         self._consumer = kafka.new_consumer(
             kafka.reader_config(
                 settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": kafka.TAIL_FETCH_WAIT_MS}
@@ -549,6 +552,7 @@ class _OutcomeWatcher:
         self._acks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[RunOutcome]]] = {}
         self._lock = threading.Lock()
         self._stopped: str | None = None
+        self._stopped_by: type[OrchestratorError] = OrchestratorError  # KafkaAccessError for a denial
         self._skipped: dict[str, Unreadable] = {}
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="orchestrator-outcomes")
@@ -577,7 +581,7 @@ class _OutcomeWatcher:
         """A future for an outcome; already failed once the watcher has stopped (none would come)."""
         fut: asyncio.Future[RunOutcome] = loop.create_future()
         if self._stopped is not None:
-            fut.set_exception(OrchestratorError(self._stopped))
+            fut.set_exception(self._stopped_by(self._stopped))
         return fut
 
     def started_here(self, run_id: str) -> bool:
@@ -603,6 +607,8 @@ class _OutcomeWatcher:
                     continue
                 for msg in [first, *self._consumer.consume(1000, timeout=0)]:
                     self._take(msg)
+        except KafkaAccessError as exc:  # denied by the ACLs: every waiting client hears which (ADR 0021)
+            self._fail_all(str(exc), KafkaAccessError)
         except Exception as exc:  # waiting clients must hear why, not hang until their timeouts
             log.exception("outcome watcher stopped")
             self._fail_all(f"the client's outcome watcher stopped: {exc!r}")
@@ -612,6 +618,10 @@ class _OutcomeWatcher:
     def _take(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
+            doing = f"reading {self._topic} as an assign-only reader, group id {self._group}"
+            refused = access.denied(self._settings, KafkaException(err), "client", doing)
+            if refused is not None:
+                raise refused
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("outcome watcher: %s", err)
             return
@@ -650,13 +660,13 @@ class _OutcomeWatcher:
         except Exception:  # a failing callback must not stop results for everyone else
             log.exception("on_unreadable raised for %s", bad)
 
-    def _fail_all(self, why: str) -> None:
+    def _fail_all(self, why: str, kind: type[OrchestratorError] = OrchestratorError) -> None:
         with self._lock:
-            self._stopped = why
+            self._stopped, self._stopped_by = why, kind
             waiting = [*self._futures.values(), *self._acks.values()]
         for loop, fut in waiting:
             try:
-                loop.call_soon_threadsafe(_fail, fut, OrchestratorError(why))
+                loop.call_soon_threadsafe(_fail, fut, kind(why))
             except RuntimeError:  # that loop is closed: nobody waits there any more
                 continue
 

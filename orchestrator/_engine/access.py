@@ -80,3 +80,42 @@ def raise_if_refused(settings: Settings, conf: ClientConfig) -> None:
     refused = check(settings, conf)
     if refused is not None:
         raise refused
+
+
+_DENIED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "a topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "a consumer group",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "a transactional id",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "the cluster",
+}
+
+
+DENIED_CODES = frozenset(_DENIED)
+"""librdkafka's codes for a request the cluster's ACLs refused."""
+
+
+def denied(
+    settings: Settings, exc: BaseException, component: str, doing: str = ""
+) -> KafkaAccessError | None:
+    """A `KafkaAccessError` if ``exc`` (or what it was raised from) is an ACL denial; None otherwise.
+
+    Why: the login worked, so nothing above sees a refusal, and a denied call would otherwise be retried
+    as if the broker were unsettled, or end with librdkafka's bare "Authorization failed". The message
+    names the principal, what was denied (``exc``, or ``doing`` where librdkafka's error does not say which
+    resource) and the command that lists the ACLs this ``component`` needs (ADR 0021).
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        err = seen.args[0] if isinstance(seen, KafkaException) and seen.args else None
+        if isinstance(err, KafkaError) and err.code() in _DENIED:
+            user = settings.kafka.get("sasl.username", "this client")
+            return KafkaAccessError(
+                f"Kafka at {settings.bootstrap_servers} denied {user} access to {_DENIED[err.code()]}"
+                f"{f' ({doing})' if doing else ''}: "
+                f"{exc}. Grant the {component}'s principal the ACLs listed by `orchestrator acls plan "
+                f"--app APP --component {component}` (a topic it may not Describe looks missing, so the "
+                "engine then tries to create it); create the topics beforehand with `orchestrator topics "
+                "apply` as an admin."
+            )
+        seen = seen.__cause__
+    return None

@@ -136,8 +136,10 @@ def _create(factory: Callable[[dict[str, Any]], _C], conf: ClientConfig) -> _C:
         ) from None
 
 
-def ensure_topics(app: App, timeout: float = 30.0) -> None:
-    """Create the app's missing topics; never alters existing ones (`topics plan` shows drift)."""
+def ensure_topics(app: App, timeout: float = 30.0, component: str = "client") -> None:
+    """Create the app's missing topics; never alters existing ones (`topics plan` shows drift).
+
+    A principal whose ACLs deny the check gets a `KafkaAccessError` naming ``component``'s ACL plan."""
     from orchestrator import _topic_admin
 
     specs = topology.engine_topics(app.name, app.settings, sorted(app.queues))
@@ -145,9 +147,12 @@ def ensure_topics(app: App, timeout: float = 30.0) -> None:
     admin = new_admin(conf)
     try:
         _topic_admin.apply(admin, specs, timeout=timeout)
-    except (_topic_admin.TopicAdminError, KafkaException):
+    except (_topic_admin.TopicAdminError, KafkaException) as exc:
         # Wrong credentials look like an unreachable broker: say so rather than retry them for ever.
         access.raise_if_refused(app.settings, conf)
+        refused = access.denied(app.settings, exc, component)
+        if refused is not None:
+            raise refused from None
         raise
     finally:
         # An admin client's log lines wait in its queue until it is polled; nothing else polls this one.

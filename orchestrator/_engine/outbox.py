@@ -29,6 +29,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from orchestrator._engine import metrics
+from orchestrator._engine.access import DENIED_CODES
 
 log = logging.getLogger("orchestrator.worker")
 
@@ -77,6 +78,9 @@ class Outbox:
         self._due: list[tuple[float, int]] = []  # (monotonic time, record id): produce again then
         self._ids = itertools.count()
         self._fatal: KafkaError | None = None
+        self.denied: KafkaError | None = None
+        """Set when Kafka's ACLs refused a record: the owner stops and says which (ADR 0021); the record
+        stays held meanwhile, as for any failure."""
         self._episode = metrics.CountedEpisode(
             log, "results cannot be delivered to Kafka", "worker", "deliver results"
         )
@@ -164,6 +168,8 @@ class Outbox:
                 if token == held.token:  # a stale copy's failure says nothing about the live one
                     if err.fatal():
                         self._fatal = err
+                    if err.code() in DENIED_CODES:
+                        self.denied = err
                     self._retry_later_locked(rid, held, f"{err.name()}: {err.str()}")
                 return
             del self._held[rid]

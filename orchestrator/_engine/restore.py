@@ -7,7 +7,7 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from orchestrator._engine import kafka
+from orchestrator._engine import access, kafka
 from orchestrator._engine.faults import is_transient
 from orchestrator._engine.store import META_CHANGELOG_OFFSET, PartitionStore
 from orchestrator.settings import Settings
@@ -25,7 +25,9 @@ def restore(settings: Settings, targets: list[tuple[PartitionStore, str]], batch
     """
     if not targets:
         return 0
-    consumer = kafka.new_consumer(kafka.reader_config(settings, **{"fetch.max.bytes": 52_428_800}))
+    conf = kafka.reader_config(settings, **{"fetch.max.bytes": 52_428_800})
+    consumer_group = conf["group.id"]
+    consumer = kafka.new_consumer(conf)
     applied = 0
     t0 = time.monotonic()
     try:
@@ -55,7 +57,12 @@ def restore(settings: Settings, targets: list[tuple[PartitionStore, str]], batch
                         continue
                     if is_transient(err):
                         continue  # a broker that is away: librdkafka reconnects and fetches again
-                    raise KafkaException(err)
+                    topics = tp[0] or ", ".join(sorted({t for t, _ in by_tp}))
+                    doing = f"restoring {topics} as an assign-only reader, group id {consumer_group}"
+                    # A missing ACL is not retried as if the broker were restarting (ADR 0021).
+                    raise access.denied(settings, KafkaException(err), "processor", doing) or KafkaException(
+                        err
+                    )
                 key = msg.key()
                 if key is not None:
                     pending[tp].append((key, msg.value()))

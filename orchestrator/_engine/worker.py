@@ -40,7 +40,7 @@ from opentelemetry.trace import Span
 
 from orchestrator import topology
 from orchestrator._core import formats
-from orchestrator._engine import attempts, kafka, metrics, tracing
+from orchestrator._engine import access, attempts, kafka, metrics, tracing
 from orchestrator._engine.committer import Committer
 from orchestrator._engine.episodes import Episode
 from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted, encode_event
@@ -174,7 +174,7 @@ class Worker:
         delay = 0.2
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(kafka.ensure_topics, self.app)
+                await asyncio.to_thread(kafka.ensure_topics, self.app, component="worker")
             except (TopicAdminError, KafkaException) as exc:
                 trouble.failed(exc)
                 await asyncio.to_thread(self._stop.wait, delay)
@@ -210,6 +210,12 @@ class Worker:
                 msgs = await loop.run_in_executor(consumer_thread, self._poll, consumer, free, 0.05)
                 for msg in msgs:
                     if msg.error() is not None:
+                        doing = f"consuming {', '.join(self.topics)} in group {self.app.name}.workers"
+                        refused = access.denied(
+                            self.app.settings, KafkaException(msg.error()), "worker", doing
+                        )
+                        if refused is not None:
+                            raise refused  # an ACL is missing: retrying cannot help (ADR 0021)
                         self._consumer_trouble.failed(msg.error())
                         continue
                     self._consumer_trouble.recovered()
@@ -218,6 +224,10 @@ class Worker:
                     task = asyncio.create_task(self._execute(msg, loop, sync_pool))
                     tasks.add(task)
                     task.add_done_callback(functools.partial(_task_done, tasks, slots))
+                if outbox.denied is not None:  # an ACL is missing: no result could ever be delivered
+                    doing = f"writing step results to {self.inbox}, dead letters to the dlq"
+                    denial = KafkaException(outbox.denied)
+                    raise access.denied(self.app.settings, denial, "worker", doing) or denial
                 if self._consumer_failed is not None:
                     consumer = await loop.run_in_executor(consumer_thread, self._replace_consumer, consumer)
                 if time.monotonic() >= next_refresh:

@@ -17,7 +17,7 @@ app = typer.Typer(
 app.callback()(_root.setup)  # logging for every command: --log-level/--log-format before the command
 
 # Each group module exposes ``register(app)``; a group whose module is not written yet is simply absent.
-_GROUPS = ("kafka", "topics", "engine", "audit", "ui")
+_GROUPS = ("kafka", "topics", "engine", "audit", "ui", "acls")
 
 
 def _register_groups() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -170,4 +171,72 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Create and check the engine's Kafka topics (declared in topics/engine.toml).")
     group.command("plan")(plan)
     group.command("apply")(apply)
+    group.command("render")(render)
     app.add_typer(group, name="topics", no_args_is_help=True)
+
+
+def render(
+    app_spec: Annotated[
+        str,
+        typer.Option(
+            "--app",
+            help="MODULE:ATTRIBUTE of your App, or the app name (then --queue, --source-topic say the rest).",
+        ),
+    ],
+    queue: QueueOption = None,
+    source_topic: Annotated[
+        list[str] | None,
+        typer.Option("--source-topic", help="With an app name: a topic its triggers/event sources read."),
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--format", help="strimzi (KafkaTopic, KafkaUser resources).")
+    ] = "strimzi",
+    users: Annotated[
+        bool, typer.Option("--users", help="Also a KafkaUser per component with its planned ACLs.")
+    ] = False,
+    cluster: Annotated[
+        str, typer.Option("--cluster", help="The Kafka resource's name (label strimzi.io/cluster).")
+    ] = "my-cluster",
+    namespace: Annotated[str | None, typer.Option("--namespace", help="metadata.namespace, if set.")] = None,
+    authentication: Annotated[
+        str, typer.Option("--authentication", help="KafkaUser authentication: scram-sha-512 or tls.")
+    ] = "scram-sha-512",
+    api_version: Annotated[
+        str,
+        typer.Option(
+            "--api-version", help="kafka.strimzi.io/v1, or kafka.strimzi.io/v1beta2 (Strimzi < 0.49)."
+        ),
+    ] = "kafka.strimzi.io/v1",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the YAML here instead of stdout.")] = None,
+) -> None:
+    """Write the engine topics (and with --users the components' users) as Strimzi resources, YAML."""
+    from orchestrator import _strimzi
+    from orchestrator.cli.acls import app_shape
+
+    if output != "strimzi":
+        raise _usage(f"--format {output!r}: only strimzi")
+    if api_version not in _strimzi.API_VERSIONS:
+        raise _usage(f"--api-version {api_version!r}: use one of {', '.join(_strimzi.API_VERSIONS)}")
+    if authentication not in _strimzi.AUTHENTICATIONS:
+        raise _usage(f"--authentication {authentication!r}: use one of {', '.join(_strimzi.AUTHENTICATIONS)}")
+    shape, app_settings = app_shape(app_spec, queue, source_topic)
+    try:
+        specs = engine_topics(shape.name, app_settings or load_settings(), shape.queues)
+    except ValueError as exc:
+        raise _usage(str(exc)) from exc
+    resources = _strimzi.kafka_topics(specs, cluster, api_version=api_version, namespace=namespace)
+    if users:
+        resources += _strimzi.kafka_users(
+            shape, cluster, authentication=authentication, api_version=api_version, namespace=namespace
+        )
+    text = _strimzi.to_yaml(resources)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        _err.print(f"wrote {len(resources)} resources to {escape(str(out))}", highlight=False)
+
+
+def _usage(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code=2)

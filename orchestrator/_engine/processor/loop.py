@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from orchestrator._core import formats
-from orchestrator._engine import kafka, limits, metrics
+from orchestrator._engine import access, kafka, limits, metrics
 from orchestrator._engine.bounded_call import CallStuckError
 from orchestrator._engine.decider import Decider
 from orchestrator._engine.events import Event, ScheduleRegister
@@ -87,7 +87,8 @@ class Processor:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         self._running = True  # from here on, a stop() ends the retries of a broker that is away
-        self._retry.call("topic check", lambda: kafka.ensure_topics(self.app), _admin_retriable)
+        check = partial(kafka.ensure_topics, self.app, component="processor")
+        self._retry.call("topic check", check, _admin_retriable)
         tx_id = f"{self.app.name}.processor.{self.config.instance_id}"
         producer_config = kafka.transactional_producer_config(
             self.app.settings, tx_id, **self.config.producer_overrides
@@ -98,7 +99,10 @@ class Processor:
         # librdkafka fills a batch up to batch.size (1 MB); a topic with a smaller max.message.bytes would
         # reject a batch of small records as too large.
         producer_config.setdefault("batch.size", min(1_000_000, self.output.record_limit.room))
-        self.transactions.start(producer_config)
+        try:
+            self.transactions.start(producer_config)
+        except KafkaException as exc:  # a denied transactional id is fatal: say which ACL (ADR 0021)
+            raise access.denied(self.app.settings, exc, "processor") or exc from None
         self._register_schedules()
         self._subscribe()
         log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
@@ -281,11 +285,19 @@ class Processor:
                 records.append(msg)
             elif err.fatal() or err.code() == KafkaError._FATAL:
                 self._fatal = err  # the consumer is replaced before anything else (see _resubscribe)
+            elif refused := access.denied(
+                self.app.settings, KafkaException(err), "processor", self._consuming()
+            ):
+                raise refused  # an ACL is missing: retrying cannot help (ADR 0021)
             else:
                 self.faults.fault("consume", err.str())
         if records:
             self.faults.recovered("consume")
         return records
+
+    def _consuming(self) -> str:
+        inputs = ", ".join([self.topics.inbox, self.topics.keyed, *self.topics.sources])
+        return f"consuming {inputs} in group {self.app.name}.processors"
 
     def _linger(self, msgs: list[Message]) -> None:
         """Add records that arrive within ``batch_linger_ms`` of the first, up to ``max_batch``."""
@@ -410,6 +422,11 @@ class Processor:
             self.transactions.abort()
         self.stores.discard()
         self.runs.clear()
+        if isinstance(exc, KafkaException):  # a missing ACL: reprocessing would be denied again (ADR 0021)
+            doing = f"writing a transaction to {', '.join(self._output_topics())}"
+            refused = access.denied(self.app.settings, exc, "processor", doing)
+            if refused is not None:
+                raise refused
         if self._fatal is None:  # a dead consumer is replaced instead; the new one starts at the commits
             self._rewind()
 
