@@ -70,6 +70,20 @@ def processor(
             "transactions (less broker and processor CPU per run) for this much added latency per step."
         ),
     ] = 0,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve run queries (`runs list`, the UI), /healthz and /ready on this port; 0: any free "
+            "port. Off when absent."
+        ),
+    ] = None,
+    http_host: Annotated[str, typer.Option(help="Address the HTTP server binds.")] = "0.0.0.0",
+    advertised_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Host query clients connect to (default: this instance's address as the broker sees it)."
+        ),
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Run a processor: folds events into run state and drives workflows, exactly once."""
@@ -80,6 +94,7 @@ def processor(
     app = _app(app_spec)
     _tune_gc()
     cfg: dict[str, Any] = {"max_batch": max_batch, "batch_linger_ms": batch_linger_ms}
+    cfg.update(http_port=http_port, http_host=http_host, advertised_host=advertised_host)
     if instance_id:
         cfg["instance_id"] = instance_id
     if state_dir:

@@ -28,6 +28,7 @@ from orchestrator._engine.faults import FaultLog, Retrier, Stopping, error_of, i
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.processor.config import ProcessorConfig, ProcessorStats, ProcessorTopics
 from orchestrator._engine.processor.handling_time import HandlingTime
+from orchestrator._engine.processor.http_api import QueryServer
 from orchestrator._engine.processor.keyed_task import KeyedTask
 from orchestrator._engine.processor.output import Output
 from orchestrator._engine.processor.run_states import RunStates
@@ -76,6 +77,8 @@ class Processor:
         )
         self.keyed_task = KeyedTask(self.router, self.stores, self.output, self.stats)
         self.source_task = SourceTask(app, self.output)
+        self.http: QueryServer | None = None
+        self._ready = False  # assigned partitions restored, processing (GET /ready)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> None:
@@ -97,6 +100,7 @@ class Processor:
         producer_config.setdefault("batch.size", min(1_000_000, self.output.record_limit.room))
         self.transactions.start(producer_config)
         self._register_schedules()
+        self._start_http()
         self._subscribe()
         log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
         try:
@@ -109,6 +113,27 @@ class Processor:
 
     def stop(self) -> None:
         self._running = False
+
+    # -- run queries over HTTP (ADR 0016) --------------------------------------------------------------------
+    def _start_http(self) -> None:
+        if self.config.http_port is None or self.http is not None:
+            return
+        self.http = QueryServer(
+            self.config.http_host, self.config.http_port, lambda: dict(self.stores.run_stores), self.ready
+        )
+        self.http.start()
+
+    def ready(self) -> bool:
+        """Assigned partitions restored and the loop processing (what GET /ready answers)."""
+        return self._running and self._ready
+
+    def query_client_id(self) -> str:
+        """The group consumer's ``client.id``: how query clients find this instance's HTTP endpoint
+        (``describe_consumer_groups`` gives each member's client id, host and assigned partitions)."""
+        base = f"orchestrator-processor/{self.config.instance_id}"
+        if self.http is None:
+            return base
+        return f"{base} http={self.config.advertised_host or ''}:{self.http.port}"
 
     def _output_topics(self) -> tuple[str, ...]:
         """The topics this processor writes to: its record limit is the smallest of theirs."""
@@ -133,6 +158,7 @@ class Processor:
                     # instances one took all four inbox partitions and the other only the keyed ones
                     # (measured: a second processor added nothing). Co-partitioned inputs need range.
                     "partition.assignment.strategy": "range",
+                    "client.id": self.query_client_id(),
                 },
                 **self.config.consumer_overrides,
             )
@@ -219,6 +245,10 @@ class Processor:
                 self._consumer.close()
         except KafkaException:
             log.warning("consumer close failed", exc_info=True)
+        self._ready = False
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         self.stores.close()
         self.runs.clear()
         self.local_steps.close()
@@ -227,6 +257,7 @@ class Processor:
 
     # -- rebalance ------------------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._ready = False  # until the restore below is done and the loop runs again
         self.stats.restored_records += self.stores.assign(partitions)
         log.info("assigned partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
@@ -250,8 +281,11 @@ class Processor:
                 self._linger(msgs)
         msgs = self._without_errors(msgs)
         if self._fatal is not None:
+            self._ready = False
             self._resubscribe()
             return
+        if not self._ready and self._consumer.assignment():
+            self._ready = True  # the poll that assigned partitions restored them before returning
         now = _now_ms()
         due = self.stores.due_timers(now, self.config.timer_batch)
         if not msgs and not due:
