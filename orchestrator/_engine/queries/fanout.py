@@ -1,0 +1,137 @@
+"""Asking every live processor for its partitions' runs, and merging the answers (ADR 0016).
+
+Discovery, like Kafka Streams' interactive queries: the consumer group of the processors already knows
+which instance owns which inbox partition. ``AdminClient.describe_consumer_groups`` gives each member's
+``client.id``, the address the broker sees it at, and its assigned partitions; a processor that serves
+queries puts its HTTP endpoint in its ``client.id`` (``... http=[host]:port``). So there is no registry
+to keep current, and the answer follows every rebalance as the group coordinator sees it.
+
+Each instance is asked (in parallel) for the partitions the group assigns it; the pages are merged
+newest first; a partition nobody answered for (its instance dead but still in the group until its
+session times out, unreachable, or handing the partition over) is listed in ``missing_partitions``
+rather than silently left out.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from orchestrator import topology
+from orchestrator._engine import kafka
+from orchestrator._engine.queries.index import encode_cursor, order_key
+from orchestrator._engine.queries.model import RunFilter, RunPage, RunSummary
+from orchestrator._engine.queries.params import to_query
+from orchestrator.app import App
+from orchestrator.settings import Settings
+
+_ENDPOINT = re.compile(r"\bhttp=(?P<host>[^\s:]*|\[[^\]]*\]):(?P<port>\d+)\b")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One live processor of the group: where it answers and which inbox partitions it owns."""
+
+    client_id: str
+    url: str | None  # None: a member that serves no queries (started without --http-port)
+    partitions: tuple[int, ...]
+
+
+def endpoint_of(client_id: str, broker_seen_host: str) -> str | None:
+    """The base URL a member advertises in its client id; the host the broker sees when it gives none."""
+    m = _ENDPOINT.search(client_id)
+    if m is None:
+        return None
+    host = m.group("host") or broker_seen_host.lstrip("/")
+    return f"http://{host}:{m.group('port')}"
+
+
+class FanOutRunQuery:
+    """``RunQuery`` over the live processors of ``app``: ``FanOutRunQuery(settings, app).list(...)``."""
+
+    def __init__(self, settings: Settings, app: App, timeout_s: float = 5.0) -> None:
+        self.settings = settings
+        self.group = f"{app.name}.processors"
+        self.inbox = topology.inbox_topic(app.name)
+        self.timeout_s = timeout_s
+        self._admin: AdminClient | None = None
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = kafka.new_admin(kafka.base(self.settings))
+        return self._admin
+
+    # -- discovery ----------------------------------------------------------------------------------------
+    def instances(self) -> tuple[list[Instance], int]:
+        """(the group's members, the inbox's partition count)."""
+        admin = self._admin_client()
+        desc = admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)[self.group]
+        group = desc.result(timeout=self.timeout_s)
+        topic = admin.list_topics(self.inbox, timeout=self.timeout_s).topics.get(self.inbox)
+        total = (
+            len(topic.partitions) if topic is not None and topic.error is None else self.settings.partitions
+        )
+        found = []
+        for member in group.members:
+            assigned = member.assignment.topic_partitions if member.assignment is not None else []
+            partitions = tuple(sorted(tp.partition for tp in assigned if tp.topic == self.inbox))
+            found.append(Instance(member.client_id, endpoint_of(member.client_id, member.host), partitions))
+        return found, total
+
+    # -- asking ---------------------------------------------------------------------------------------------
+    def _get(self, url: str) -> dict[str, Any] | None:
+        """One instance's JSON answer; None when it does not answer (its partitions are then missing)."""
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:  # noqa: S310 - http only
+                body: dict[str, Any] = json.loads(response.read())
+                return body
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def _ask(self, path: str, query: Any) -> tuple[list[dict[str, Any]], set[int], int]:
+        """(answers, partitions answered, partition count): every serving instance asked in parallel
+        for its assigned partitions."""
+        instances, total = self.instances()
+        asked = [i for i in instances if i.url is not None and i.partitions]
+        answers: list[dict[str, Any]] = []
+        answered: set[int] = set()
+        if asked:
+            with ThreadPoolExecutor(max_workers=min(16, len(asked))) as pool:
+                urls = [f"{i.url}{path}?{query(list(i.partitions))}" for i in asked]
+                for body in pool.map(self._get, urls):
+                    if body is not None:
+                        answers.append(body)
+                        answered.update(body.get("partitions", []))
+        return answers, answered, total
+
+    def list(self, flt: RunFilter, cursor: str | None = None, limit: int = 50) -> RunPage:
+        answers, answered, total = self._ask("/runs", lambda parts: to_query(flt, cursor, limit, parts))
+        by_id: dict[str, RunSummary] = {}
+        more = False
+        for body in answers:
+            more = more or bool(body.get("has_more"))
+            for row in body.get("runs", []):
+                run = RunSummary.from_json(row)
+                by_id[run.run_id] = run  # a partition answered twice during a handover: one row
+        runs = sorted(by_id.values(), key=order_key)
+        if len(runs) > limit:
+            runs, more = runs[:limit], True
+        next_cursor = encode_cursor(runs[-1].created_ms, runs[-1].run_id) if more and runs else None
+        missing = sorted(set(range(total)) - answered)
+        return RunPage(runs, next_cursor, missing)
+
+    def count_page(self, flt: RunFilter) -> tuple[int, builtins.list[int]]:
+        """(runs matching ``flt`` in the partitions that answered, the partitions that did not)."""
+        answers, answered, total = self._ask("/runs/count", lambda parts: to_query(flt, partitions=parts))
+        return sum(int(b.get("count", 0)) for b in answers), sorted(set(range(total)) - answered)
+
+    def count(self, flt: RunFilter) -> int:
+        return self.count_page(flt)[0]
