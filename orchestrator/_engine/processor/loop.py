@@ -37,6 +37,7 @@ from orchestrator._engine.processor.source_task import SourceTask
 from orchestrator._engine.processor.state_manager import DueTimer, StateManager
 from orchestrator._engine.processor.transactions import Transactions, not_fatal
 from orchestrator._engine.router import Router
+from orchestrator._engine.store import PartitionStore
 from orchestrator._topic_admin import TopicAdminError
 from orchestrator.app import App
 
@@ -118,10 +119,13 @@ class Processor:
     def _start_http(self) -> None:
         if self.config.http_port is None or self.http is not None:
             return
-        self.http = QueryServer(
-            self.config.http_host, self.config.http_port, lambda: dict(self.stores.run_stores), self.ready
-        )
+        self.http = QueryServer(self.config.http_host, self.config.http_port, self._queryable, self.ready)
         self.http.start()
+
+    def _queryable(self) -> dict[int, PartitionStore]:
+        """The run stores queries may read: none while a rebalance opens and restores them (a store being
+        restored is incomplete; its partitions are reported missing until the loop runs again)."""
+        return dict(self.stores.run_stores) if self._ready else {}
 
     def ready(self) -> bool:
         """Assigned partitions restored and the loop processing (what GET /ready answers)."""
