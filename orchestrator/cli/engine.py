@@ -81,7 +81,7 @@ def processor(
     advertised_host: Annotated[
         str | None,
         typer.Option(
-            help="Host query clients connect to (default: this instance's address as the broker sees it)."
+            help="Host query clients connect to (default: this host's address on the network of the brokers)."
         ),
     ] = None,
     verbose: bool = False,

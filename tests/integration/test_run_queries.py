@@ -295,7 +295,7 @@ def test_a_dead_instance_shows_as_missing_partitions(
 
         _wait_for("two instances answering", two_owners, timeout=90)
         victim = procs[1]
-        owned = next(i.partitions for i in query.instances()[0] if "/q1 " in i.client_id)
+        owned = next(i.partitions for i in query.instances()[0] if i.instance_id == "q1")
         victim.kill()
         # The group keeps the killed static member (and its partitions) until its session times out:
         page: RunPage = query.list(RunFilter(), limit=500)

@@ -27,11 +27,11 @@ class ProcessorConfig:
         cache_size: live workflow instances, and decoded run states, kept in memory.
         timer_batch: most timers fired per transaction.
         http_port: serve run queries, /healthz and /ready on this port (``http_api``); None: no server,
-            0: a port the OS picks (tests). The port is advertised to query clients in the group
-            consumer's ``client.id`` (ADR 0016).
+            0: a port the OS picks (tests). The endpoint is published to the ``{app}.instances`` topic
+            for query clients (ADR 0016).
         http_host: the address the server binds.
-        advertised_host: the host query clients should connect to; None: the address the broker sees
-            this instance's consumer connect from (right on one network; set it behind NAT or proxies).
+        advertised_host: the host query clients should connect to; None: the address of the interface
+            this host reaches the first bootstrap server through (set it behind NAT or proxies).
     """
 
     instance_id: str = field(default_factory=socket.gethostname)

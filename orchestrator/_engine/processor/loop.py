@@ -36,6 +36,7 @@ from orchestrator._engine.processor.run_task import RunTask
 from orchestrator._engine.processor.source_task import SourceTask
 from orchestrator._engine.processor.state_manager import DueTimer, StateManager
 from orchestrator._engine.processor.transactions import Transactions, not_fatal
+from orchestrator._engine.queries import registry
 from orchestrator._engine.router import Router
 from orchestrator._engine.store import PartitionStore
 from orchestrator._topic_admin import TopicAdminError
@@ -121,6 +122,13 @@ class Processor:
             return
         self.http = QueryServer(self.config.http_host, self.config.http_port, self._queryable, self.ready)
         self.http.start()
+        host = self.config.advertised_host or registry.default_host(self.app.settings)
+        url = f"http://{host}:{self.http.port}"
+        self._retry.call(
+            "publishing the query endpoint",
+            partial(registry.publish, self.app.settings, self.app.name, self.config.instance_id, url),
+            _admin_retriable,
+        )
 
     def _queryable(self) -> dict[int, PartitionStore]:
         """The run stores queries may read: none while a rebalance opens and restores them (a store being
@@ -130,14 +138,6 @@ class Processor:
     def ready(self) -> bool:
         """Assigned partitions restored and the loop processing (what GET /ready answers)."""
         return self._running and self._ready
-
-    def query_client_id(self) -> str:
-        """The group consumer's ``client.id``: how query clients find this instance's HTTP endpoint
-        (``describe_consumer_groups`` gives each member's client id, host and assigned partitions)."""
-        base = f"orchestrator-processor/{self.config.instance_id}"
-        if self.http is None:
-            return base
-        return f"{base} http={self.config.advertised_host or ''}:{self.http.port}"
 
     def _output_topics(self) -> tuple[str, ...]:
         """The topics this processor writes to: its record limit is the smallest of theirs."""
@@ -162,7 +162,6 @@ class Processor:
                     # instances one took all four inbox partitions and the other only the keyed ones
                     # (measured: a second processor added nothing). Co-partitioned inputs need range.
                     "partition.assignment.strategy": "range",
-                    "client.id": self.query_client_id(),
                 },
                 **self.config.consumer_overrides,
             )

@@ -1,10 +1,10 @@
 """Asking every live processor for its partitions' runs, and merging the answers (ADR 0016).
 
 Discovery, like Kafka Streams' interactive queries: the consumer group of the processors already knows
-which instance owns which inbox partition. ``AdminClient.describe_consumer_groups`` gives each member's
-``client.id``, the address the broker sees it at, and its assigned partitions; a processor that serves
-queries puts its HTTP endpoint in its ``client.id`` (``... http=[host]:port``). So there is no registry
-to keep current, and the answer follows every rebalance as the group coordinator sees it.
+which instance is live and which inbox partitions it owns. ``AdminClient.describe_consumer_groups`` gives
+each member's ``group.instance.id`` (``processor-<instance id>``) and its assigned partitions, so the
+answer follows every rebalance as the group coordinator sees it; the instance's HTTP endpoint comes
+from the ``{app}.instances`` registry (``registry``), which each processor rewrites when it starts.
 
 Each instance is asked (in parallel) for the partitions the group assigns it; the pages are merged
 newest first; a partition nobody answered for (its instance dead but still in the group until its
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import re
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -30,28 +29,21 @@ from orchestrator._engine import kafka
 from orchestrator._engine.queries.index import encode_cursor, order_key
 from orchestrator._engine.queries.model import RunFilter, RunPage, RunSummary
 from orchestrator._engine.queries.params import to_query
+from orchestrator._engine.queries.registry import Endpoints
 from orchestrator.app import App
 from orchestrator.settings import Settings
 
-_ENDPOINT = re.compile(r"\bhttp=(?P<host>[^\s:]*|\[[^\]]*\]):(?P<port>\d+)\b")
+MEMBER_PREFIX = "processor-"
+"""A processor's ``group.instance.id`` is this plus its instance id (``loop.Processor._subscribe``)."""
 
 
 @dataclass(frozen=True)
 class Instance:
     """One live processor of the group: where it answers and which inbox partitions it owns."""
 
-    client_id: str
+    instance_id: str
     url: str | None  # None: a member that serves no queries (started without --http-port)
     partitions: tuple[int, ...]
-
-
-def endpoint_of(client_id: str, broker_seen_host: str) -> str | None:
-    """The base URL a member advertises in its client id; the host the broker sees when it gives none."""
-    m = _ENDPOINT.search(client_id)
-    if m is None:
-        return None
-    host = m.group("host") or broker_seen_host.lstrip("/")
-    return f"http://{host}:{m.group('port')}"
 
 
 class FanOutRunQuery:
@@ -62,7 +54,9 @@ class FanOutRunQuery:
         self.group = f"{app.name}.processors"
         self.inbox = topology.inbox_topic(app.name)
         self.timeout_s = timeout_s
+        self.app_name = app.name
         self._admin: AdminClient | None = None
+        self._endpoints: Endpoints | None = None
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
@@ -79,12 +73,22 @@ class FanOutRunQuery:
         total = (
             len(topic.partitions) if topic is not None and topic.error is None else self.settings.partitions
         )
+        if self._endpoints is None:
+            self._endpoints = Endpoints(self.settings, self.app_name)
+        urls = self._endpoints.refresh(self.timeout_s) if group.members else {}
         found = []
         for member in group.members:
             assigned = member.assignment.topic_partitions if member.assignment is not None else []
             partitions = tuple(sorted(tp.partition for tp in assigned if tp.topic == self.inbox))
-            found.append(Instance(member.client_id, endpoint_of(member.client_id, member.host), partitions))
+            static_id = member.group_instance_id or ""
+            instance_id = static_id.removeprefix(MEMBER_PREFIX) if static_id.startswith(MEMBER_PREFIX) else ""
+            found.append(Instance(instance_id, urls.get(instance_id) if instance_id else None, partitions))
         return found, total
+
+    def close(self) -> None:
+        if self._endpoints is not None:
+            self._endpoints.close()
+            self._endpoints = None
 
     # -- asking ---------------------------------------------------------------------------------------------
     def _get(self, url: str) -> dict[str, Any] | None:
