@@ -325,18 +325,20 @@ def test_index_equals_a_rebuild_after_sigkill_mid_load(
     try:
 
         async def load() -> list[Any]:
-            task = asyncio.ensure_future(_start(app, range(150)))
-            await asyncio.sleep(2.0)
+            task = asyncio.ensure_future(_start(app, range(300)))
+            while not (_complete(query)() and query.count(RunFilter(status="completed")) >= 20):
+                await asyncio.sleep(0.1)
+            assert query.count(RunFilter(status="running")) > 0  # mid-load: runs still in flight
             proc.kill()
             _assert_indexes_equal_a_rebuild(tmp_path / "state")  # what the killed instance left
             proc.start()
             return await task
 
         outcomes = asyncio.run(load())
-        assert len(outcomes) == 150
+        assert len(outcomes) == 300
         _wait_for("the restarted instance answering", _complete(query), timeout=90)
         assert [_strip(r) for r in query.list(RunFilter(), limit=500).runs] == _expected(app)
-        assert query.count(RunFilter(status="failed")) == 30
+        assert query.count(RunFilter(status="failed")) == 60
     finally:
         worker.stop()
         proc.terminate()
