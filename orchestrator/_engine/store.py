@@ -11,7 +11,7 @@ Key layout (frozen; bytes sort in this order):
   ``m/<name>``                                local metadata, never changelogged
   ``r/<run_id>``                              run state (Avro RunState)
   ``t/<due_ms: 8 bytes big-endian><run_id>\\x00<tag>``   timer index, empty value
-  ``x/<run_id>``                              run summary (JSON), what the indexes were built from
+  ``x/<run_id>``                              run summary (two JSON lines), what the indexes were built from
 
 Run indexes (ADR 0016; written by ``orchestrator._engine.queries.index.RunIndexer``). ``<inv>`` is
 ``2**64 - 1 - ms`` as 8 bytes big-endian, so that the newest sorts first; ties sort by run id:
@@ -120,6 +120,10 @@ class Indexer(Protocol):
 
     def index_keys(self, run_id: bytes, summary: bytes) -> list[bytes]:
         """The index keys of a run with this summary."""
+        ...
+
+    def same_keys(self, old: bytes, new: bytes) -> bool:
+        """Whether two summaries give the same index keys (checked cheaply, before computing them)."""
         ...
 
 
@@ -231,6 +235,9 @@ class PartitionStore:
         old = self._db.get(summary_key)
         new = None if value is None else (summary if summary is not None else indexer.summary(value))
         if old == new:
+            return
+        if isinstance(old, bytes) and new is not None and indexer.same_keys(old, new):
+            batch.put(summary_key, new)  # most transitions: the run's indexed fields did not change
             return
         old_keys = set(indexer.index_keys(run_id, old)) if isinstance(old, bytes) else set()
         new_keys = set(indexer.index_keys(run_id, new)) if new is not None else set()

@@ -55,6 +55,21 @@ def test_index_key_layout_is_frozen() -> None:
         b"i/n/" + (2**64 - 1 - 1_005).to_bytes(8, "big") + b"r-1",
     ]
     assert inv(2_000) < inv(1_000)  # newer sorts first
+    assert summary_of(state) == b'["wf","failed",1000,1005,"Boom",{"customer":"c-42"}]\n[1005,""]'
+
+
+def test_a_transition_that_changes_no_indexed_field_writes_only_the_summary(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p0", 0, RunIndexer())
+    state = _state("r-1", 1_000)
+    _save(store, state)
+    store.commit(1, 1)
+    keys = set(store.scan(INDEX_PREFIX))
+    state.updated_ms += 50
+    _save(store, state)
+    store.commit(2, 2)
+    assert set(store.scan(INDEX_PREFIX)) == keys
+    assert list_partition(store, RunFilter(), None, 1)[0][0].updated_ms == 1_055
+    store.close()
 
 
 def test_commit_writes_indexes_with_the_state_and_moves_them_on_change(tmp_path: Path) -> None:

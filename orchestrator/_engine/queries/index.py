@@ -47,26 +47,27 @@ def _clean(text: str) -> bytes:
 
 
 def summary_of(state: RunState) -> bytes:
-    """What a run list shows of a run, and what its index entries are computed from (compact JSON)."""
+    """What a run list shows of a run, and what its index entries are computed from.
+
+    Two compact JSON lists on one line each: first what the index keys are made of (workflow, status,
+    created, ended, error type, tags), then what only a list shows (updated, error message). Most
+    transitions change only the second line, and the store then writes the summary and no index key
+    (``RunIndexer.same_keys``): that is what keeps the index's cost per transition small.
+    """
     ended = state.updated_ms if state.status in _ENDED else None
-    return json.dumps(
-        [
-            state.workflow,
-            str(state.status),
-            state.created_ms,
-            state.updated_ms,
-            ended,
-            state.error_type,
-            state.error_message[:MAX_ERROR_MESSAGE],
-            state.tags,
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
+    keyed = [state.workflow, str(state.status), state.created_ms, ended, state.error_type, state.tags]
+    shown = [state.updated_ms, state.error_message[:MAX_ERROR_MESSAGE]]
+    return (
+        json.dumps(keyed, separators=(",", ":"), ensure_ascii=False)
+        + "\n"
+        + json.dumps(shown, separators=(",", ":"), ensure_ascii=False)
     ).encode()
 
 
 def parse_summary(run_id: str, raw: bytes, partition: int = -1) -> RunSummary:
-    workflow, status, created, updated, ended, error_type, error_message, tags = json.loads(raw)
+    keyed, _, shown = raw.partition(b"\n")
+    workflow, status, created, ended, error_type, tags = json.loads(keyed)
+    updated, error_message = json.loads(shown)
     return RunSummary(
         run_id, workflow, status, created, updated, ended, error_type, error_message, tags, partition
     )
@@ -80,8 +81,12 @@ class RunIndexer:
     def summary(self, state_bytes: bytes) -> bytes:
         return summary_of(decode_state(state_bytes))
 
+    def same_keys(self, old: bytes, new: bytes) -> bool:
+        """Whether two summaries of a run have the same index keys (their first lines are equal)."""
+        return old.partition(b"\n")[0] == new.partition(b"\n")[0]
+
     def index_keys(self, run_id: bytes, summary: bytes) -> list[bytes]:
-        workflow, status, created, _, ended, error_type, _, tags = json.loads(summary)
+        workflow, status, created, ended, error_type, tags = json.loads(summary.partition(b"\n")[0])
         at = inv(created) + run_id
         keys = [
             ALL + at,
@@ -117,18 +122,20 @@ def order_key(run: RunSummary) -> tuple[int, str]:
 
 
 # -- queries on one store ------------------------------------------------------------------------------------
-def index_prefix(flt: RunFilter) -> bytes:
-    """The index to walk for ``flt``: the most selective one it names (tags, error, workflow, status)."""
-    if flt.tags:
-        key, value = sorted(flt.tags.items())[0]
-        return BY_TAG + _clean(f"{key}={value}") + b"\x00"
+_PROBE = 1000
+"""Index entries counted per candidate index to pick the smallest one to walk."""
+
+
+def criteria(flt: RunFilter) -> list[bytes]:
+    """The index prefixes of every criterion of ``flt`` that an index answers (each ends with NUL)."""
+    out = [BY_TAG + _clean(f"{k}={v}") + b"\x00" for k, v in sorted(flt.tags.items())]
     if flt.error_type:
-        return BY_ERROR + _clean(flt.error_type) + b"\x00"
+        out.append(BY_ERROR + _clean(flt.error_type) + b"\x00")
     if flt.workflow:
-        return BY_WORKFLOW + _clean(flt.workflow) + b"\x00"
+        out.append(BY_WORKFLOW + _clean(flt.workflow) + b"\x00")
     if flt.status:
-        return BY_STATUS + _clean(flt.status) + b"\x00"
-    return ALL
+        out.append(BY_STATUS + _clean(flt.status) + b"\x00")
+    return out
 
 
 def matches(flt: RunFilter, run: RunSummary) -> bool:
@@ -143,16 +150,42 @@ def matches(flt: RunFilter, run: RunSummary) -> bool:
     )
 
 
-def _walk(store: PartitionStore, flt: RunFilter, after: tuple[int, str] | None) -> Any:
-    """Yield the runs matching ``flt`` in list order, after ``after``; reads committed data only."""
-    prefix = index_prefix(flt)
-    start = prefix
-    if flt.until_ms is not None:
-        start = max(start, prefix + inv(flt.until_ms - 1))
-    if after is not None:
-        start = max(start, prefix + inv(after[0]) + after[1].encode() + b"\x00")
-    stop = prefix + inv(flt.since_ms) + b"\xff" if flt.since_ms is not None else None
+def _size(db: Any, prefix: bytes) -> int:
+    """Entries under ``prefix``, counted up to ``_PROBE`` (keys only: about a microsecond each)."""
+    it = db.iter()
+    try:
+        it.seek(prefix)
+        n = 0
+        while n < _PROBE and it.valid() and it.key().startswith(prefix):
+            n += 1
+            it.next()
+        return n
+    finally:
+        del it
+
+
+def _walk(store: PartitionStore, flt: RunFilter, after: tuple[int, str] | None, summaries: bool) -> Any:
+    """Yield (run id, summary bytes or None) of the runs matching ``flt`` in list order, after ``after``.
+
+    Walks the smallest index the filter names (all runs when it names none) and checks the other
+    criteria by looking up the run's key in their indexes (the bloom filters answer most misses without
+    reading a block): a run is read only when it matches, and not at all for a count. A commit's index
+    changes are one atomic write batch, so a walk never sees half of one.
+    """
     with store.reading() as db:
+        prefixes = criteria(flt)
+        if len(prefixes) > 1:
+            prefixes.sort(key=lambda p: _size(db, p))
+        prefix = prefixes[0] if prefixes else ALL
+        others = prefixes[1:]
+        start = prefix
+        if flt.until_ms is not None:
+            start = max(start, prefix + inv(flt.until_ms - 1))
+        if after is not None:
+            start = max(start, prefix + inv(after[0]) + after[1].encode() + b"\x00")
+        stop = prefix + inv(flt.since_ms) + b"\xff" if flt.since_ms is not None else None
+        wanted = flt.run_id_prefix.encode() if flt.run_id_prefix else b""
+        cut = len(prefix)
         it = db.iter()
         try:
             it.seek(start)
@@ -160,13 +193,15 @@ def _walk(store: PartitionStore, flt: RunFilter, after: tuple[int, str] | None) 
                 key = it.key()
                 if not key.startswith(prefix) or (stop is not None and key > stop):
                     break
-                run_id = key[len(prefix) + 8 :]
-                raw = db.get(SUMMARY_PREFIX + run_id)
-                if isinstance(raw, bytes):
-                    run = parse_summary(run_id.decode(), raw, store.partition)
-                    # The summary is the truth: an entry a concurrent commit has just replaced is skipped.
-                    if inv(run.created_ms) == key[len(prefix) : len(prefix) + 8] and matches(flt, run):
-                        yield run
+                at = key[cut:]
+                run_id = at[8:]
+                if run_id.startswith(wanted) and all(db.get(p + at) is not None for p in others):
+                    if not summaries:
+                        yield run_id, None
+                    else:
+                        raw = db.get(SUMMARY_PREFIX + run_id)
+                        if isinstance(raw, bytes):
+                            yield run_id, raw
                 it.next()
         finally:
             del it
@@ -178,12 +213,12 @@ def list_partition(
     """Up to ``limit`` runs of ``store`` matching ``flt`` after the cursor position ``after``, and whether
     there are more. StoreClosedError if the store was closed (its partition moved)."""
     runs: list[RunSummary] = []
-    for run in _walk(store, flt, after):
+    for run_id, raw in _walk(store, flt, after, summaries=True):
         if len(runs) == limit:
             return runs, True
-        runs.append(run)
+        runs.append(parse_summary(run_id.decode(), raw, store.partition))
     return runs, False
 
 
 def count_partition(store: PartitionStore, flt: RunFilter) -> int:
-    return sum(1 for _ in _walk(store, flt, None))
+    return sum(1 for _ in _walk(store, flt, None, summaries=False))
