@@ -257,6 +257,8 @@ def runs_list(
     Exit codes: 0 all partitions answered; 4 some did not (named on the output: their runs are missing);
     2 bad options; with --from-changelog, 3 when unreadable records were skipped.
     """
+    from confluent_kafka import KafkaException
+
     from orchestrator._engine.queries.fanout import FanOutRunQuery
     from orchestrator.cli import _runs_query
 
@@ -268,10 +270,15 @@ def runs_list(
     if from_changelog:
         _runs_from_changelog(app, flt, limit)
         return
+    query = FanOutRunQuery(app.settings, app)
     try:
-        page = FanOutRunQuery(app.settings, app).list(flt, cursor, limit)
+        page = query.list(flt, cursor, limit)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
+    except KafkaException as exc:
+        raise _fail(f"could not ask the cluster which processors run: {exc}") from exc
+    finally:
+        query.close()
     raise typer.Exit(_runs_query.print_page(console, page, as_json, app.settings.partitions))
 
 

@@ -5,6 +5,10 @@ mid-load), queries that follow a rebalance, and a dead instance's partitions rep
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -261,6 +265,13 @@ def _query_env(name: str, bootstrap: str) -> dict[str, str]:
     }
 
 
+def _cli(name: str, bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``orchestrator runs list --app query_app`` as the user runs it, for the app named ``name``."""
+    command = [sys.executable, "-m", "orchestrator", "runs", "list", "--app", QUERY_APP, *args]
+    env = {**os.environ, **_query_env(name, bootstrap), "COLUMNS": "200"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
 def _processor(name: str, bootstrap: str, tmp: Path, instance: str) -> EngineProcess:
     return EngineProcess(
         "processor",
@@ -294,6 +305,17 @@ def test_a_dead_instance_shows_as_missing_partitions(
             return len([i for i in query.instances()[0] if i.partitions]) == 2 and _complete(query)()
 
         _wait_for("two instances answering", two_owners, timeout=90)
+        listed = _cli(
+            unique_name, kafka_bootstrap, "--tag", "customer=c-1", "--status", "completed", "--json"
+        )
+        assert listed.returncode == 0, listed.stderr
+        body = json.loads(listed.stdout)
+        want = [
+            r.run_id for r in _expected(app) if r.tags.get("customer") == "c-1" and r.status == "completed"
+        ]
+        assert [r["run_id"] for r in body["runs"]] == want and body["missing_partitions"] == []
+        paged = _cli(unique_name, kafka_bootstrap, "--limit", "3")
+        assert paged.returncode == 0 and "next page: --cursor" in paged.stdout, paged.stdout
         victim = procs[1]
         owned = next(i.partitions for i in query.instances()[0] if i.instance_id == "q1")
         victim.kill()
@@ -303,6 +325,9 @@ def test_a_dead_instance_shows_as_missing_partitions(
         assert {r.partition for r in page.runs} == {0, 1, 2, 3} - set(owned)
         count, missing = query.count_page(RunFilter())
         assert missing == sorted(owned) and count == len(page.runs)
+        incomplete = _cli(unique_name, kafka_bootstrap)
+        assert incomplete.returncode == 4
+        assert "no processor answered for partition(s)" in " ".join(incomplete.stdout.split())
         # ... then the survivor takes them over and the answer is whole again.
         _wait_for("the survivor answering for every partition", _complete(query), timeout=90)
         assert [_strip(r) for r in query.list(RunFilter(), limit=500).runs] == _expected(app)

@@ -13,10 +13,12 @@ from orchestrator._engine import state as st
 from orchestrator._engine.queries.index import (
     RunIndexer,
     count_partition,
+    criteria,
     decode_cursor,
     encode_cursor,
     inv,
     list_partition,
+    smallest,
     summary_of,
 )
 from orchestrator._engine.queries.model import RunFilter
@@ -203,6 +205,15 @@ def test_cursor_pages_cover_everything_once(filled: PartitionStore) -> None:
                 break
             after = decode_cursor(encode_cursor(runs[-1].created_ms, runs[-1].run_id))
         assert seen == _all(filled, flt)
+
+
+def test_the_smallest_index_of_a_filter_is_walked(filled: PartitionStore) -> None:
+    flt = RunFilter(workflow="a", status="failed", tags={"plan": "free"})
+    prefixes = criteria(flt)
+    with filled.reading() as db:
+        # plan=free: 20 runs, failed: 10, workflow a: 20 (and 0 runs, an empty prefix, is smallest of all)
+        assert prefixes[smallest(db, prefixes)] == b"i/s/failed\x00"
+        assert smallest(db, [*prefixes, b"i/w/none\x00"]) == 3
 
 
 def test_cursor_is_checked() -> None:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import builtins
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from orchestrator import topology
@@ -49,11 +51,14 @@ class Instance:
 class FanOutRunQuery:
     """``RunQuery`` over the live processors of ``app``: ``FanOutRunQuery(settings, app).list(...)``."""
 
-    def __init__(self, settings: Settings, app: App, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, settings: Settings, app: App, timeout_s: float = 5.0, count_timeout_s: float = 60.0
+    ) -> None:
         self.settings = settings
         self.group = f"{app.name}.processors"
         self.inbox = topology.inbox_topic(app.name)
         self.timeout_s = timeout_s
+        self.count_timeout_s = count_timeout_s  # a count walks every matching index entry
         self.app_name = app.name
         self._admin: AdminClient | None = None
         self._endpoints: Endpoints | None = None
@@ -64,11 +69,25 @@ class FanOutRunQuery:
         return self._admin
 
     # -- discovery ----------------------------------------------------------------------------------------
+    def _describe(self) -> Any:
+        """The processors' group; a coordinator that is moving or loading (right after a broker or group
+        start) is asked again, twice, half a second apart."""
+        admin = self._admin_client()
+        for attempt in range(3):
+            future = admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)[self.group]
+            try:
+                return future.result(timeout=self.timeout_s)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if attempt == 2 or not isinstance(err, KafkaError) or not err.retriable():
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+
     def instances(self) -> tuple[list[Instance], int]:
         """(the group's members, the inbox's partition count)."""
         admin = self._admin_client()
-        desc = admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)[self.group]
-        group = desc.result(timeout=self.timeout_s)
+        group = self._describe()
         topic = admin.list_topics(self.inbox, timeout=self.timeout_s).topics.get(self.inbox)
         total = (
             len(topic.partitions) if topic is not None and topic.error is None else self.settings.partitions
@@ -91,10 +110,10 @@ class FanOutRunQuery:
             self._endpoints = None
 
     # -- asking ---------------------------------------------------------------------------------------------
-    def _get(self, url: str) -> dict[str, Any] | None:
+    def _get(self, url: str, timeout_s: float) -> dict[str, Any] | None:
         """One instance's JSON answer; None when it does not answer (its partitions are then missing)."""
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:  # noqa: S310 - http only
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http only
                 body: dict[str, Any] = json.loads(response.read())
                 return body
         except (OSError, urllib.error.URLError, ValueError):
@@ -110,7 +129,8 @@ class FanOutRunQuery:
         if asked:
             with ThreadPoolExecutor(max_workers=min(16, len(asked))) as pool:
                 urls = [f"{i.url}{path}?{query(list(i.partitions))}" for i in asked]
-                for body in pool.map(self._get, urls):
+                timeout = self.count_timeout_s if path.endswith("/count") else self.timeout_s
+                for body in pool.map(lambda url: self._get(url, timeout), urls):
                     if body is not None:
                         answers.append(body)
                         answered.update(body.get("partitions", []))

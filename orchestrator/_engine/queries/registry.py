@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -71,9 +72,14 @@ class Endpoints:
         self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         self._next = 0
         self.urls: dict[str, str] = {}
+        self._lock = threading.Lock()  # one reader at a time: a UI may share a client between requests
 
     def refresh(self, timeout_s: float = 5.0) -> dict[str, str]:
         """instance id -> URL, as of the end of the registry now (one watermark round trip when unchanged)."""
+        with self._lock:
+            return self._refresh(timeout_s)
+
+    def _refresh(self, timeout_s: float) -> dict[str, str]:
         assert self._consumer is not None
         _, high = kafka.watermarks(self._consumer, TopicPartition(self.topic, 0), timeout_s)
         deadline = time.monotonic() + timeout_s
@@ -96,6 +102,7 @@ class Endpoints:
         return dict(self.urls)
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
