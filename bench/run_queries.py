@@ -21,6 +21,7 @@ write cost.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import shutil
 import statistics
@@ -236,6 +237,8 @@ def main(runs: int, partitions: int, repeats: int, transitions: int, keep: bool)
         log("both processors answer; measuring")
         out["queries"] = measure(query, repeats)
         query.close()
+        del query
+        log(f"results: {json.dumps(out)}")
     finally:
         for child in children:
             child.stop()

@@ -105,9 +105,12 @@ class FanOutRunQuery:
         return found, total
 
     def close(self) -> None:
+        """Release the Kafka clients (call it while the cluster is up: a librdkafka client destroyed at
+        interpreter exit after its brokers stopped was seen to hang the exit)."""
         if self._endpoints is not None:
             self._endpoints.close()
             self._endpoints = None
+        self._admin = None
 
     # -- asking ---------------------------------------------------------------------------------------------
     def _get(self, url: str, timeout_s: float) -> dict[str, Any] | None:
