@@ -117,6 +117,10 @@ def test_fan_out_merges_pages_and_reports_missing(servers: list[QueryServer], mo
     assert len(seen) == len(set(seen)) == 13 + 14 + 13  # the completed runs of the answering partitions
     assert seen[:3] == ["r-218", "r-217", "r-215"]
     assert query.count_page(RunFilter(tags={"plan": "pro"})) == (30, [3])
+    with pytest.raises(ValueError, match="cursor"):
+        query.list(RunFilter(), "garbage!", 10)
+    with pytest.raises(ValueError, match="limit"):
+        query.list(RunFilter(), None, 5000)
 
 
 def test_query_parameters_round_trip() -> None:

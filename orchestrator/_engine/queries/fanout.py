@@ -28,9 +28,9 @@ from confluent_kafka.admin import AdminClient
 
 from orchestrator import topology
 from orchestrator._engine import kafka
-from orchestrator._engine.queries.index import encode_cursor, order_key
+from orchestrator._engine.queries.index import decode_cursor, encode_cursor, order_key
 from orchestrator._engine.queries.model import RunFilter, RunPage, RunSummary
-from orchestrator._engine.queries.params import to_query
+from orchestrator._engine.queries.params import MAX_LIMIT, to_query
 from orchestrator._engine.queries.registry import Endpoints
 from orchestrator.app import App
 from orchestrator.settings import Settings
@@ -140,6 +140,12 @@ class FanOutRunQuery:
         return answers, answered, total
 
     def list(self, flt: RunFilter, cursor: str | None = None, limit: int = 50) -> RunPage:
+        """ValueError for a bad cursor or limit (checked here: a processor refusing them would otherwise
+        look like one that did not answer)."""
+        if cursor:
+            decode_cursor(cursor)
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit is 1..{MAX_LIMIT}, got {limit}")
         answers, answered, total = self._ask("/runs", lambda parts: to_query(flt, cursor, limit, parts))
         by_id: dict[str, RunSummary] = {}
         more = False
