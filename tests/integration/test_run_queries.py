@@ -368,3 +368,48 @@ def test_index_equals_a_rebuild_after_sigkill_mid_load(
         worker.stop()
         proc.terminate()
     _assert_indexes_equal_a_rebuild(tmp_path / "state")
+
+
+def test_a_static_member_keeps_its_first_client_id_when_it_restarts(
+    kafka_bootstrap: str, unique_name: str, create_topics: Any, admin: Any
+) -> None:
+    """Why endpoints come from the ``{app}.instances`` registry and not from the group (ADR 0016): the
+    coordinator keeps the ``client.id`` of a static member's first join after the instance restarts."""
+    from confluent_kafka import Consumer
+
+    topic = f"{unique_name}.in"
+    create_topics(topic, partitions=2)
+    group = f"{unique_name}.group"
+
+    def member(client_id: str) -> Consumer:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": group,
+                "group.instance.id": "instance-1",
+                "client.id": client_id,
+                "session.timeout.ms": 10_000,
+                "partition.assignment.strategy": "range",
+            }
+        )
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(0.2)
+        assert consumer.assignment()
+        return consumer
+
+    def described() -> list[tuple[str, str]]:
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=30)
+        return [(m.client_id, m.member_id) for m in desc.members]
+
+    first = member("first http=:1111")
+    (before,) = described()
+    first.close()  # a static member does not leave the group on close: a restart within the session
+    second = member("second http=:2222")
+    try:
+        (after,) = described()
+    finally:
+        second.close()
+    assert after[1] != before[1]  # a new member id for the restarted instance ...
+    assert after[0] == "first http=:1111"  # ... under the client id of its first join
