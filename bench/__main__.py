@@ -71,7 +71,23 @@ def main() -> None:
     cp.add_argument("--tuned-gc", action="store_true", help="GC settings of the CLI's engine commands")
     cp.add_argument("--baseline", action="store_true", help="no state cache, plain Avro state encoding")
     cp.add_argument("--traced", action="store_true", help="OpenTelemetry SDK installed (spans dropped)")
+    q = sub.add_parser("run-queries", help="runs list first-page latency over many runs; index write cost")
+    q.add_argument("--runs", type=int, default=1_000_000)
+    q.add_argument("--partitions", type=int, default=8)
+    q.add_argument("--repeats", type=int, default=50)
+    q.add_argument("--transitions", type=int, default=50_000)
+    q.add_argument("--keep", action="store_true", help="keep the temp dir (stores, logs)")
     args = ap.parse_args()
+    if args.cmd == "run-queries":
+        from bench import run_queries
+
+        print(
+            json.dumps(
+                run_queries.main(args.runs, args.partitions, args.repeats, args.transitions, args.keep),
+                indent=1,
+            )
+        )
+        return
     if args.cmd == "cpu-path":
         from bench import cpu_path
 

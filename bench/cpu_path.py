@@ -28,6 +28,7 @@ from orchestrator._engine import tracing, wire
 from orchestrator._engine.decider import Decider, timers_of
 from orchestrator._engine.events import Event, StartRun, StepCompleted, decode_event, encode_event
 from orchestrator._engine.instance_cache import InstanceCache
+from orchestrator._engine.queries.index import summary_of
 from orchestrator._engine.records import StepCommand, decode_command, encode_command, encode_outcome
 from orchestrator._engine.state import RunState, decode_state, encode_state, state_record
 from orchestrator._engine.state_cache import StateCache
@@ -58,6 +59,7 @@ class _Path:
         new_state, fx = self.decider.handle(state, event, now_ms)
         if new_state is not None and fx.history:
             self.store[new_state.run_id] = self.encode_state(new_state)
+            summary_of(new_state)  # as RunStates.save: the run index's summary goes with the state
             timers_of(new_state)
             if new_state.terminal:
                 self.states.evict(new_state.run_id)

@@ -74,7 +74,7 @@ async def main(count: int) -> None:
         console.print(f"[green]{count} orders done[/green]; {len(retried)} needed a retry of a flaky step.")
         console.print("\nInspect a run (state, steps, attempts, errors):")
         console.print(f"  .venv/bin/orchestrator runs show {(retried or [handles[0].run_id])[0]} --app {APP}")
-        console.print(f"  .venv/bin/orchestrator runs list --app {APP}")
+        console.print(f"  .venv/bin/orchestrator runs list --from-changelog --app {APP}")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,18 @@ class WorkflowContext(ABC):
         branch and keep the call.
         """
 
+    def set_tags(self, **tags: str) -> None:
+        """Tag this run with searchable ``key=value`` pairs: ``ctx.set_tags(customer="c-42", plan="pro")``.
+
+        Recorded in the run's history (a ``TagsSet`` event) when the workflow next yields, merged into the
+        tags set before (a key set again takes its new value), and found with
+        ``orchestrator runs list --tag customer=c-42``. Deterministic like everything in a workflow: on
+        re-execution the same calls give the same tags and nothing new is recorded. Bounded (at most 16
+        keys of up to 64 characters ``[A-Za-z0-9_.:/-]``, string values of up to 256): a call outside the
+        bounds parks the run with the reason instead of recording anything.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support tags")
+
     @abstractmethod
     def sleep(self, duration: Duration) -> Awaitable[None]:
         """A durable timer: the run is evicted from memory while it sleeps, for seconds or for months."""

@@ -559,6 +559,8 @@ class Decider:
     def _advance(self, state: st.RunState, inst: WorkflowInstance, fx: Effects, now_ms: int) -> None:
         """Record the commands the workflow issued since last time, and its end if it ended."""
         while True:
+            if not self._record_tags(state, inst, fx, now_ms):
+                return
             ready = [self._issue(state, issued, fx, now_ms) for issued in inst.issued[len(state.steps) :]]
             ready_positions = [p for p in ready if p is not None]
             if not ready_positions:
@@ -578,6 +580,23 @@ class Decider:
             self._end(state, inst, fx, now_ms)
         finally:
             inst.close()  # ended runs free their loop whether or not they were ever cached
+
+    def _record_tags(self, state: st.RunState, inst: WorkflowInstance, fx: Effects, now_ms: int) -> bool:
+        """Record the tags the workflow set since last time (``TagsSet``); False when it parked the run.
+
+        Tags are not positional commands: what is recorded is the difference between the tags the
+        instance has set so far and the run's recorded tags, so a re-executed instance (which sets the
+        same tags again) records nothing, and no history is rejected as divergent over a tag.
+        """
+        if inst.tags_error:
+            self.cache.evict(state.run_id)
+            inst.close()
+            self._park(state, fx, PARK_WORKFLOW_ERROR, inst.tags_error, now_ms)
+            return False
+        changed = {k: v for k, v in inst.tags.items() if state.tags.get(k) != v}
+        if changed:
+            self._record(state, fx, ev.TagsSet(changed), now_ms)
+        return True
 
     def _issue(self, state: st.RunState, issued: IssuedStep, fx: Effects, now_ms: int) -> int | None:
         """Record one new command; returns its position when it is already resolved."""

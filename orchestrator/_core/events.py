@@ -252,6 +252,13 @@ class ChildStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class TagsSet:
+    """The workflow set tags on its run (``ctx.set_tags``): merged into the run's tags (event-v5)."""
+
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class AdmitRequest:
     workflow: str
     run_id: str
@@ -301,6 +308,7 @@ Body: TypeAlias = (
     | ChildStarted
     | AdmitRequest
     | Release
+    | TagsSet
 )
 BODY_TYPES: dict[str, type[Any]] = {
     _NS + cls.__name__: cls
@@ -336,6 +344,7 @@ BODY_TYPES: dict[str, type[Any]] = {
         ChildStarted,
         AdmitRequest,
         Release,
+        TagsSet,
     )
 }
 

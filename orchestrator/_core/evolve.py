@@ -260,6 +260,10 @@ def _apply_marker(state: st.RunState, b: ev.MarkerRecorded, ts: int) -> None:
     state.steps.append(st.MarkerRecord(b.position, ts, b.name))
 
 
+def _apply_tags_set(state: st.RunState, b: ev.TagsSet, ts: int) -> None:
+    state.tags.update(b.tags)
+
+
 def _stop_pending(state: st.RunState) -> None:
     """A run that ends (or starts compensating) cancels all it still waits on, buffered signals included."""
     for step in state.steps:
@@ -366,4 +370,5 @@ _APPLY: dict[type[Any], Callable[[st.RunState, Any, int], None]] = {
     ev.RunResumed: _apply_run_resumed,
     ev.CompensationStarted: _apply_compensation_started,
     ev.ChildStarted: _apply_child_started,
+    ev.TagsSet: _apply_tags_set,
 }

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator._core.tags import tags_error
 from orchestrator.app import App, WorkflowDefinition
 from orchestrator.context import ReceivedEvent, WorkflowContext
 from orchestrator.durations import Duration, to_millis
@@ -108,6 +109,8 @@ class WorkflowInstance:
         self.applied = 0  # resolutions applied so far
         self.recorded = recorded or []  # (kind, name) per position in the history being re-executed
         self.uses_asyncio_timers = False
+        self.tags: dict[str, str] = {}  # every ctx.set_tags so far, merged: decide records what is new
+        self.tags_error = ""  # why a ctx.set_tags was refused: decide parks the run with it
         self._rng: random.Random | None = None  # seeded on first use: seeding costs ~10 us per instance
         self.ctx = _Context(self)
         coro = definition.fn(self.ctx, value) if takes_input else definition.fn(self.ctx)
@@ -245,6 +248,16 @@ class WorkflowInstance:
         self.issued.append(IssuedStep(position, name, b"", "", 0, "", kind="marker"))
         return True
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Merge ``tags`` into the run's tags, or remember why they are refused (the first refusal wins)."""
+        if self.tags_error:
+            return
+        error = tags_error(self.tags, tags)
+        if error:
+            self.tags_error = error
+        else:
+            self.tags.update(tags)
+
     def issue_timer(self, due_ms: int) -> asyncio.Future[Any]:
         position = len(self.issued)
         self.issued.append(IssuedStep(position, "sleep", b"", "", 0, "", kind="timer", due_ms=due_ms))
@@ -334,6 +347,9 @@ class _Context(WorkflowContext):
 
     def patched(self, change_id: str) -> bool:
         return self._instance.patched(change_id)
+
+    def set_tags(self, **tags: str) -> None:
+        self._instance.set_tags(tags)
 
     def sleep(self, duration: Duration) -> Awaitable[None]:
         return self._instance.issue_timer(self._instance.now_ms + _millis(duration))

@@ -287,6 +287,8 @@ class RunState:
     parent_run_id: str = ""
     parent_position: int = -1
     admission_key: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    """What the workflow tagged its run with (``ctx.set_tags``): searchable in the run indexes."""
 
     @property
     def terminal(self) -> bool:

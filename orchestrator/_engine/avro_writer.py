@@ -8,7 +8,7 @@ does no per-field type dispatch and, for our frozen dataclasses, reads attribute
 Only writing is ours. Reading stays with fastavro, because it must resolve records written with older
 schema versions. The unit tests compare these bytes with fastavro's for every record type and branch.
 Supported: the types our schemas use (null, boolean, int, long, float, double, bytes, string, records,
-arrays, enums, unions of null and one type, unions of records); anything else fails at compile time.
+arrays, maps, enums, unions of null and one type, unions of records); anything else fails at compile time.
 """
 
 from __future__ import annotations
@@ -129,6 +129,17 @@ class _Compiler:
                 f"{pad}    out += _zz(len({items}))",
                 f"{pad}    for {item} in {items}:",
                 *self.value(t["items"], item, ns, depth + 2),
+                f"{pad}out += b'\\x00'",
+            ]
+        if kind == "map":  # one block of (string key, value) pairs, then a 0 count: as fastavro writes it
+            pairs, key, item = self._temp(), self._temp(), self._temp()
+            return [
+                f"{pad}{pairs} = {expr}",
+                f"{pad}if {pairs}:",
+                f"{pad}    out += _zz(len({pairs}))",
+                f"{pad}    for {key}, {item} in {pairs}.items():",
+                *self.primitive("string", key, pad + "        "),
+                *self.value(t["values"], item, ns, depth + 2),
                 f"{pad}out += b'\\x00'",
             ]
         raise ValueError(f"Avro type {kind!r} is not supported by the compiled writer")

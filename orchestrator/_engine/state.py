@@ -3,15 +3,16 @@
 ``orchestrator._core.state`` defines the records and their enums; they are re-exported here so that
 ``from orchestrator._engine import state as st`` keeps working.
 
-The schema (id 7) is frozen and has one step record for every kind of command. In memory each kind has
-its own record type (``StepRecord``, ``TimerRecord``, ``WaitRecord``, ``ChildRecord``, ``MarkerRecord``);
-``_contents_of`` maps each to the stored step record's fields and ``_DECODE`` maps them back, so the bytes
-are exactly those written before the types were split (``tests/unit/test_avro_writer.py``, the property
-tests' ``encode(decode(bytes)) == bytes``). Stored fields a kind does not have hold the constants the
-engine always wrote there: a timer's ``step`` is ``"sleep"`` and its due time is in ``deadline_ms``; a
-wait's ``step`` is its event name and its key is in ``event_key``; a child's run id is in ``event_key``,
-its input in ``args`` and its end in ``attempts``; a compensation names the position it undoes in
-``compensate``; a marker's name is in ``step``. A detached child is one completed without an attempt.
+The schema (id 12, run-state-v3: id 7 plus the run's tags; states of id 7 read with no tags) is frozen and
+has one step record for every kind of command. In memory each kind has its own record type (``StepRecord``,
+``TimerRecord``, ``WaitRecord``, ``ChildRecord``, ``MarkerRecord``); ``_contents_of`` maps each to the
+stored step record's fields and ``_DECODE`` maps them back, so the bytes are exactly those written before
+the types were split (``tests/unit/test_avro_writer.py``, the property tests' ``encode(decode(bytes)) ==
+bytes``). Stored fields a kind does not have hold the constants the engine always wrote there: a timer's
+``step`` is ``"sleep"`` and its due time is in ``deadline_ms``; a wait's ``step`` is its event name and its
+key is in ``event_key``; a child's run id is in ``event_key``, its input in ``args`` and its end in
+``attempts``; a compensation names the position it undoes in ``compensate``; a marker's name is in ``step``.
+A detached child is one completed without an attempt.
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ def _head_record(state: RunState) -> dict[str, Any]:
         "result": state.result,
         "error_type": state.error_type,
         "error_message": state.error_message,
+        "tags": state.tags,
     }
 
 
@@ -408,4 +410,5 @@ def decode_state(data: bytes | None) -> RunState:
         parent_run_id=rec["parent_run_id"],
         parent_position=rec["parent_position"],
         admission_key=rec["admission_key"],
+        tags=rec["tags"],
     )

@@ -7,26 +7,57 @@ style). A crash before the commit leaves RocksDB exactly as Kafka last committed
 ahead: restore then replays the changelog from the offset the store itself records.
 
 Key layout (frozen; bytes sort in this order):
+  ``i/...``                                   run indexes (run stores only), empty values; see below
+  ``m/<name>``                                local metadata, never changelogged
   ``r/<run_id>``                              run state (Avro RunState)
   ``t/<due_ms: 8 bytes big-endian><run_id>\\x00<tag>``   timer index, empty value
-  ``m/<name>``                                local metadata, never changelogged
+  ``x/<run_id>``                              run summary (two JSON lines), what the indexes were built from
+
+Run indexes (ADR 0016; written by ``orchestrator._engine.queries.index.RunIndexer``). ``<inv>`` is
+``2**64 - 1 - ms`` as 8 bytes big-endian, so that the newest sorts first; ties sort by run id:
+  ``i/c/<inv created><run_id>``                       every run, newest first
+  ``i/w/<workflow>\\x00<inv created><run_id>``        by workflow
+  ``i/s/<status>\\x00<inv created><run_id>``          by status
+  ``i/e/<error_type>\\x00<inv created><run_id>``      by error type (runs that have one)
+  ``i/t/<key>=<value>\\x00<inv created><run_id>``     by tag, one entry per pair
+  ``i/n/<inv ended><run_id>``                         ended runs, most recently ended first
+  ``m/index_version``                               the index layout this store's indexes follow
+
+The indexes and summaries are derived from the run states: ``commit`` and ``restore_batch`` write them in
+the same RocksDB write batch as the states they are derived from (so they can never disagree with the
+stored state, crash or not), and they are never written to the changelog (``dirty`` holds only states
+and timers): a restore re-derives them. A store whose ``m/index_version`` is absent or older (written by
+older code) has its indexes rebuilt from its states when it is opened.
+
+Reads for queries (``reading``) see only committed data (never the overlay), from any thread;
+``close`` waits for the reads in progress, and a read of a closed store raises ``StoreClosedError``
+instead of touching freed memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import struct
+import threading
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any, Protocol
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
+
+log = logging.getLogger("orchestrator.store")
 
 RUN_PREFIX = b"r/"
 TIMER_PREFIX = b"t/"
 META_PREFIX = b"m/"
 META_INBOX_OFFSET = b"m/inbox_offset"
 META_CHANGELOG_OFFSET = b"m/changelog_offset"
+META_INDEX_VERSION = b"m/index_version"
+INDEX_PREFIX = b"i/"
+SUMMARY_PREFIX = b"x/"
 
 _DUE = struct.Struct(">Q")
 _TOMBSTONE = None
@@ -74,14 +105,45 @@ def _options() -> Options:
     return options
 
 
+class StoreClosedError(Exception):
+    """A query read a store that a rebalance (or shutdown) closed: its partition is answered elsewhere."""
+
+
+class Indexer(Protocol):
+    """Derives a store's secondary indexes from its run states (the store applies them atomically)."""
+
+    version: int
+
+    def summary(self, state_bytes: bytes) -> bytes:
+        """The summary of a stored run state (what its index entries are computed from)."""
+        ...
+
+    def index_keys(self, run_id: bytes, summary: bytes) -> list[bytes]:
+        """The index keys of a run with this summary."""
+        ...
+
+    def same_keys(self, old: bytes, new: bytes) -> bool:
+        """Whether two summaries give the same index keys (checked cheaply, before computing them)."""
+        ...
+
+
 class PartitionStore:
-    def __init__(self, path: Path, partition: int) -> None:
+    def __init__(self, path: Path, partition: int, indexer: Indexer | None = None) -> None:
         self.path = path
         self.partition = partition
         path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), options=_options())
         self._overlay: dict[bytes, bytes | None] = {}
         self._undo: dict[bytes, object] | None = None  # overlay entries before the savepoint, by key
+        self._indexer = indexer
+        # Summaries computed by the caller from the state it encoded (no decode at commit): key -> (the
+        # exact bytes object put, summary). Used only while the overlay still holds that very object.
+        self._hints: dict[bytes, tuple[bytes, bytes]] = {}
+        self._readers = 0
+        self._closed = False
+        self._readers_done = threading.Condition()
+        if indexer is not None:
+            self._check_index_version(indexer)
 
     # -- reads and buffered writes ------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
@@ -90,10 +152,13 @@ class PartitionStore:
         value = self._db.get(key)
         return value if isinstance(value, bytes) else None
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: bytes, value: bytes, summary: bytes | None = None) -> None:
+        """Buffer a write; ``summary``: the indexer's summary of ``value`` (a run state), if known."""
         if self._undo is not None and key not in self._undo:
             self._undo[key] = self._overlay.get(key, _ABSENT)
         self._overlay[key] = value
+        if summary is not None:
+            self._hints[key] = (value, summary)
 
     def delete(self, key: bytes) -> None:
         if self._undo is not None and key not in self._undo:
@@ -135,32 +200,136 @@ class PartitionStore:
         """The transaction aborted: forget its writes."""
         self._overlay = {}
         self._undo = None
+        self._hints = {}
 
     def commit(self, inbox_offset: int | None, changelog_offset: int | None) -> None:
-        """Make the batch durable locally, with the offsets it corresponds to, in one atomic write."""
+        """Make the batch durable locally, with the offsets it corresponds to, in one atomic write (the
+        run indexes derived from the batch's states included)."""
         batch = WriteBatch(raw_mode=True)
+        indexer = self._indexer
         for key, value in self._overlay.items():
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
+            if indexer is not None and key.startswith(RUN_PREFIX):
+                hint = self._hints.get(key)
+                summary = hint[1] if hint is not None and hint[0] is value else None
+                self._index(batch, indexer, key, value, summary)
         if inbox_offset is not None:
             batch.put(META_INBOX_OFFSET, _DUE.pack(inbox_offset))
         if changelog_offset is not None:
             batch.put(META_CHANGELOG_OFFSET, _DUE.pack(changelog_offset))
         self._db.write(batch)
         self._overlay = {}
+        self._hints = {}
+
+    def _index(
+        self, batch: WriteBatch, indexer: Indexer, key: bytes, value: bytes | None, summary: bytes | None
+    ) -> None:
+        """Into ``batch``: the index changes of the run at ``key`` getting state ``value`` (None: deleted),
+        against the summary committed before. One point read; index keys change only with what they
+        index (a run's status, its tags, its end), its summary on every write."""
+        run_id = key[len(RUN_PREFIX) :]
+        summary_key = SUMMARY_PREFIX + run_id
+        old = self._db.get(summary_key)
+        new = None if value is None else (summary if summary is not None else indexer.summary(value))
+        if old == new:
+            return
+        if isinstance(old, bytes) and new is not None and indexer.same_keys(old, new):
+            batch.put(summary_key, new)  # most transitions: the run's indexed fields did not change
+            return
+        old_keys = set(indexer.index_keys(run_id, old)) if isinstance(old, bytes) else set()
+        new_keys = set(indexer.index_keys(run_id, new)) if new is not None else set()
+        for k in old_keys - new_keys:
+            batch.delete(k)
+        for k in new_keys - old_keys:
+            batch.put(k, b"")
+        if new is None:
+            batch.delete(summary_key)
+        else:
+            batch.put(summary_key, new)
 
     # -- restore ------------------------------------------------------------------------------------------
     def restore_batch(self, records: list[tuple[bytes, bytes | None]], next_changelog_offset: int) -> None:
+        """Apply changelog records; only the last record of a key matters (the changelog is the store's
+        history of writes), so each run's indexes are derived once per batch, from its final state."""
         batch = WriteBatch(raw_mode=True)
+        latest: dict[bytes, bytes | None] = {}
         for key, value in records:
+            latest.pop(key, None)  # keep the order of the last writes
+            latest[key] = value
+        for key, value in latest.items():
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
+            if self._indexer is not None and key.startswith(RUN_PREFIX):
+                self._index(batch, self._indexer, key, value, None)
         batch.put(META_CHANGELOG_OFFSET, _DUE.pack(next_changelog_offset))
         self._db.write(batch)
+
+    # -- index maintenance ----------------------------------------------------------------------------------
+    def _check_index_version(self, indexer: Indexer) -> None:
+        """Rebuild the indexes of a store written by code with another (or no) index layout."""
+        raw = self._db.get(META_INDEX_VERSION)
+        version = _DUE.unpack(raw)[0] if isinstance(raw, bytes) else None
+        if version == indexer.version:
+            return
+        count = self.rebuild_indexes(indexer)
+        log.info(
+            "store %s: index version %s -> %d, rebuilt the indexes of %d runs",
+            self.path,
+            version,
+            indexer.version,
+            count,
+        )
+
+    def rebuild_indexes(self, indexer: Indexer, batch_size: int = 2000) -> int:
+        """Drop every index entry and summary, derive them again from the stored states; the run count.
+
+        Deletes by range (two tombstones, not one per key); the new entries go in batches, the version
+        marker last, so a crash halfway leaves a store whose next open rebuilds again.
+        """
+        self._db.delete(META_INDEX_VERSION)
+        for prefix in (INDEX_PREFIX, SUMMARY_PREFIX):
+            self._db.delete_range(prefix, prefix[:-1] + bytes([prefix[-1] + 1]))
+        batch, pending, count = WriteBatch(raw_mode=True), 0, 0
+        for key, value in self.scan(RUN_PREFIX):
+            summary = indexer.summary(value)
+            run_id = key[len(RUN_PREFIX) :]
+            for k in indexer.index_keys(run_id, summary):
+                batch.put(k, b"")
+            batch.put(SUMMARY_PREFIX + run_id, summary)
+            pending += 1
+            count += 1
+            if pending >= batch_size:
+                self._db.write(batch)
+                batch, pending = WriteBatch(raw_mode=True), 0
+        batch.put(META_INDEX_VERSION, _DUE.pack(indexer.version))
+        self._db.write(batch)
+        return count
+
+    # -- reads for queries (any thread, committed data only) -------------------------------------------------
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """The committed data (``get``, ``iter``: RocksDB reads are thread-safe), valid inside the block;
+        StoreClosedError if the store is closed. ``close`` waits until every such block has ended.
+
+        Not a RocksDB snapshot: rocksdict's snapshot iterators (0.3) saw writes made after the snapshot
+        (checked by hand), so readers take each run's summary as the truth about it and skip a run whose
+        summary no longer matches the index entry that led to it.
+        """
+        with self._readers_done:
+            if self._closed:
+                raise StoreClosedError(f"store of partition {self.partition} is closed")
+            self._readers += 1
+        try:
+            yield self._db
+        finally:
+            with self._readers_done:
+                self._readers -= 1
+                self._readers_done.notify_all()
 
     def meta_offset(self, key: bytes) -> int | None:
         raw = self._db.get(key)
@@ -216,7 +385,12 @@ class PartitionStore:
         return sum(1 for _ in self.scan(prefix))
 
     def close(self) -> None:
+        """Close the database once no query reads it (queries are bounded by their page size)."""
+        with self._readers_done:
+            self._closed = True
+            self._readers_done.wait_for(lambda: self._readers == 0)
         self._overlay = {}
+        self._hints = {}
         self._db.close()
 
     @staticmethod

@@ -92,7 +92,7 @@ async def test_processor_worker_client_and_cli_run_on_a_secured_cluster(
     replay = _cli("replay", "--app", APP_SPEC, app_name=unique_name)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "replayed 3 run(s)" in " ".join(replay.stdout.split())
-    listed = _cli("runs", "list", "--app", APP_SPEC, app_name=unique_name)
+    listed = _cli("runs", "list", "--from-changelog", "--app", APP_SPEC, app_name=unique_name)
     assert listed.returncode == 0, listed.stderr
     assert "run-0" in listed.stdout
     plan = _cli("topics", "plan", "--app", unique_name, app_name=unique_name)

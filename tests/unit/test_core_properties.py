@@ -1,11 +1,12 @@
 """Property tests: the engine's state machine is one state machine.
 
 Workflows come from a small grammar (sequences and gathers of steps, sleeps, event waits with and without
-keys and timeouts, children, ``ctx.patched``, compensations, caught failures, run and step timeouts); one
-workflow interprets the generated program, which is its input. Inputs are interleavings of what the
-processor feeds the core: step results (successes, failures, duplicates, stale attempts), start reports,
-due timers in any order (and timers that went stale), signals before and after the wait, cancels, resumes,
-duplicate starts and restarts (a new Decider, an empty instance cache, the state read from its bytes).
+keys and timeouts, children, ``ctx.patched``, ``ctx.set_tags``, compensations, caught failures, run and step
+timeouts); one workflow interprets the generated program, which is its input. Inputs are interleavings of
+what the processor feeds the core: step results (successes, failures, duplicates, stale attempts), start
+reports, due timers in any order (and timers that went stale), signals before and after the wait, cancels,
+resumes, duplicate starts and restarts (a new Decider, an empty instance cache, the state read from its
+bytes).
 
 Checked after every input:
 (a) folding the history emitted so far from scratch gives the live state (as dataclasses and as bytes);
@@ -102,6 +103,9 @@ async def _interpret(ctx: WorkflowContext, node: list[Any], seen: list[Any], old
         seen.append(await ctx.map(work, list(range(node[1])), max_in_flight=2))
     elif op == "random":
         seen.append(["random", ctx.random().randint(0, 1_000), str(ctx.uuid4()), ctx.now().timestamp()])
+    elif op == "tags":  # set_tags: recorded as TagsSet, re-set identically on re-execution
+        ctx.set_tags(**{f"k{node[1]}": node[2]})
+        seen.append(["tagged", node[1]])
     elif op == "seq":
         for child in node[1]:
             await _interpret(ctx, child, seen, old)
@@ -188,6 +192,7 @@ leaves = hs.one_of(
     hs.tuples(hs.just("child"), hs.booleans()).map(list),
     hs.just(["random"]),
     hs.tuples(hs.just("map"), hs.integers(1, 4)).map(list),
+    hs.tuples(hs.just("tags"), hs.integers(0, 2), hs.sampled_from(("", "a", "pro"))).map(list),
 )
 
 

@@ -84,6 +84,7 @@ BODIES = [
     ev.ChildStarted(position=4, workflow="ship", child_run_id="r/4", input=b"{}", detached=False),
     ev.AdmitRequest(workflow="w", run_id="r", input=b"{}", key="u1", priority=2.0, idempotency_key="k"),
     ev.Release(workflow="w", key="u1", run_id="r"),
+    ev.TagsSet(tags={"customer": "c-42", "plan": "pro"}),
 ]
 
 

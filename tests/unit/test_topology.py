@@ -54,6 +54,7 @@ def test_engine_topics_cover_every_role_in_order() -> None:
         ("dlq", "shop.dlq"),
         ("keyed", "shop.keyed"),
         ("keyed_changelog", "shop.keyed-changelog"),
+        ("instances", "shop.instances"),
     ]
 
 

@@ -26,6 +26,12 @@ class ProcessorConfig:
         max_wait_ms: longest idle wait before checking timers again (bounds timer lateness).
         cache_size: live workflow instances, and decoded run states, kept in memory.
         timer_batch: most timers fired per transaction.
+        http_port: serve run queries, /healthz and /ready on this port (``http_api``); None: no server,
+            0: a port the OS picks (tests). The endpoint is published to the ``{app}.instances`` topic
+            for query clients (ADR 0016).
+        http_host: the address the server binds.
+        advertised_host: the host query clients should connect to; None: the address of the interface
+            this host reaches the first bootstrap server through (set it behind NAT or proxies).
     """
 
     instance_id: str = field(default_factory=socket.gethostname)
@@ -35,6 +41,9 @@ class ProcessorConfig:
     max_wait_ms: int = 100
     cache_size: int = 2000
     timer_batch: int = 500
+    http_port: int | None = None
+    http_host: str = "0.0.0.0"  # a server in a pod must listen on the pod's address
+    advertised_host: str | None = None
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
 

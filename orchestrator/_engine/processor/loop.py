@@ -28,6 +28,7 @@ from orchestrator._engine.faults import FaultLog, Retrier, Stopping, error_of, i
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.processor.config import ProcessorConfig, ProcessorStats, ProcessorTopics
 from orchestrator._engine.processor.handling_time import HandlingTime
+from orchestrator._engine.processor.http_api import QueryServer
 from orchestrator._engine.processor.keyed_task import KeyedTask
 from orchestrator._engine.processor.output import Output
 from orchestrator._engine.processor.run_states import RunStates
@@ -35,7 +36,9 @@ from orchestrator._engine.processor.run_task import RunTask
 from orchestrator._engine.processor.source_task import SourceTask
 from orchestrator._engine.processor.state_manager import DueTimer, StateManager
 from orchestrator._engine.processor.transactions import Transactions, not_fatal
+from orchestrator._engine.queries import registry
 from orchestrator._engine.router import Router
+from orchestrator._engine.store import PartitionStore
 from orchestrator._topic_admin import TopicAdminError
 from orchestrator.app import App
 
@@ -79,6 +82,8 @@ class Processor:
         )
         self.keyed_task = KeyedTask(self.router, self.stores, self.output, self.stats)
         self.source_task = SourceTask(app, self.output)
+        self.http: QueryServer | None = None
+        self._ready = False  # assigned partitions restored, processing (GET /ready)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> None:
@@ -104,6 +109,7 @@ class Processor:
         except KafkaException as exc:  # a denied transactional id is fatal: say which ACL (ADR 0021)
             raise access.denied(self.app.settings, exc, "processor") or exc from None
         self._register_schedules()
+        self._start_http()
         self._subscribe()
         log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
         try:
@@ -116,6 +122,29 @@ class Processor:
 
     def stop(self) -> None:
         self._running = False
+
+    # -- run queries over HTTP (ADR 0016) --------------------------------------------------------------------
+    def _start_http(self) -> None:
+        if self.config.http_port is None or self.http is not None:
+            return
+        self.http = QueryServer(self.config.http_host, self.config.http_port, self._queryable, self.ready)
+        self.http.start()
+        host = self.config.advertised_host or registry.default_host(self.app.settings)
+        url = f"http://{host}:{self.http.port}"
+        self._retry.call(
+            "publishing the query endpoint",
+            partial(registry.publish, self.app.settings, self.app.name, self.config.instance_id, url),
+            _admin_retriable,
+        )
+
+    def _queryable(self) -> dict[int, PartitionStore]:
+        """The run stores queries may read: none while a rebalance opens and restores them (a store being
+        restored is incomplete; its partitions are reported missing until the loop runs again)."""
+        return dict(self.stores.run_stores) if self._ready else {}
+
+    def ready(self) -> bool:
+        """Assigned partitions restored and the loop processing (what GET /ready answers)."""
+        return self._running and self._ready
 
     def _output_topics(self) -> tuple[str, ...]:
         """The topics this processor writes to: its record limit is the smallest of theirs."""
@@ -228,6 +257,10 @@ class Processor:
                 self._consumer.close()
         except KafkaException:
             log.warning("consumer close failed", exc_info=True)
+        self._ready = False
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         self.stores.close()
         self.runs.clear()
         self.local_steps.close()
@@ -236,6 +269,7 @@ class Processor:
 
     # -- rebalance ------------------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._ready = False  # until the restore below is done and the loop runs again
         t0 = time.monotonic()
         restored = self.stores.assign(partitions)
         self.stats.restored_records += restored
@@ -262,8 +296,11 @@ class Processor:
                 self._linger(msgs)
         msgs = self._without_errors(msgs)
         if self._fatal is not None:
+            self._ready = False
             self._resubscribe()
             return
+        if not self._ready and self._consumer.assignment():
+            self._ready = True  # the poll that assigned partitions restored them before returning
         now = _now_ms()
         if self.metrics.due_for_refresh():
             self._refresh_metrics(now)

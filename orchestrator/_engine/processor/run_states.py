@@ -1,14 +1,16 @@
 """Run states in a partition store, decoded once and cached, with their timers kept in the timer index.
 
-The typed layer over ``PartitionStore`` for run stores: a run's state is stored encoded under
-``run_key``; every timer its state implies (``timers_of``) has a key in the timer index, so saving a state
-adds the timers it gained and removes those it lost.
+The typed layer over ``PartitionStore`` for run stores: a run's state is stored encoded under ``run_key``
+(with its summary, from which the store derives the run's index entries); every timer its state implies
+(``timers_of``) has a key in the timer index, so saving a state adds the timers it gained and removes those
+it lost.
 """
 
 from __future__ import annotations
 
 from orchestrator._engine.decider import timers_of
 from orchestrator._engine.instance_cache import InstanceCache
+from orchestrator._engine.queries.index import summary_of
 from orchestrator._engine.state import RunState, decode_state, encode_state
 from orchestrator._engine.state_cache import StateCache
 from orchestrator._engine.store import PartitionStore, run_key, timer_key
@@ -41,7 +43,10 @@ class RunStates:
         old_timers: set[tuple[int, str]],
         encoded: bytes | None = None,
     ) -> None:
-        store.put(run_key(state.run_id), encode_state(state) if encoded is None else encoded)
+        # The summary goes with the state so that the store's commit derives the run's index entries
+        # without decoding the state again (the indexes are written with it, never changelogged).
+        data = encode_state(state) if encoded is None else encoded
+        store.put(run_key(state.run_id), data, summary_of(state))
         if state.terminal:  # ended runs are rarely touched again: keep room for live ones
             self.cache.evict(state.run_id)
         else:

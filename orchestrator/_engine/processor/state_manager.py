@@ -19,6 +19,7 @@ from orchestrator._engine.faults import Retrier
 from orchestrator._engine.processor.config import ProcessorTopics
 from orchestrator._engine.processor.output import Output
 from orchestrator._engine.processor.transactions import not_fatal
+from orchestrator._engine.queries.index import RunIndexer
 from orchestrator._engine.restore import restore
 from orchestrator._engine.store import PartitionStore
 from orchestrator.settings import Settings
@@ -61,7 +62,7 @@ class StateManager:
         targets: list[tuple[PartitionStore, str]] = []
         for tp in partitions:
             if tp.topic == self.topics.inbox:
-                store = PartitionStore(self.state_dir / f"p{tp.partition}", tp.partition)
+                store = PartitionStore(self.state_dir / f"p{tp.partition}", tp.partition, RunIndexer())
                 self.run_stores[tp.partition] = store
                 targets.append((store, self.topics.changelog))
             elif tp.topic == self.topics.keyed:
