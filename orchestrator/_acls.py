@@ -50,6 +50,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from orchestrator import topology
+from orchestrator._engine.queries.registry import registry_topic
 from orchestrator.app import App
 
 
@@ -161,6 +162,7 @@ def _component_acls(
     history, changelog, outcomes = t.history_topic(app), t.changelog_topic(app), t.outcomes_topic(app)
     inbox, dlq, keyed = t.inbox_topic(app), t.dlq_topic(app), t.keyed_topic(app)
     keyed_log = t.keyed_changelog_topic(app)
+    instances = registry_topic(app)
     extra: list[Acl] = []
     if component is Component.PROCESSOR:
         for topic in (inbox, keyed):
@@ -169,6 +171,7 @@ def _component_acls(
             need(topic, Operation.READ, "store restore")
         for topic in (inbox, history, changelog, outcomes, dlq, keyed, keyed_log, *tasks):
             need(topic, Operation.WRITE, "transactional output")
+        need(instances, Operation.WRITE, "where this instance answers run queries (ADR 0016)")
         for topic in shape.source_topics:
             need(topic, Operation.READ, "trigger / event source consumed in the processors' group")
         group = Resource(ResourceKind.GROUP, processor_group(app))
@@ -192,6 +195,10 @@ def _component_acls(
         if component is Component.UI:
             need(history, Operation.READ, "run history, export, replay")
             need(dlq, Operation.READ, "dead letters")
+            need(instances, Operation.READ, "run queries: where each processor answers (ADR 0016)")
+            group = Resource(ResourceKind.GROUP, processor_group(app))
+            owners = "run queries: which processor owns which partition"
+            extra.append(Acl(component, group, (Operation.DESCRIBE,), owners))
         extra.append(_reader_group(component))
     for topic in engine:
         if not ops[topic]:

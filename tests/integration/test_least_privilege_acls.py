@@ -219,11 +219,19 @@ async def test_the_whole_engine_runs_with_exactly_the_planned_acls(cluster: Clus
             assert described is not None and described.status == "completed"
         proc.stop()
         # A new instance with empty stores restores both changelogs: reading them takes the plan's ACLs too.
-        proc = ProcessorThread(apps[Component.PROCESSOR], tmp_path / "restored", instance_id="p1")
+        # It also answers run queries (ADR 0016): publishing where it does takes the plan's ACLs too.
+        proc = ProcessorThread(
+            apps[Component.PROCESSOR], tmp_path / "restored", instance_id="p1",
+            http_port=0, advertised_host="127.0.0.1",
+        )  # fmt: skip
         async with apps[Component.CLIENT].client() as client:
             cluster.approve("order-3", 300)
             assert await (await client.start("compute", 3, run_id="run-3")).result(timeout=180) == 307
             assert (await client.describe("run-0")).status == "completed"  # type: ignore[union-attr]
+        # The ui's `runs list` asks the live processor (its group and its registry: the ui's ACLs).
+        listed = cluster.cli(settings[Component.UI], "runs", "list", "--app", APP_SPEC)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "run-0" in listed.stdout
     finally:
         worker.stop()
         proc.stop()
@@ -233,9 +241,6 @@ async def test_the_whole_engine_runs_with_exactly_the_planned_acls(cluster: Clus
     history = cluster.cli(ui, "history", "run-2", "--app", APP_SPEC)
     assert history.returncode == 0, history.stdout + history.stderr
     assert "RunCompleted" in history.stdout and "StepCompleted" in history.stdout
-    listed = cluster.cli(ui, "runs", "list", "--app", APP_SPEC)
-    assert listed.returncode == 0, listed.stdout + listed.stderr
-    assert "run-0" in listed.stdout
     letters = cluster.cli(ui, "dlq", "list", "--app", APP_SPEC)
     assert letters.returncode == 0, letters.stdout + letters.stderr
 

@@ -65,7 +65,7 @@ def test_what_each_component_reads() -> None:
     }
     assert reads(Component.WORKER) == {"shop.tasks.default", "shop.tasks.slow"}
     assert reads(Component.CLIENT) == {"shop.outcomes", "shop.changelog", "shop.keyed-changelog"}
-    assert reads(Component.UI) == reads(Component.CLIENT) | {"shop.history", "shop.dlq"}
+    assert reads(Component.UI) == reads(Component.CLIENT) | {"shop.history", "shop.dlq", "shop.instances"}
 
 
 def test_groups_and_transactional_ids() -> None:
