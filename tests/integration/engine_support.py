@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -246,3 +247,75 @@ class Bad:
         self.producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
         self.producer.flush(30)
         assert label in self.landed
+
+
+# -- checks shared by the fault tests (test_cluster_failover) ------------------------------------------------
+
+
+def check_no_duplicate_transitions(hist: dict[str, list[Event]]) -> None:
+    """No committed transition twice, read from the history topic (read_committed).
+
+    Per run: sequence numbers gap-free from 0 (a transition committed twice would repeat or skip one),
+    event ids unique, one ``RunStarted``, one ``RunCompleted``, each step position completed once.
+    """
+    from orchestrator._engine import events as ev
+
+    for run_id, events in hist.items():
+        kinds = [e.kind for e in events]
+        assert [e.seq for e in events] == list(range(len(events))), (run_id, kinds)
+        assert len({e.event_id for e in events}) == len(events), (run_id, kinds)
+        assert kinds.count("RunStarted") == 1 and kinds.count("RunCompleted") == 1, (run_id, kinds)
+        completed = [e.body.position for e in events if isinstance(e.body, ev.StepCompleted)]
+        assert len(completed) == len(set(completed)), (run_id, kinds)
+
+
+def longest_pauses(hist: dict[str, list[Event]]) -> tuple[tuple[float, str, str], tuple[float, str, str]]:
+    """((seconds, run id, between which events) of the largest gap between consecutive events of one run,
+    the same for the largest gap left once the workflow's own sleeps are taken out).
+
+    A ``TimerFired`` is measured from the timer's due time instead of from the ``TimerStarted`` before it:
+    what remains is how late the engine was, which is what a fault adds.
+    """
+    from orchestrator._engine import events as ev
+
+    raw: tuple[float, str, str] = (0.0, "", "")
+    beyond: tuple[float, str, str] = (0.0, "", "")
+    for run_id, events in hist.items():
+        due: dict[int, int] = {}
+        for before, after in itertools.pairwise(events):
+            if isinstance(before.body, ev.TimerStarted):
+                due[before.body.position] = before.body.due_ms
+            gap = (after.timestamp_ms - before.timestamp_ms) / 1000
+            what = f"{before.kind}#{before.seq} -> {after.kind}#{after.seq}"
+            if gap > raw[0]:
+                raw = (gap, run_id, what)
+            since = before.timestamp_ms
+            if isinstance(after.body, ev.TimerFired) and after.body.position in due:
+                since = max(since, due[after.body.position])
+            late = (after.timestamp_ms - since) / 1000
+            if late > beyond[0]:
+                beyond = (late, run_id, what)
+    return raw, beyond
+
+
+def partition_leaders(bootstrap: str, topics: list[str]) -> Counter[int]:
+    """How many partitions of ``topics`` each broker leads, from the cluster's metadata."""
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
+    counts: Counter[int] = Counter()
+    for name in topics:
+        for part in meta.topics[name].partitions.values():
+            counts[part.leader] += 1
+    return counts
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (-1 where none is committed yet)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])
+    answer = admin.list_consumer_group_offsets([request], request_timeout=30)[group].result(60)
+    return {tp.partition: tp.offset for tp in answer.topic_partitions}
