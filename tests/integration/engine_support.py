@@ -298,11 +298,18 @@ def longest_pauses(hist: dict[str, list[Event]]) -> tuple[tuple[float, str, str]
     return raw, beyond
 
 
-def partition_leaders(bootstrap: str, topics: list[str]) -> Counter[int]:
-    """How many partitions of ``topics`` each broker leads, from the cluster's metadata."""
+def _quiet_admin(bootstrap: str) -> Any:
+    """An AdminClient whose librdkafka logs (a broker the test killed is refused, as expected) stay quiet."""
+    import logging
+
     from confluent_kafka.admin import AdminClient
 
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": logging.getLogger("tests.librdkafka")})
+
+
+def partition_leaders(bootstrap: str, topics: list[str]) -> Counter[int]:
+    """How many partitions of ``topics`` each broker leads (-1: none right now), from metadata."""
+    meta = _quiet_admin(bootstrap).list_topics(timeout=30)
     counts: Counter[int] = Counter()
     for name in topics:
         for part in meta.topics[name].partitions.values():
@@ -310,12 +317,30 @@ def partition_leaders(bootstrap: str, topics: list[str]) -> Counter[int]:
     return counts
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offset per partition of ``topic`` (-1 where none is committed yet)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
+def in_every_isr(bootstrap: str, topics: list[str], node_id: int) -> bool:
+    """Whether broker ``node_id`` is in the ISR of every partition of ``topics``."""
+    meta = _quiet_admin(bootstrap).list_topics(timeout=30)
+    return all(node_id in p.isrs for name in topics for p in meta.topics[name].partitions.values())
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (-1 where none is committed yet).
+
+    Retried while the answer is a retriable error: right after a broker dies, the group coordinator moves
+    and answers COORDINATOR_LOAD_IN_PROGRESS or NOT_COORDINATOR for a while.
+    """
+    import time
+
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+
+    admin = _quiet_admin(bootstrap)
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])
-    answer = admin.list_consumer_group_offsets([request], request_timeout=30)[group].result(60)
-    return {tp.partition: tp.offset for tp in answer.topic_partitions}
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            answer = admin.list_consumer_group_offsets([request], request_timeout=30)[group].result(60)
+            return {tp.partition: tp.offset for tp in answer.topic_partitions}
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
