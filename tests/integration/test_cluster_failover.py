@@ -45,7 +45,7 @@ from orchestrator.topology import engine_topics, inbox_topic
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 APP_SPEC = "tests.integration.apps.failover_app:app"
-RUNS = 500
+RUNS = 5000
 START_BATCH = 500
 PARTITIONS = 6
 PAUSE_S = 30.0
