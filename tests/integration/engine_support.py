@@ -298,18 +298,9 @@ def longest_pauses(hist: dict[str, list[Event]]) -> tuple[tuple[float, str, str]
     return raw, beyond
 
 
-def _quiet_admin(bootstrap: str) -> Any:
-    """An AdminClient whose librdkafka logs (a broker the test killed is refused, as expected) stay quiet."""
-    import logging
-
-    from confluent_kafka.admin import AdminClient
-
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": logging.getLogger("tests.librdkafka")})
-
-
-def partition_leaders(bootstrap: str, topics: list[str]) -> Counter[int]:
-    """How many partitions of ``topics`` each broker leads (-1: none right now), from metadata."""
-    meta = _quiet_admin(bootstrap).list_topics(timeout=30)
+def partition_leaders(admin: Any, topics: list[str]) -> Counter[int]:
+    """How many partitions of ``topics`` each broker leads (-1: none right now), from ``admin``'s metadata."""
+    meta = admin.list_topics(timeout=30)
     counts: Counter[int] = Counter()
     for name in topics:
         for part in meta.topics[name].partitions.values():
@@ -317,30 +308,29 @@ def partition_leaders(bootstrap: str, topics: list[str]) -> Counter[int]:
     return counts
 
 
-def in_every_isr(bootstrap: str, topics: list[str], node_id: int) -> bool:
+def in_every_isr(admin: Any, topics: list[str], node_id: int) -> bool:
     """Whether broker ``node_id`` is in the ISR of every partition of ``topics``."""
-    meta = _quiet_admin(bootstrap).list_topics(timeout=30)
+    meta = admin.list_topics(timeout=30)
     return all(node_id in p.isrs for name in topics for p in meta.topics[name].partitions.values())
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offset per partition of ``topic`` (-1 where none is committed yet).
+def end_offsets(consumer: Any, topic: str, partitions: int) -> dict[int, int]:
+    """The end offset of each partition of ``topic``, asked of its leader (not cached).
 
-    Retried while the answer is a retriable error: right after a broker dies, the group coordinator moves
-    and answers COORDINATOR_LOAD_IN_PROGRESS or NOT_COORDINATOR for a while.
+    Retried while a partition has no reachable leader (a killed broker's partitions move within seconds).
     """
     import time
 
-    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+    from confluent_kafka import KafkaException, TopicPartition
 
-    admin = _quiet_admin(bootstrap)
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])
+    out: dict[int, int] = {}
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            answer = admin.list_consumer_group_offsets([request], request_timeout=30)[group].result(60)
-            return {tp.partition: tp.offset for tp in answer.topic_partitions}
-        except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    for p in range(partitions):
+        while p not in out:
+            try:
+                out[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    return out
