@@ -14,6 +14,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,33 +270,45 @@ def check_no_duplicate_transitions(hist: dict[str, list[Event]]) -> None:
         assert len(completed) == len(set(completed)), (run_id, kinds)
 
 
-def longest_pauses(hist: dict[str, list[Event]]) -> tuple[tuple[float, str, str], tuple[float, str, str]]:
-    """((seconds, run id, between which events) of the largest gap between consecutive events of one run,
-    the same for the largest gap left once the workflow's own sleeps are taken out).
+@dataclass(frozen=True)
+class Pause:
+    """A gap between two consecutive events of one run, with what of it the workflow's own sleep explains."""
 
-    A ``TimerFired`` is measured from the timer's due time instead of from the ``TimerStarted`` before it:
-    what remains is how late the engine was, which is what a fault adds.
+    seconds: float  # between the two events' timestamps
+    beyond_sleep: float  # from the later of the first event and the timer's due time (TimerFired only)
+    run_id: str
+    between: str  # "Kind#seq -> Kind#seq"
+    began_ms: int  # the first event's timestamp (wall clock of the processor that wrote it)
+
+
+def pauses(hist: dict[str, list[Event]]) -> list[Pause]:
+    """Every gap between consecutive events of a run, longest beyond its sleep first.
+
+    A ``TimerFired`` is measured from the timer's due time as well as from the ``TimerStarted`` before it:
+    what is left is how late the engine was, which is what a fault adds.
     """
     from orchestrator._engine import events as ev
 
-    raw: tuple[float, str, str] = (0.0, "", "")
-    beyond: tuple[float, str, str] = (0.0, "", "")
+    out: list[Pause] = []
     for run_id, events in hist.items():
         due: dict[int, int] = {}
         for before, after in itertools.pairwise(events):
             if isinstance(before.body, ev.TimerStarted):
                 due[before.body.position] = before.body.due_ms
-            gap = (after.timestamp_ms - before.timestamp_ms) / 1000
-            what = f"{before.kind}#{before.seq} -> {after.kind}#{after.seq}"
-            if gap > raw[0]:
-                raw = (gap, run_id, what)
             since = before.timestamp_ms
             if isinstance(after.body, ev.TimerFired) and after.body.position in due:
                 since = max(since, due[after.body.position])
-            late = (after.timestamp_ms - since) / 1000
-            if late > beyond[0]:
-                beyond = (late, run_id, what)
-    return raw, beyond
+            out.append(
+                Pause(
+                    (after.timestamp_ms - before.timestamp_ms) / 1000,
+                    (after.timestamp_ms - since) / 1000,
+                    run_id,
+                    f"{before.kind}#{before.seq} -> {after.kind}#{after.seq}",
+                    before.timestamp_ms,
+                )
+            )
+    out.sort(key=lambda p: p.beyond_sleep, reverse=True)
+    return out
 
 
 def partition_leaders(admin: Any, topics: list[str]) -> Counter[int]:

@@ -37,8 +37,8 @@ from engine_support import (
     free_ports,
     history,
     in_every_isr,
-    longest_pauses,
     partition_leaders,
+    pauses,
 )
 
 from orchestrator import App, Settings, _devkafka
@@ -156,10 +156,10 @@ async def test_5000_runs_through_broker_failover_rolling_restart_and_scaling(
     reader = Consumer(kafka.reader_config(app.settings, logger=QUIET_LOGGER))
     topics = [spec.name for spec in engine_topics(unique_name, app.settings)]
     side = tmp_path / "executions.log"
-    phases: dict[str, float] = {}
+    phases: dict[str, tuple[float, float]] = {}  # what -> (wall clock it began, seconds)
 
     def note(what: str, seconds: float) -> None:
-        phases[what] = seconds
+        phases[what] = (time.time() - seconds, seconds)
         print(f"  {what}: {seconds:.1f} s", flush=True)
 
     async def watch() -> None:
@@ -294,13 +294,27 @@ async def test_5000_runs_through_broker_failover_rolling_restart_and_scaling(
         assert events[0].timestamp_ms < faults_began * 1000 < faults_ended * 1000 < events[-1].timestamp_ms
     done = executions(side)
     repeated = {key: runs for key, runs in done.items() if len(runs) > 1}
-    raw, beyond = longest_pauses(hist)
+    gaps = pauses(hist)
+    raw = max(gaps, key=lambda p: p.seconds)
+
+    def during(wall_ms: int) -> str:
+        began = [(t0, what) for what, (t0, _) in phases.items() if t0 * 1000 <= wall_ms]
+        return max(began)[1] if began else "before the phases"
+
     print(
         f"faults took {faults_ended - faults_began:.0f} s; {sum(len(v) for v in hist.values())} history "
         f"events; steps executed more than once: {len(repeated)} of {len(done)}"
     )
-    print(f"longest gap between two events of a run: {raw[0]:.1f} s ({raw[1]}: {raw[2]})")
-    print(
-        f"longest pause beyond the run's own sleeps (each {PAUSE_S * 0.5:.0f}-{PAUSE_S * 1.5:.0f} s): "
-        f"{beyond[0]:.1f} s ({beyond[1]}: {beyond[2]})"
-    )
+    print(f"longest gap between two events of a run: {raw.seconds:.1f} s ({raw.run_id}: {raw.between})")
+    print(f"longest pauses beyond the runs' own sleeps (each {PAUSE_S * 0.5:.0f}-{PAUSE_S * 1.5:.0f} s):")
+    for gap in gaps[:5]:
+        print(
+            f"  {gap.beyond_sleep:.1f} s ({gap.run_id}: {gap.between}), began at "
+            f"{gap.began_ms / 1000 - faults_began:+.0f} s from the first fault, in '{during(gap.began_ms)}'"
+        )
+    worst_per_phase: dict[str, float] = {}
+    for gap in gaps:
+        phase = during(gap.began_ms)
+        worst_per_phase.setdefault(phase, gap.beyond_sleep)  # gaps are sorted: the first is the worst
+    for phase, worst in worst_per_phase.items():
+        print(f"  worst pause beyond the sleeps that began during '{phase}': {worst:.1f} s")
