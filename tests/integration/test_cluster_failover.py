@@ -218,7 +218,7 @@ async def test_5000_runs_through_broker_failover_rolling_restart_and_scaling(
                 handles += await asyncio.gather(*(client.start("relay", i, run_id=f"fo{i}") for i in batch))
             results = [asyncio.ensure_future(h.result(timeout=3600)) for h in handles]
             note(f"start {RUNS} runs", time.monotonic() - t0)
-            note("every run in its loop", await wait_for(in_loop, "every run polled the gate once"))
+            note("every run polled the gate once", await wait_for(in_loop, "every run polled the gate once"))
             assert not any(r.done() for r in results)
             faults_began = time.time()
 
