@@ -8,7 +8,8 @@ slow the machine is: the runs end when the test says so, not after a guessed tim
 Environment (as ``engine_support.child_env`` sets it): ``CRASH_APP_NAME``, ``CRASH_SIDE_FILE`` (each step
 execution is logged there, in ``crash_app``'s format plus the step name, so ``engine_support.executions``
 reads it),
-``CRASH_GATE_FILE``; ``FAILOVER_PAUSE_S`` is the mean sleep between polls (each sleep is 0.5-1.5 times it).
+``CRASH_GATE_FILE``; ``FAILOVER_PAUSE_S`` is the mean sleep between polls (each sleep 0.5-1.5 times it,
+the first 1-10 s).
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ async def relay(ctx: WorkflowContext, x: int) -> dict[str, int]:
     x = await ctx.step(local_add, x)
     polls = 0
     rng = ctx.random()  # seeded by the run id: the runs' wake-ups spread out instead of coming in waves
+    pause = rng.uniform(1.0, 10.0)  # the first poll soon: the test starts the faults once every run polled
     while True:
-        await ctx.sleep(PAUSE_S * rng.uniform(0.5, 1.5))
+        await ctx.sleep(pause)
+        pause = PAUSE_S * rng.uniform(0.5, 1.5)
         polls += 1
         if await ctx.step(gate_open, x):
             break
