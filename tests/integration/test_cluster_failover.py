@@ -6,8 +6,9 @@ worker processes. While 5,000 runs are in flight (each sleeps and polls a gate u
 
 1. the broker leading the most engine partitions is SIGKILLed, the engine keeps going on the two others,
    and the broker comes back and rejoins every ISR;
-2. every processor is restarted in turn (SIGTERM, same instance id and state dir), the next one only once
-   the restarted one has its partitions and every inbox partition is being committed again;
+2. every processor is restarted in turn (SIGTERM, exit code 0, same instance id and state dir), the next one
+   only once the restarted one logged its partitions and every history partition has grown again (only
+   processors write there, in transactions: every partition is being processed);
 3. two processors are stopped, the third takes every partition, and the two start again.
 
 Claims: every run completes with the right result; no committed transition is duplicated (history read
