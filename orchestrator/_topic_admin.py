@@ -151,6 +151,12 @@ def _result(future: Future[Any], what: str) -> Any:
         raise TopicAdminError(f"{what}: {exc.args[0] if exc.args else exc}") from exc
 
 
+def _unknown_topic(future: Future[Any]) -> bool:
+    exc = future.exception()
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
 def observe(admin: AdminClient, names: Iterable[str], timeout: float = 30.0) -> dict[str, ObservedTopic]:
     """Partition count, replication and config of those of ``names`` that exist."""
     try:
@@ -167,7 +173,15 @@ def observe(admin: AdminClient, names: Iterable[str], timeout: float = 30.0) -> 
         return {}
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in present]
     futures = admin.describe_configs(resources, request_timeout=timeout)
-    configs = {res.name: _result(fut, f"describe configs of {res.name}") for res, fut in futures.items()}
+    configs: dict[str, Any] = {}
+    for res, fut in futures.items():
+        if _unknown_topic(fut):
+            # Listed by one broker, not yet known to the one asked for its configs: a topic created a
+            # moment ago on a multi-broker cluster. Not there yet; callers create it (already exists: fine)
+            # or wait for it to show (seen when clients and processors start together on 3 brokers).
+            present.pop(res.name)
+            continue
+        configs[res.name] = _result(fut, f"describe configs of {res.name}")
     observed: dict[str, ObservedTopic] = {}
     for name, topic in present.items():
         partitions = topic.partitions

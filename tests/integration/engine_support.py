@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +248,102 @@ class Bad:
         self.producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
         self.producer.flush(30)
         assert label in self.landed
+
+
+# -- checks shared by the fault tests (test_cluster_failover) ------------------------------------------------
+
+
+def check_no_duplicate_transitions(hist: dict[str, list[Event]]) -> None:
+    """No committed transition twice, read from the history topic (read_committed).
+
+    Per run: sequence numbers gap-free from 0 (a transition committed twice would repeat or skip one),
+    event ids unique, one ``RunStarted``, one ``RunCompleted``, each step position completed once.
+    """
+    from orchestrator._engine import events as ev
+
+    for run_id, events in hist.items():
+        kinds = [e.kind for e in events]
+        assert [e.seq for e in events] == list(range(len(events))), (run_id, kinds)
+        assert len({e.event_id for e in events}) == len(events), (run_id, kinds)
+        assert kinds.count("RunStarted") == 1 and kinds.count("RunCompleted") == 1, (run_id, kinds)
+        completed = [e.body.position for e in events if isinstance(e.body, ev.StepCompleted)]
+        assert len(completed) == len(set(completed)), (run_id, kinds)
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A gap between two consecutive events of one run, with what of it the workflow's own sleep explains."""
+
+    seconds: float  # between the two events' timestamps
+    beyond_sleep: float  # from the later of the first event and the timer's due time (TimerFired only)
+    run_id: str
+    between: str  # "Kind#seq -> Kind#seq"
+    began_ms: int  # the first event's timestamp (wall clock of the processor that wrote it)
+
+
+def pauses(hist: dict[str, list[Event]]) -> list[Pause]:
+    """Every gap between consecutive events of a run, longest beyond its sleep first.
+
+    A ``TimerFired`` is measured from the timer's due time as well as from the ``TimerStarted`` before it:
+    what is left is how late the engine was, which is what a fault adds.
+    """
+    from orchestrator._engine import events as ev
+
+    out: list[Pause] = []
+    for run_id, events in hist.items():
+        due: dict[int, int] = {}
+        for before, after in itertools.pairwise(events):
+            if isinstance(before.body, ev.TimerStarted):
+                due[before.body.position] = before.body.due_ms
+            since = before.timestamp_ms
+            if isinstance(after.body, ev.TimerFired) and after.body.position in due:
+                since = max(since, due[after.body.position])
+            out.append(
+                Pause(
+                    (after.timestamp_ms - before.timestamp_ms) / 1000,
+                    (after.timestamp_ms - since) / 1000,
+                    run_id,
+                    f"{before.kind}#{before.seq} -> {after.kind}#{after.seq}",
+                    before.timestamp_ms,
+                )
+            )
+    out.sort(key=lambda p: p.beyond_sleep, reverse=True)
+    return out
+
+
+def partition_leaders(admin: Any, topics: list[str]) -> Counter[int]:
+    """How many partitions of ``topics`` each broker leads (-1: none right now), from ``admin``'s metadata."""
+    meta = admin.list_topics(timeout=30)
+    counts: Counter[int] = Counter()
+    for name in topics:
+        for part in meta.topics[name].partitions.values():
+            counts[part.leader] += 1
+    return counts
+
+
+def in_every_isr(admin: Any, topics: list[str], node_id: int) -> bool:
+    """Whether broker ``node_id`` is in the ISR of every partition of ``topics``."""
+    meta = admin.list_topics(timeout=30)
+    return all(node_id in p.isrs for name in topics for p in meta.topics[name].partitions.values())
+
+
+def end_offsets(consumer: Any, topic: str, partitions: int) -> dict[int, int]:
+    """The end offset of each partition of ``topic``, asked of its leader (not cached).
+
+    Retried while a partition has no reachable leader (a killed broker's partitions move within seconds).
+    """
+    import time
+
+    from confluent_kafka import KafkaException, TopicPartition
+
+    out: dict[int, int] = {}
+    deadline = time.monotonic() + 120
+    for p in range(partitions):
+        while p not in out:
+            try:
+                out[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    return out

@@ -51,3 +51,34 @@ def test_more_partitions_and_other_replication_are_never_changed() -> None:
         (ChangeKind.TOO_MANY_PARTITIONS, False),
         (ChangeKind.REPLICATION_DRIFT, False),
     }
+
+
+class _RacingAdmin:
+    """A cluster where the broker answering metadata knows a just-created topic and the one answering
+    describe_configs does not yet (seen on a 3-broker cluster: test_cluster_failover's client start)."""
+
+    def list_topics(self, timeout: float) -> object:
+        from types import SimpleNamespace
+
+        partitions = {0: SimpleNamespace(replicas=[1, 2, 3])}
+        return SimpleNamespace(topics={SPEC.name: SimpleNamespace(error=None, partitions=partitions)})
+
+    def describe_configs(self, resources: list[object], request_timeout: float) -> dict[object, object]:
+        from concurrent.futures import Future
+
+        from confluent_kafka import KafkaError, KafkaException
+
+        out: dict[object, object] = {}
+        for resource in resources:
+            future: Future[object] = Future()
+            future.set_exception(KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)))
+            out[resource] = future
+        return out
+
+
+def test_a_topic_the_config_broker_does_not_know_yet_is_not_there_yet() -> None:
+    """Metadata propagates broker by broker: a topic listed but unknown to describe_configs is still being
+    created, so ``observe`` leaves it out (``apply`` then creates it, finds it exists, and waits for it)."""
+    from orchestrator._topic_admin import observe
+
+    assert observe(_RacingAdmin(), [SPEC.name]) == {}  # type: ignore[arg-type]
