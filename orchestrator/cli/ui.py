@@ -18,6 +18,13 @@ def ui(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve the UI's Prometheus metrics on this port (/metrics).")
     ] = None,
+    runs_from_changelog: Annotated[
+        bool,
+        typer.Option(
+            help="List runs by reading the changelog topic instead of asking the processors (their "
+            "--http-port): slow with many runs, for when no processor serves queries."
+        ),
+    ] = False,
 ) -> None:
     """Serve the web UI: runs (filter, search, live), a run's timeline and history, cancel/signal/resume/
     re-run (one or in bulk), dead letters, schedules, task queues.
@@ -28,6 +35,8 @@ def ui(
     try:
         import uvicorn
 
+        from orchestrator._engine.queries.fanout import FanOutRunQuery
+        from orchestrator._engine.queries.model import RunQuery
         from orchestrator.ui import UISettings, create_app
         from orchestrator.ui.auth import UIConfigError, check_bind
         from orchestrator.ui.changelog_runs import ChangelogRunQuery
@@ -40,12 +49,17 @@ def ui(
         check_bind(host, settings)
     except UIConfigError as exc:
         raise _fail(str(exc)) from exc
-    runs = ChangelogRunQuery(app)  # the fan-out query replaces this line: FanOutRunQuery(app.settings, app)
+    # The processors answer from their indexes (ADR 0016); the changelog scan only when asked for.
+    runs: RunQuery = ChangelogRunQuery(app) if runs_from_changelog else FanOutRunQuery(app.settings, app)
     metrics = UIMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port, host)
     web = create_app(app, runs, settings, metrics=metrics)
-    uvicorn.run(web, host=host, port=port, log_level="info", access_log=False)
+    try:
+        uvicorn.run(web, host=host, port=port, log_level="info", access_log=False)
+    finally:
+        if isinstance(runs, FanOutRunQuery):
+            runs.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -97,7 +97,10 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     }
     log = tmp / "engine.log"
     procs = [
-        EngineProcess("processor", SPEC, env, "--state-dir", str(tmp / "state"), log=log),
+        EngineProcess(
+            "processor", SPEC, env, "--state-dir", str(tmp / "state"),
+            "--http-port", "0", "--advertised-host", "127.0.0.1", log=log,
+        ),
         EngineProcess("worker", SPEC, env, log=log),
     ]
     ui_log = tmp / "ui.log"
@@ -214,6 +217,8 @@ def test_runs_list_filters_and_search(stack: Stack, signed_in: SignIn, tmp_path:
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.run)") == ["trip-1"]
     page.goto(stack.base + "/runs?until=2000-01-01T00:00")
     expect(page.locator("#run-count")).to_contain_text("0 runs match")
+    page.goto(stack.base + "/runs?tags=plan%3Dfree")  # tags the workflow set (ctx.set_tags), from the index
+    assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.run)")) == ["order-0", "order-2"]
     page.goto(stack.base + "/runs?tags=team")
     expect(page.locator("#filter-error")).to_contain_text("tags:")
 
@@ -243,11 +248,11 @@ def test_a_run_shows_its_timeline_history_and_past_states(
         charge.locator(".seg.failed").get_attribute("title") or ""
     )
     expect(page.locator("#run-result")).to_contain_text('"parcel": 10')
-    expect(page.locator("#history tbody tr")).to_have_count(13)
+    expect(page.locator("#history tbody tr")).to_have_count(14)  # with TagsSet (ctx.set_tags)
     _shot(page, "run", tmp_path)
 
-    page.locator("#history a.at-link").nth(6).click()  # right after StepFailed of charge's first attempt
-    expect(page.locator("#as-of")).to_contain_text("#6")
+    page.locator("#history a.at-link").nth(7).click()  # right after StepFailed of charge's first attempt
+    expect(page.locator("#as-of")).to_contain_text("#7")
     expect(page.locator("#run-status")).to_have_text("running")
     expect(charge.locator(".seg.failed")).to_have_count(1)
     expect(charge.locator(".seg.attempt")).to_have_count(0)

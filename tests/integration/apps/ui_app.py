@@ -39,6 +39,7 @@ async def ship(ctx: WorkflowContext, order: int) -> int:
 
 @app.workflow
 async def order(ctx: WorkflowContext, n: int) -> dict[str, object]:
+    ctx.set_tags(customer=f"c-{n}", plan="pro" if n % 2 else "free")
     reservation = await ctx.step(reserve, n)
     await ctx.sleep("300ms")
     charged = await ctx.step(charge, n)
