@@ -317,12 +317,16 @@ def test_a_properties_file_from_a_secret_gives_the_bootstrap_servers(
     assert settings.kafka_client_settings()["security.protocol"] == "SASL_SSL"
 
 
-def test_ui_gets_its_token_from_a_secret_and_an_ingress() -> None:
+def test_ui_gets_its_token_from_a_secret_and_an_ingress(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.ui import UISettings
+
     docs = render("production-values.yaml")
     ui = container(one(docs, "Deployment", "ui"), "ui")
-    token = next(v for v in ui["env"] if v["name"] == "ORCHESTRATOR_UI_TOKEN")
+    token = next(v for v in ui["env"] if v["name"].startswith("ORCHESTRATOR_UI"))
     assert token["valueFrom"]["secretKeyRef"] == {"name": "shop-ui-token", "key": "token"}
-    assert ui["args"][:5] == ["ui", "--app", "shop.workflows:app", "--port", "8080"]
+    monkeypatch.setenv(token["name"], "from-the-secret")  # the variable the UI really reads
+    assert UISettings().token is not None
+    assert ui["args"][:7] == ["ui", "--app", "shop.workflows:app", "--port", "8080", "--host", "0.0.0.0"]
     ingress = one(docs, "Ingress")
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == one(docs, "Service", "ui")["metadata"]["name"]
