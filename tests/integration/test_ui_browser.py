@@ -219,6 +219,8 @@ def test_runs_list_filters_and_search(stack: Stack, signed_in: SignIn, tmp_path:
     expect(page.locator("#run-count")).to_contain_text("0 runs match")
     page.goto(stack.base + "/runs?tags=plan%3Dfree")  # tags the workflow set (ctx.set_tags), from the index
     assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.run)")) == ["order-0", "order-2"]
+    page.click("#run-rows tr[data-run='order-0'] a.tag:has-text('customer=c-0')")  # a tag is a filter
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.run)") == ["order-0"]
     page.goto(stack.base + "/runs?tags=team")
     expect(page.locator("#filter-error")).to_contain_text("tags:")
 
@@ -249,6 +251,7 @@ def test_a_run_shows_its_timeline_history_and_past_states(
     )
     expect(page.locator("#run-result")).to_contain_text('"parcel": 10')
     expect(page.locator("#history tbody tr")).to_have_count(14)  # with TagsSet (ctx.set_tags)
+    expect(page.locator("#run-tags")).to_have_text("customer=c-1plan=pro")
     _shot(page, "run", tmp_path)
 
     page.locator("#history a.at-link").nth(7).click()  # right after StepFailed of charge's first attempt
