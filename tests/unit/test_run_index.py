@@ -251,3 +251,30 @@ def test_reading_a_closed_store_fails_cleanly_and_close_waits_for_readers(tmp_pa
     assert closed.is_set() and rows == 2_000
     with pytest.raises(StoreClosedError):
         list_partition(store, RunFilter(), None, 10)
+
+
+def test_an_undecodable_state_is_indexed_as_unreadable_and_restore_carries_on(tmp_path: Path) -> None:
+    """A state from a newer schema (rolling upgrade) or with an unknown status must not stop the
+    partition's restore or rebuild: the run is listed as ``unreadable`` and every other run is indexed."""
+    newer = b"\x00" + (99_999).to_bytes(4, "big") + b"\x02xx"
+    odd = st.encode_state(_state("r-odd", 1_500, st.RunStatus.RUNNING, workflow="shop"))
+    odd_status = odd.replace(b"\x0erunning", b"\x0efrobbed")  # Avro string: zigzag length 7, then the text
+    assert odd_status != odd
+    with pytest.raises(ValueError):
+        st.decode_state(odd_status)
+    store = PartitionStore(tmp_path / "p0", 0, RunIndexer())
+    records: list[tuple[bytes, bytes | None]] = [
+        (run_key("r-ok"), st.encode_state(_state("r-ok", 1_000))),
+        (run_key("r-new"), newer),
+        (run_key("r-odd"), odd_status),
+    ]
+    store.restore_batch(records, 3)
+    restored = _index(store)
+    assert count_partition(store, RunFilter()) == 3
+    rows = {r.run_id: r for r in list_partition(store, RunFilter(status="unreadable"), None, 10)[0]}
+    assert sorted(rows) == ["r-new", "r-odd"]
+    assert (rows["r-odd"].workflow, rows["r-odd"].created_ms) == ("shop", 1_500)  # what the record says
+    assert "newer version" in rows["r-new"].error_message
+    assert store.rebuild_indexes(RunIndexer()) == 3
+    assert _index(store) == restored
+    store.close()
