@@ -278,3 +278,21 @@ def test_an_undecodable_state_is_indexed_as_unreadable_and_restore_carries_on(tm
     assert store.rebuild_indexes(RunIndexer()) == 3
     assert _index(store) == restored
     store.close()
+
+
+def test_a_stale_index_entry_never_yields_a_row_that_does_not_match(tmp_path: Path) -> None:
+    """A walk is not a snapshot: it can step onto an index entry that a commit has since replaced (the run
+    completed, or was recreated with another created time). The summary is the truth: such a row is
+    skipped, never listed under a filter it does not match."""
+    store = PartitionStore(tmp_path / "p0", 0, RunIndexer())
+    _save(store, _state("r-done", 1_000, st.COMPLETED))
+    _save(store, _state("r-moved", 2_000))
+    _save(store, _state("r-live", 500))
+    store.commit(1, 1)
+    with store.reading() as db:  # what a walk that started before those commits can still step onto
+        db.put(INDEX_PREFIX + b"s/running\x00" + inv(1_000) + b"r-done", b"")
+        db.put(INDEX_PREFIX + b"s/running\x00" + inv(3_000) + b"r-moved", b"")
+    assert _all(store, RunFilter(status="running")) == ["r-moved", "r-live"]
+    rows = list_partition(store, RunFilter(status="running"), None, 10)[0]
+    assert [r.created_ms for r in rows] == [2_000, 500]
+    store.close()

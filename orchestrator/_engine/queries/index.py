@@ -213,7 +213,7 @@ def smallest(db: Any, prefixes: list[bytes]) -> int:
 
 
 def _walk(store: PartitionStore, flt: RunFilter, after: tuple[int, str] | None, summaries: bool) -> Any:
-    """Yield (run id, summary bytes or None) of the runs matching ``flt`` in list order, after ``after``.
+    """Yield (run id, summary or None) of the runs matching ``flt`` in list order, after ``after``.
 
     Walks the smallest index the filter names (``smallest``; all runs when it names none) and checks the other
     criteria by looking up the run's key in their indexes (the bloom filters answer most misses without
@@ -247,7 +247,11 @@ def _walk(store: PartitionStore, flt: RunFilter, after: tuple[int, str] | None, 
                     else:
                         raw = db.get(SUMMARY_PREFIX + run_id)
                         if isinstance(raw, bytes):
-                            yield run_id, raw
+                            run = parse_summary(run_id.decode(), raw, store.partition)
+                            # A commit may have replaced this entry since the walk stepped onto it (the
+                            # walk is no snapshot): the summary is the truth, list the run only under it.
+                            if matches(flt, run) and inv(run.created_ms) == at[:8]:
+                                yield run_id, run
                 it.next()
         finally:
             del it
@@ -259,10 +263,10 @@ def list_partition(
     """Up to ``limit`` runs of ``store`` matching ``flt`` after the cursor position ``after``, and whether
     there are more. StoreClosedError if the store was closed (its partition moved)."""
     runs: list[RunSummary] = []
-    for run_id, raw in _walk(store, flt, after, summaries=True):
+    for _, run in _walk(store, flt, after, summaries=True):
         if len(runs) == limit:
             return runs, True
-        runs.append(parse_summary(run_id.decode(), raw, store.partition))
+        runs.append(run)
     return runs, False
 
 
