@@ -11,7 +11,9 @@ import pytest
 
 from orchestrator._engine import state as st
 from orchestrator._engine.queries.index import (
+    _CLOSED_CHECK,
     RunIndexer,
+    _walk,
     count_partition,
     criteria,
     decode_cursor,
@@ -296,3 +298,26 @@ def test_a_stale_index_entry_never_yields_a_row_that_does_not_match(tmp_path: Pa
     rows = list_partition(store, RunFilter(status="running"), None, 10)[0]
     assert [r.created_ms for r in rows] == [2_000, 500]
     store.close()
+
+
+def test_a_long_walk_gives_up_when_the_store_closes(tmp_path: Path) -> None:
+    """``close`` (a rebalance's revoke) waits for the reads in progress; a count walks every matching
+    entry, so a walk looks at the closed flag every ``_CLOSED_CHECK`` entries and ends with
+    StoreClosedError instead of holding the rebalance for the whole walk."""
+    store = PartitionStore(tmp_path / "p0", 0, RunIndexer())
+    for i in range(3 * _CLOSED_CHECK):
+        _save(store, _state(f"r-{i}", 1_000 + i))
+    store.commit(1, 1)
+    walk = _walk(store, RunFilter(), None, summaries=False)
+    next(walk)  # inside the read now
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    deadline = time.monotonic() + 5
+    while not store.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.closed and closer.is_alive()  # close waits for this walk
+    with pytest.raises(StoreClosedError):
+        for _ in walk:
+            pass
+    closer.join(5)
+    assert not closer.is_alive()
