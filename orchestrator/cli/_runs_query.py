@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator._engine.queries.index import UNREADABLE
 from orchestrator._engine.queries.model import RunFilter, RunPage
 from orchestrator._engine.queries.params import parse_tag
+from orchestrator._engine.state import RunStatus
 from orchestrator.durations import to_millis
 
 EXIT_INCOMPLETE = 5
@@ -50,6 +52,11 @@ def run_filter(
     until: str | None,
     run_id_prefix: str | None = None,
 ) -> RunFilter:
+    """ValueError (a usage error) for a status no run has: an index has no such key, so the typo would
+    list nothing and look like an answer."""
+    valid = [*(s.value for s in RunStatus), UNREADABLE]
+    if status is not None and status not in valid:
+        raise ValueError(f"no run status {status!r}: one of {', '.join(valid)}")
     return RunFilter(
         workflow=workflow,
         status=status,

@@ -309,7 +309,8 @@ runs_app = typer.Typer(help="Look at runs.", no_args_is_help=True)
 def runs_list(
     workflow: Annotated[str | None, typer.Option(help="Only this workflow.")] = None,
     status: Annotated[
-        str | None, typer.Option(help="running | compensating | completed | failed | cancelled | parked")
+        str | None,
+        typer.Option(help="running | compensating | completed | failed | cancelled | parked | unreadable"),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="key=value; repeat to require several tags.")] = None,
     since: Annotated[
@@ -351,7 +352,11 @@ def runs_list(
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     if from_changelog:
-        _runs_from_changelog(app, flt, limit)
+        if cursor:
+            raise _fail(
+                "--cursor pages the processors' indexes: --from-changelog lists the first --limit runs"
+            )
+        _runs_from_changelog(app, flt, limit, as_json)
         return
     query = FanOutRunQuery(app.settings, app)
     try:
@@ -363,14 +368,28 @@ def runs_list(
     raise typer.Exit(_runs_query.print_page(console, page, as_json, app.settings.partitions))
 
 
-def _runs_from_changelog(app: App, flt: Any, limit: int) -> None:
-    """The old scan of the whole changelog (every call reads the topic): for when no processor runs."""
+def _runs_from_changelog(app: App, flt: Any, limit: int, as_json: bool = False) -> None:
+    """The old scan of the whole changelog (every call reads the topic): for when no processor runs.
+    ``--json``: the document of ``runs list --json`` (no cursor, no missing partitions), plus ``unreadable``.
+    """
     from orchestrator._engine.queries.index import matches, parse_summary, summary_of
 
     report = SkipReport()
     states = audit.live_states(app, on_unreadable=report.collector())
     rows = [parse_summary(s.run_id, summary_of(s)) for s in states.values()]
     runs = sorted((r for r in rows if matches(flt, r)), key=lambda r: (-r.created_ms, r.run_id))
+    if as_json:
+        _json.emit(
+            {
+                "runs": [r.to_json() for r in runs[:limit]],
+                "next_cursor": None,
+                "missing_partitions": [],
+                "warning": None,
+                "unreadable": _json.unreadable(report.records),
+            }
+        )
+        report.print_summary()
+        raise typer.Exit(report.exit_code())
     descs = {r.run_id: RunDescription.from_state(states[r.run_id]) for r in runs[:limit]}
     table = Table("run id", "workflow", "status", "steps", "created", "updated", "error")
     for r in runs[:limit]:

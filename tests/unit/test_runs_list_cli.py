@@ -11,6 +11,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from orchestrator import App
+from orchestrator._engine import audit
+from orchestrator._engine import state as st
 from orchestrator._engine.queries import fanout
 from orchestrator._engine.queries.model import RunFilter, RunPage, RunSummary
 from orchestrator.cli import main
@@ -71,3 +73,30 @@ def test_a_kafka_failure_reaches_the_root_handler(
     body = json.loads(out)
     assert body["error_type"] == "kafka_unreachable" and "timed out" in body["error"]
     assert "error" in err
+
+
+def test_an_unknown_status_is_a_usage_error_naming_the_valid_ones(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asked = _page(monkeypatch, RunPage([], None, []))
+    assert _run(monkeypatch, "--status", "complete") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'complete'" in err and "completed" in err and "unreadable" in err
+    assert asked == []  # refused before anything was asked
+    assert _run(monkeypatch, "--status", "unreadable") == 0  # what an undecodable state is listed as
+
+
+def test_from_changelog_refuses_a_cursor_and_honours_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(monkeypatch, "--from-changelog", "--cursor", "abc") == 2
+    assert "--cursor" in capsys.readouterr().err
+    states = {
+        f"r-{i}": st.RunState(f"r-{i}", "wf", st.COMPLETED if i % 2 else st.RUNNING, b"null", i, i + 1)
+        for i in range(5)
+    }
+    monkeypatch.setattr(audit, "live_states", lambda app, on_unreadable: states)
+    assert _run(monkeypatch, "--from-changelog", "--json", "--status", "completed") == 0
+    body = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in body["runs"]] == ["r-3", "r-1"]
+    assert body["missing_partitions"] == [] and body["unreadable"] == [] and body["next_cursor"] is None
