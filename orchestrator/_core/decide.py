@@ -25,6 +25,7 @@ from orchestrator._core.events import Body, Event
 from orchestrator._core.evolve import evolve
 from orchestrator._core.instance_cache import InstanceCache
 from orchestrator._core.runtime import IssuedStep, WorkflowInstance
+from orchestrator._core.tags import tags_error
 from orchestrator.app import App, WorkflowDefinition
 from orchestrator.errors import NonDeterminismError, StepFailedError
 from orchestrator.retry import RetryPolicy
@@ -594,6 +595,14 @@ class Decider:
             self._park(state, fx, PARK_WORKFLOW_ERROR, inst.tags_error, now_ms)
             return False
         changed = {k: v for k, v in inst.tags.items() if state.tags.get(k) != v}
+        # The instance checked only its own tags; the run's recorded ones can hold keys this code no
+        # longer sets (renamed across deploys), so the limit is checked again on the merged result.
+        merged_error = tags_error(state.tags, changed) if changed else ""
+        if merged_error:
+            self.cache.evict(state.run_id)
+            inst.close()
+            self._park(state, fx, PARK_WORKFLOW_ERROR, merged_error, now_ms)
+            return False
         if changed:
             self._record(state, fx, ev.TagsSet(changed), now_ms)
         return True

@@ -384,6 +384,12 @@ class PartitionStore:
     def count(self, prefix: bytes) -> int:
         return sum(1 for _ in self.scan(prefix))
 
+    @property
+    def closed(self) -> bool:
+        """Set as ``close`` begins: a long read checks it now and then and gives up (``StoreClosedError``),
+        so a rebalance never waits for a whole walk of the indexes."""
+        return self._closed
+
     def close(self) -> None:
         """Close the database once no query reads it (queries are bounded by their page size)."""
         with self._readers_done:

@@ -309,7 +309,8 @@ runs_app = typer.Typer(help="Look at runs.", no_args_is_help=True)
 def runs_list(
     workflow: Annotated[str | None, typer.Option(help="Only this workflow.")] = None,
     status: Annotated[
-        str | None, typer.Option(help="running | compensating | completed | failed | cancelled | parked")
+        str | None,
+        typer.Option(help="running | compensating | completed | failed | cancelled | parked | unreadable"),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="key=value; repeat to require several tags.")] = None,
     since: Annotated[
@@ -323,7 +324,12 @@ def runs_list(
         str | None, typer.Option(help="Where the page starts (printed by the last one).")
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON document: runs, next_cursor, missing.")
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON document: runs, next_cursor, missing_partitions, warning.",
+            callback=_json.remember,  # a Kafka failure is then an error document too (root handler)
+        ),
     ] = False,
     from_changelog: Annotated[
         bool, typer.Option(help="Scan the changelog topic instead (no processor needed; slow on big apps).")
@@ -333,11 +339,10 @@ def runs_list(
     """List runs, newest first, from the processors' run indexes (started with --http-port).
 
     Each processor answers for the partitions it owns; the first page comes without reading any topic.
-    Exit codes: 0 all partitions answered; 4 some did not (named on the output: their runs are missing);
-    2 bad options; with --from-changelog, 3 when unreadable records were skipped.
+    Exit codes: 0 all partitions answered; 5 some did not (named on stderr and in the JSON document: their
+    runs are missing); 2 bad options; 4 Kafka could not be reached or a request failed; with
+    --from-changelog, 3 when unreadable records were skipped.
     """
-    from confluent_kafka import KafkaException
-
     from orchestrator._engine.queries.fanout import FanOutRunQuery
     from orchestrator.cli import _runs_query
 
@@ -347,28 +352,44 @@ def runs_list(
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     if from_changelog:
-        _runs_from_changelog(app, flt, limit)
+        if cursor:
+            raise _fail(
+                "--cursor pages the processors' indexes: --from-changelog lists the first --limit runs"
+            )
+        _runs_from_changelog(app, flt, limit, as_json)
         return
     query = FanOutRunQuery(app.settings, app)
     try:
         page = query.list(flt, cursor, limit)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
-    except KafkaException as exc:
-        raise _fail(f"could not ask the cluster which processors run: {exc}") from exc
-    finally:
+    finally:  # a KafkaException goes on to the root handler: exit 4 and, under --json, its error document
         query.close()
     raise typer.Exit(_runs_query.print_page(console, page, as_json, app.settings.partitions))
 
 
-def _runs_from_changelog(app: App, flt: Any, limit: int) -> None:
-    """The old scan of the whole changelog (every call reads the topic): for when no processor runs."""
+def _runs_from_changelog(app: App, flt: Any, limit: int, as_json: bool = False) -> None:
+    """The old scan of the whole changelog (every call reads the topic): for when no processor runs.
+    ``--json``: the document of ``runs list --json`` (no cursor, no missing partitions), plus ``unreadable``.
+    """
     from orchestrator._engine.queries.index import matches, parse_summary, summary_of
 
     report = SkipReport()
     states = audit.live_states(app, on_unreadable=report.collector())
     rows = [parse_summary(s.run_id, summary_of(s)) for s in states.values()]
     runs = sorted((r for r in rows if matches(flt, r)), key=lambda r: (-r.created_ms, r.run_id))
+    if as_json:
+        _json.emit(
+            {
+                "runs": [r.to_json() for r in runs[:limit]],
+                "next_cursor": None,
+                "missing_partitions": [],
+                "warning": None,
+                "unreadable": _json.unreadable(report.records),
+            }
+        )
+        report.print_summary()
+        raise typer.Exit(report.exit_code())
     descs = {r.run_id: RunDescription.from_state(states[r.run_id]) for r in runs[:limit]}
     table = Table("run id", "workflow", "status", "steps", "created", "updated", "error")
     for r in runs[:limit]:

@@ -183,7 +183,7 @@ class _RunReplay:
         self.cache.clear()
         resume = self._synthetic(last, "resume", ev.ResumeRun("replay"), -1)
         _, fx = self.decider.handle(state, resume, last.timestamp_ms)
-        decided = [e for e in fx.history if not isinstance(e.body, ev.RunResumed)]
+        decided = [e for e in fx.history if not isinstance(e.body, ev.RunResumed | ev.TagsSet)]
         parked = [e for e in decided if isinstance(e.body, ev.RunParked)]
         if parked or (was_running and decided):
             first = parked[0] if parked else decided[0]
@@ -198,6 +198,8 @@ class _RunReplay:
         return Event(f"{last.run_id}/replay-{what}", last.run_id, last.workflow, last.timestamp_ms, body, seq)
 
     def _step(self, i: int, recorded: Event) -> ReplayDivergence | None:
+        if isinstance(recorded.body, ev.TagsSet):
+            return None  # tags are metadata, never a divergence (ADR 0016): not compared either way
         if not self.pending:
             stimulus = input_for(recorded)
             if stimulus is None and self.trusting:
@@ -212,10 +214,11 @@ class _RunReplay:
                 self.cache.clear()
                 self.state = fold(self.events[:i])
             fx = self._feed(stimulus.event, stimulus.tag, recorded.timestamp_ms)
-            if not fx.history:
+            produced_events = [e for e in fx.history if not isinstance(e.body, ev.TagsSet)]
+            if not produced_events:
                 why = fx.dead_letter or fx.ignored or "no event"
                 return self._diverged(recorded, describe(recorded), f"the engine took it as {why!r}")
-            self.pending.extend(fx.history)
+            self.pending.extend(produced_events)
         produced = self.pending.popleft()
         if identity(produced) == identity(recorded):
             return None

@@ -326,8 +326,12 @@ def test_a_dead_instance_shows_as_missing_partitions(
         count, missing = query.count_page(RunFilter())
         assert missing == sorted(owned) and count == len(page.runs)
         incomplete = _cli(unique_name, kafka_bootstrap)
-        assert incomplete.returncode == 4
+        assert incomplete.returncode == 5  # EXIT_INCOMPLETE: apart from 4, Kafka failures
         assert "no processor answered for partition(s)" in " ".join(incomplete.stdout.split())
+        incomplete_json = _cli(unique_name, kafka_bootstrap, "--json")
+        assert incomplete_json.returncode == 5
+        assert json.loads(incomplete_json.stdout)["missing_partitions"] == sorted(owned)  # JSON only
+        assert "no processor answered for partition(s)" in " ".join(incomplete_json.stderr.split())
         # ... then the survivor takes them over and the answer is whole again.
         _wait_for("the survivor answering for every partition", _complete(query), timeout=90)
         assert [_strip(r) for r in query.list(RunFilter(), limit=500).runs] == _expected(app)

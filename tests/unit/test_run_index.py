@@ -11,7 +11,9 @@ import pytest
 
 from orchestrator._engine import state as st
 from orchestrator._engine.queries.index import (
+    _CLOSED_CHECK,
     RunIndexer,
+    _walk,
     count_partition,
     criteria,
     decode_cursor,
@@ -251,3 +253,71 @@ def test_reading_a_closed_store_fails_cleanly_and_close_waits_for_readers(tmp_pa
     assert closed.is_set() and rows == 2_000
     with pytest.raises(StoreClosedError):
         list_partition(store, RunFilter(), None, 10)
+
+
+def test_an_undecodable_state_is_indexed_as_unreadable_and_restore_carries_on(tmp_path: Path) -> None:
+    """A state from a newer schema (rolling upgrade) or with an unknown status must not stop the
+    partition's restore or rebuild: the run is listed as ``unreadable`` and every other run is indexed."""
+    newer = b"\x00" + (99_999).to_bytes(4, "big") + b"\x02xx"
+    odd = st.encode_state(_state("r-odd", 1_500, st.RunStatus.RUNNING, workflow="shop"))
+    odd_status = odd.replace(b"\x0erunning", b"\x0efrobbed")  # Avro string: zigzag length 7, then the text
+    assert odd_status != odd
+    with pytest.raises(ValueError):
+        st.decode_state(odd_status)
+    store = PartitionStore(tmp_path / "p0", 0, RunIndexer())
+    records: list[tuple[bytes, bytes | None]] = [
+        (run_key("r-ok"), st.encode_state(_state("r-ok", 1_000))),
+        (run_key("r-new"), newer),
+        (run_key("r-odd"), odd_status),
+    ]
+    store.restore_batch(records, 3)
+    restored = _index(store)
+    assert count_partition(store, RunFilter()) == 3
+    rows = {r.run_id: r for r in list_partition(store, RunFilter(status="unreadable"), None, 10)[0]}
+    assert sorted(rows) == ["r-new", "r-odd"]
+    assert (rows["r-odd"].workflow, rows["r-odd"].created_ms) == ("shop", 1_500)  # what the record says
+    assert "newer version" in rows["r-new"].error_message
+    assert store.rebuild_indexes(RunIndexer()) == 3
+    assert _index(store) == restored
+    store.close()
+
+
+def test_a_stale_index_entry_never_yields_a_row_that_does_not_match(tmp_path: Path) -> None:
+    """A walk is not a snapshot: it can step onto an index entry that a commit has since replaced (the run
+    completed, or was recreated with another created time). The summary is the truth: such a row is
+    skipped, never listed under a filter it does not match."""
+    store = PartitionStore(tmp_path / "p0", 0, RunIndexer())
+    _save(store, _state("r-done", 1_000, st.COMPLETED))
+    _save(store, _state("r-moved", 2_000))
+    _save(store, _state("r-live", 500))
+    store.commit(1, 1)
+    with store.reading() as db:  # what a walk that started before those commits can still step onto
+        db.put(INDEX_PREFIX + b"s/running\x00" + inv(1_000) + b"r-done", b"")
+        db.put(INDEX_PREFIX + b"s/running\x00" + inv(3_000) + b"r-moved", b"")
+    assert _all(store, RunFilter(status="running")) == ["r-moved", "r-live"]
+    rows = list_partition(store, RunFilter(status="running"), None, 10)[0]
+    assert [r.created_ms for r in rows] == [2_000, 500]
+    store.close()
+
+
+def test_a_long_walk_gives_up_when_the_store_closes(tmp_path: Path) -> None:
+    """``close`` (a rebalance's revoke) waits for the reads in progress; a count walks every matching
+    entry, so a walk looks at the closed flag every ``_CLOSED_CHECK`` entries and ends with
+    StoreClosedError instead of holding the rebalance for the whole walk."""
+    store = PartitionStore(tmp_path / "p0", 0, RunIndexer())
+    for i in range(3 * _CLOSED_CHECK):
+        _save(store, _state(f"r-{i}", 1_000 + i))
+    store.commit(1, 1)
+    walk = _walk(store, RunFilter(), None, summaries=False)
+    next(walk)  # inside the read now
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    deadline = time.monotonic() + 5
+    while not store.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.closed and closer.is_alive()  # close waits for this walk
+    with pytest.raises(StoreClosedError):
+        for _ in walk:
+            pass
+    closer.join(5)
+    assert not closer.is_alive()

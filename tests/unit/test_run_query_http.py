@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from orchestrator import App
 from orchestrator._engine import state as st
@@ -139,3 +141,69 @@ def test_cli_times() -> None:
     assert time_ms("1970-01-01T01:00:01+01:00", now) == 1000
     with pytest.raises(ValueError, match="neither"):
         time_ms("yesterday", now)
+
+
+@pytest.fixture
+def cut_off_server() -> Iterator[int]:
+    """A server that promises a 1,000-byte JSON body, sends part of it and closes: an instance killed
+    mid-response (http.client.IncompleteRead on the reader's side)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b'Content-Length: 1000\r\n\r\n{"runs": ['
+                )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    listener.close()
+    thread.join(5)
+
+
+def test_an_instance_cut_off_mid_answer_reports_its_partitions_missing(
+    servers: list[QueryServer], cut_off_server: int, monkeypatch: Any
+) -> None:
+    a, _ = servers
+    app = App("fanout-cut", settings=Settings(bootstrap_servers="127.0.0.1:1", partitions=2))
+    query = FanOutRunQuery(app.settings, app)
+    instances = [
+        Instance("a", f"http://127.0.0.1:{a.port}", (0,)),
+        Instance("cut", f"http://127.0.0.1:{cut_off_server}", (1,)),
+    ]
+    monkeypatch.setattr(query, "instances", lambda: (instances, 2))
+    page = query.list(RunFilter(), None, 5)
+    assert page.missing_partitions == [1] and len(page.runs) == 5
+    assert query.count_page(RunFilter())[1] == [1]
+
+
+def test_a_group_description_that_times_out_is_a_kafka_timeout(monkeypatch: Any) -> None:
+    """``future.result(timeout=...)`` raises the builtin TimeoutError; the CLI's root handler knows Kafka
+    errors (exit 4, error document), so it becomes one."""
+    app = App("fanout-timeout", settings=Settings(bootstrap_servers="127.0.0.1:1", partitions=2))
+    query = FanOutRunQuery(app.settings, app, timeout_s=0.01)
+
+    class SlowFuture:
+        def result(self, timeout: float | None = None) -> Any:
+            raise TimeoutError
+
+    class Admin:
+        def describe_consumer_groups(self, groups: list[str], request_timeout: float) -> dict[str, Any]:
+            return {g: SlowFuture() for g in groups}
+
+    monkeypatch.setattr(query, "_admin_client", Admin)
+    with pytest.raises(KafkaException) as caught:
+        query.instances()
+    assert caught.value.args[0].code() == KafkaError._TIMED_OUT

@@ -46,6 +46,16 @@ async def bad_key(ctx: WorkflowContext) -> None:
     await ctx.step(noop, 2)
 
 
+_key_prefix = ["k"]  # the deployed code's tag key names (a rename between deploys changes it)
+
+
+@app.workflow
+async def renamed(ctx: WorkflowContext) -> None:
+    ctx.set_tags(**{f"{_key_prefix[0]}{i}": "v" for i in range(10)})
+    await ctx.step(noop, 1)
+    await ctx.step(noop, 2)
+
+
 def _tag_events(driver: Driver) -> list[dict[str, str]]:
     return [e.body.tags for e in driver.history if isinstance(e.body, TagsSet)]
 
@@ -143,3 +153,21 @@ def test_an_event_written_with_event_v4_still_decodes() -> None:
     fastavro.schemaless_writer(buf, wire.registry().by_id[10], record)
     event = decode_event(b"\x00" + (10).to_bytes(4, "big") + buf.getvalue())
     assert event.body == RunCompleted(b"1") and event.seq == 3
+
+
+def test_keys_renamed_across_deploys_cannot_grow_a_run_past_the_limit() -> None:
+    """The limit holds for the run's merged tags, not only for what one instance set: code deployed with
+    renamed keys re-executes a run (every input, here) and would add 10 keys to its recorded 10."""
+    driver = Driver(app, "renamed", fresh_every_input=True, check_fold=True)
+    try:
+        driver.start()
+        assert driver.state is not None and len(driver.state.tags) == 10
+        _key_prefix[0] = "renamed"
+        driver.complete(0, 2_000, 1)
+        assert driver.status == "parked"
+        assert f"at most {MAX_TAGS} tag keys" in driver.state.error_message
+        assert len(driver.state.tags) == 10
+        assert driver.commands() == [c for c in driver.commands() if c.position == 0]  # step 2 not scheduled
+    finally:
+        _key_prefix[0] = "k"
+        driver.close()

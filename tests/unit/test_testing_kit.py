@@ -825,3 +825,52 @@ async def test_rate_limits_and_debounce_go_through_the_keyed_stage() -> None:
             await env.start(settle, n, run_id=f"burst-{n}")
         await env.sleep("10m")
         assert inputs == [3]
+
+
+def _tagging(calls: Calls, before: dict[str, str], between: dict[str, str]) -> App:
+    """``shop`` whose order and approval workflows set tags (none when the dicts are empty)."""
+    app = shop(calls)
+    charge, ship, refund = (app.steps[n].fn for n in ("charge", "ship", "refund"))
+
+    async def order(ctx: WorkflowContext, amount: int) -> dict[str, Any]:
+        if before:
+            ctx.set_tags(**before)
+        charge_id = await ctx.step(charge, amount, compensate=refund)
+        if between:
+            ctx.set_tags(**between)
+        tracking = await ctx.step(ship, amount)
+        return {"charge": charge_id, "tracking": tracking, "at": ctx.now().isoformat()}
+
+    async def approval(ctx: WorkflowContext, order_id: str) -> str:
+        if before:
+            ctx.set_tags(**before)
+        got = await ctx.wait_for_event("approved", key=order_id, timeout="2d")
+        return "expired" if got.timed_out else "approved"
+
+    app.workflows["order"] = replace(app.workflows["order"], fn=order)
+    app.workflows["approval"] = replace(app.workflows["approval"], fn=approval)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("recorded", "replayed"),
+    [
+        (({}, {}), ({"customer": "c"}, {"stage": "paid"})),  # tags added
+        (({"customer": "c"}, {"stage": "paid"}), ({}, {})),  # tags removed
+        (({"customer": "c"}, {}), ({"customer": "d"}, {"customer": "e", "x": "y"})),  # tags changed
+    ],
+)
+async def test_tags_never_diverge_in_replay(
+    calls: Calls,
+    recorded: tuple[dict[str, str], dict[str, str]],
+    replayed: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """Tags are metadata (ADR 0016): the processor's replay check ignores them, so the Replayer must too,
+    for ended runs and for an open one (re-executed at its end)."""
+    async with WorkflowEnvironment(_tagging(calls, *recorded)) as env:
+        handle = await env.start("order", 1, run_id="r1")
+        await handle.result()
+        await env.start("approval", "A", run_id="open")  # still waiting when the history is taken
+        histories = {r: env.history(r) for r in env.run_ids()}
+    result = Replayer(_tagging(Calls([]), *replayed)).replay(histories)
+    assert result.ok and result.runs == 2, result.report()

@@ -139,8 +139,10 @@ class Processor:
 
     def _queryable(self) -> dict[int, PartitionStore]:
         """The run stores queries may read: none while a rebalance opens and restores them (a store being
-        restored is incomplete; its partitions are reported missing until the loop runs again)."""
-        return dict(self.stores.run_stores) if self._ready else {}
+        restored is incomplete; its partitions are reported missing until the loop runs again). Copied
+        before ``_ready`` is read: a rebalance clears ``_ready`` before it opens a store."""
+        stores = dict(self.stores.run_stores)
+        return stores if self._ready else {}
 
     def ready(self) -> bool:
         """Assigned partitions restored and the loop processing (what GET /ready answers)."""

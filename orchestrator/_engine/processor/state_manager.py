@@ -58,18 +58,27 @@ class StateManager:
 
     # -- assignment -----------------------------------------------------------------------------------------
     def assign(self, partitions: list[TopicPartition]) -> int:
-        """Open the stores of the newly assigned partitions and restore them; the records restored."""
+        """Open the stores of the newly assigned partitions and restore them; the records restored.
+
+        The stores join ``run_stores``/``keyed_stores`` only once restored (or once the restore failed, so
+        that ``close`` still closes them): run queries read ``run_stores`` from another thread, and a store
+        being restored is incomplete."""
         targets: list[tuple[PartitionStore, str]] = []
+        opened: list[tuple[dict[int, PartitionStore], int, PartitionStore]] = []
         for tp in partitions:
             if tp.topic == self.topics.inbox:
                 store = PartitionStore(self.state_dir / f"p{tp.partition}", tp.partition, RunIndexer())
-                self.run_stores[tp.partition] = store
+                opened.append((self.run_stores, tp.partition, store))
                 targets.append((store, self.topics.changelog))
             elif tp.topic == self.topics.keyed:
                 store = PartitionStore(self.state_dir / f"k{tp.partition}", tp.partition)
-                self.keyed_stores[tp.partition] = store
+                opened.append((self.keyed_stores, tp.partition, store))
                 targets.append((store, self.topics.keyed_changelog))
-        restored: int = self._retry.call("restore", lambda: restore(self.settings, targets), not_fatal)
+        try:
+            restored: int = self._retry.call("restore", lambda: restore(self.settings, targets), not_fatal)
+        finally:
+            for stores, p, store in opened:
+                stores[p] = store
         return restored
 
     def revoke(self, partitions: list[TopicPartition]) -> None:

@@ -15,6 +15,7 @@ rather than silently left out.
 from __future__ import annotations
 
 import builtins
+import http.client
 import json
 import time
 import urllib.error
@@ -77,6 +78,12 @@ class FanOutRunQuery:
             future = admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)[self.group]
             try:
                 return future.result(timeout=self.timeout_s)
+            except TimeoutError as exc:  # the future's own wait (builtin): a Kafka timeout to callers
+                raise KafkaException(
+                    KafkaError(
+                        KafkaError._TIMED_OUT, f"describing group {self.group} took over {self.timeout_s}s"
+                    )
+                ) from exc
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 if attempt == 2 or not isinstance(err, KafkaError) or not err.retriable():
@@ -119,7 +126,8 @@ class FanOutRunQuery:
             with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http only
                 body: dict[str, Any] = json.loads(response.read())
                 return body
-        except (OSError, urllib.error.URLError, ValueError):
+        except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException):
+            # HTTPException: an instance killed mid-answer (IncompleteRead, BadStatusLine)
             return None
 
     def _ask(self, path: str, query: Any) -> tuple[list[dict[str, Any]], set[int], int]:

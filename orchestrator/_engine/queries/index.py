@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import struct
 from typing import Any
 
+from orchestrator._engine import wire
 from orchestrator._engine.queries.model import RunFilter, RunSummary
 from orchestrator._engine.state import RunState, decode_state
-from orchestrator._engine.store import INDEX_PREFIX, SUMMARY_PREFIX, PartitionStore
+from orchestrator._engine.store import INDEX_PREFIX, SUMMARY_PREFIX, PartitionStore, StoreClosedError
+
+log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
 """Bumped whenever the index layout or the summary changes: stores of another version rebuild on open."""
@@ -33,6 +37,9 @@ BY_ERROR = INDEX_PREFIX + b"e/"
 BY_TAG = INDEX_PREFIX + b"t/"
 BY_END = INDEX_PREFIX + b"n/"
 _ENDED = frozenset({"completed", "failed", "cancelled"})
+UNREADABLE = "unreadable"
+"""Status shown for a run whose stored state this code cannot decode (a newer schema during a rolling
+upgrade, a status it does not know): the run stays listable, and its processor parks it when it next acts."""
 MAX_ERROR_MESSAGE = 300
 """Characters of a run's error message kept in its summary (a list shows the start of it)."""
 
@@ -81,8 +88,38 @@ class RunIndexer:
 
     version = INDEX_VERSION
 
+    def __init__(self) -> None:
+        self._warned = False
+
     def summary(self, state_bytes: bytes) -> bytes:
-        return summary_of(decode_state(state_bytes))
+        """The summary of a stored state; a placeholder (status ``unreadable``) when it does not decode.
+
+        Never raises: restore and commit call it for every run, and one undecodable state must not stop a
+        whole partition (an exception here would kill the partition's assignment on every restart), where
+        before run queries restore only copied bytes and the run was parked alone when an event reached it.
+        """
+        try:
+            return summary_of(decode_state(state_bytes))
+        except Exception as exc:  # noqa: BLE001 - any decode failure: schema id, unknown status, field
+            return self._unreadable(state_bytes, exc)
+
+    def _unreadable(self, state_bytes: bytes, exc: Exception) -> bytes:
+        """What can still be read of an undecodable state (its workflow and times, when the Avro record
+        itself decodes), as status ``unreadable``. Logged once per store: a rolling upgrade can make every
+        run of a partition unreadable at once."""
+        if not self._warned:
+            self._warned = True
+            log.warning("a stored run state does not decode; listed as %r: %s", UNREADABLE, exc)
+        workflow, created, updated = "", 0, 0
+        try:
+            _, rec = wire.decode(state_bytes, expected=wire.RUN_STATE)
+            workflow = str(rec.get("workflow") or "")
+            created = int(rec.get("created_ms") or 0)
+            updated = int(rec.get("updated_ms") or created)
+        except Exception:  # noqa: BLE001, S110 - the bytes say nothing more: placeholders
+            pass
+        keyed = _JSON([workflow, UNREADABLE, created, None, "", {}])
+        return f"{keyed}\n{_JSON([updated, str(exc)[:MAX_ERROR_MESSAGE]])}".encode()
 
     def same_keys(self, old: bytes, new: bytes) -> bool:
         """Whether two summaries of a run have the same index keys (their first lines are equal)."""
@@ -125,6 +162,10 @@ def order_key(run: RunSummary) -> tuple[int, str]:
 
 
 # -- queries on one store ------------------------------------------------------------------------------------
+_CLOSED_CHECK = 1_000
+"""Index entries a walk steps between two looks at the store's closed flag: ``close`` (a rebalance's
+revoke) waits for the reads in progress, and a count walks every matching entry (seconds at 1M runs)."""
+
 _PROBE = 50_000
 """Most index entries stepped per criterion when looking for the smallest index of a filter."""
 
@@ -176,7 +217,7 @@ def smallest(db: Any, prefixes: list[bytes]) -> int:
 
 
 def _walk(store: PartitionStore, flt: RunFilter, after: tuple[int, str] | None, summaries: bool) -> Any:
-    """Yield (run id, summary bytes or None) of the runs matching ``flt`` in list order, after ``after``.
+    """Yield (run id, summary or None) of the runs matching ``flt`` in list order, after ``after``.
 
     Walks the smallest index the filter names (``smallest``; all runs when it names none) and checks the other
     criteria by looking up the run's key in their indexes (the bloom filters answer most misses without
@@ -196,9 +237,13 @@ def _walk(store: PartitionStore, flt: RunFilter, after: tuple[int, str] | None, 
         wanted = flt.run_id_prefix.encode() if flt.run_id_prefix else b""
         cut = len(prefix)
         it = db.iter()
+        stepped = 0
         try:
             it.seek(start)
             while it.valid():
+                stepped += 1
+                if stepped % _CLOSED_CHECK == 0 and store.closed:
+                    raise StoreClosedError(f"store of partition {store.partition} closed during a query")
                 key = it.key()
                 if not key.startswith(prefix) or (stop is not None and key > stop):
                     break
@@ -210,7 +255,11 @@ def _walk(store: PartitionStore, flt: RunFilter, after: tuple[int, str] | None, 
                     else:
                         raw = db.get(SUMMARY_PREFIX + run_id)
                         if isinstance(raw, bytes):
-                            yield run_id, raw
+                            run = parse_summary(run_id.decode(), raw, store.partition)
+                            # A commit may have replaced this entry since the walk stepped onto it (the
+                            # walk is no snapshot): the summary is the truth, list the run only under it.
+                            if matches(flt, run) and inv(run.created_ms) == at[:8]:
+                                yield run_id, run
                 it.next()
         finally:
             del it
@@ -222,10 +271,10 @@ def list_partition(
     """Up to ``limit`` runs of ``store`` matching ``flt`` after the cursor position ``after``, and whether
     there are more. StoreClosedError if the store was closed (its partition moved)."""
     runs: list[RunSummary] = []
-    for run_id, raw in _walk(store, flt, after, summaries=True):
+    for _, run in _walk(store, flt, after, summaries=True):
         if len(runs) == limit:
             return runs, True
-        runs.append(parse_summary(run_id.decode(), raw, store.partition))
+        runs.append(run)
     return runs, False
 
 
