@@ -103,6 +103,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "parent_run_id": "",
         "parent_position": -1,
         "admission_key": "",
+        "tags": {"customer": "c-42"},
         "signals": [
             {"name": "approve", "key": "o1", "payload": b"{}", "timestamp_ms": 3, "source": "client"}
         ],
