@@ -97,6 +97,17 @@ def test_a_deep_traceback_keeps_its_innermost_frames_and_says_it_was_cut() -> No
     assert "in _caught" in full and "in _caught" not in text  # the outermost frame went
 
 
+def test_only_the_innermost_frames_are_formatted_and_the_cut_is_said() -> None:
+    exc = _caught(_recurse, 600)  # folded by Python to a few lines, but 600 frames to walk
+    text = tracebacks.format_bounded(exc)
+    frames = 600 + 2  # _caught and the first _recurse call
+    assert text.startswith(
+        f"[traceback cut: the outermost {frames - tracebacks.MAX_FRAMES} of {frames} frames]\n"
+    )
+    assert "in _caught" not in text  # the outermost frame was not formatted
+    assert text.endswith("RuntimeError: bottom of the recursion\n")
+
+
 def test_a_huge_message_cannot_push_every_frame_out() -> None:
     exc = _caught(innermost_user_function)
     text = tracebacks.format_bounded(exc)
