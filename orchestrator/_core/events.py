@@ -67,6 +67,9 @@ class StepFailed:
     started_ms: int
     finished_ms: int
     worker: str = ""
+    traceback: str = ""
+    """The user's exception, formatted and bounded (``orchestrator._engine.tracebacks``); since event-v6.
+    History only: folding ignores it, so the run's state does not grow with it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from orchestrator._core import formats
+from orchestrator._engine import tracebacks
 from orchestrator._engine.events import Event, StepCompleted, StepFailed
 from orchestrator._engine.records import StepCommand
 from orchestrator.app import App, StepDefinition
@@ -50,7 +51,10 @@ def completed(app: App, cmd: StepCommand, result: Any, started_ms: int, worker: 
 
 
 def failed(cmd: StepCommand, exc: BaseException, started_ms: int, worker: str) -> StepFailed:
-    """The failure report: terminal for TerminalError, oversize payloads and cancellation, else retryable."""
+    """The failure report: terminal for TerminalError, oversize payloads and cancellation, else retryable.
+
+    Either way it carries the exception's traceback (bounded, `tracebacks.format_bounded`) for the history.
+    """
     retryable = not isinstance(exc, TerminalError | PayloadTooLargeError | StepCancelledError)
     error_type = getattr(exc, "error_type", None) or type(exc).__name__
     if isinstance(exc, TimeoutError):
@@ -66,7 +70,15 @@ def failed(cmd: StepCommand, exc: BaseException, started_ms: int, worker: str) -
         extra={"run_id": cmd.run_id, "step": cmd.step, "position": cmd.position, "attempt": cmd.attempt},
     )
     return StepFailed(
-        cmd.position, cmd.attempt, error_type, message[:4000], retryable, started_ms, now_ms(), worker
+        cmd.position,
+        cmd.attempt,
+        error_type,
+        message[:4000],
+        retryable,
+        started_ms,
+        now_ms(),
+        worker,
+        tracebacks.format_bounded(exc),
     )
 
 

@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator._engine import audit
+from orchestrator._engine import audit, tracebacks
 from orchestrator._engine.loading import load_app
+from orchestrator._engine.state import RunState, attempts_of
 from orchestrator.app import App
 from orchestrator.cli import _json
 from orchestrator.cli._json import JsonFlag
@@ -410,9 +411,10 @@ def _runs_from_changelog(app: App, flt: Any, limit: int, as_json: bool = False) 
 
 @runs_app.command("show")
 def runs_show(run_id: str, as_json: JsonFlag = False, app_spec: AppOption = None) -> None:
-    """One run: state, result or error, and every step with its attempts.
+    """One run: state, result or error, every step with its attempts, and the last failure's traceback.
 
-    Exit codes: 0 shown; 2 no such run; 3 the run's latest state record is unreadable (reported).
+    Exit codes: 0 shown; 2 no such run; 3 the run's latest state record, or a record of its history read
+    for the last failure, is unreadable (reported).
     """
     app = _app(app_spec)
     report = SkipReport()
@@ -421,7 +423,8 @@ def runs_show(run_id: str, as_json: JsonFlag = False, app_spec: AppOption = None
         if state is None and not report.records:
             raise _json.fail(f"no run {run_id!r} in app {app.name!r}", run=None, unreadable=[])
         run = None if state is None else _json.run_json(state)
-        _json.emit({"run": run, "unreadable": _json.unreadable(report.records)})
+        failure = None if state is None else _last_failure(app, state, report)
+        _json.emit({"run": run, "last_failure": failure, "unreadable": _json.unreadable(report.records)})
         report.print_summary()
         raise typer.Exit(report.exit_code())
     if state is None:
@@ -447,6 +450,44 @@ def runs_show(run_id: str, as_json: JsonFlag = False, app_spec: AppOption = None
             "\n".join(s.attempt_errors),
         )
     console.print(table)
+    failure = _last_failure(app, state, report)
+    if failure is not None:
+        where = f"#{failure['position']} {failure['step']} attempt {failure['attempt']}"
+        console.print(
+            f"last failure, {where}: {failure['error_type']}: {failure['error_message']}", markup=False
+        )
+        if failure["traceback"]:
+            console.print(failure["traceback"].rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+    report.print_summary()
+    raise typer.Exit(report.exit_code())
+
+
+def _last_failure(app: App, state: RunState, report: SkipReport) -> dict[str, Any] | None:
+    """The run's last failed attempt as its history recorded it (``StepFailed``), traceback included.
+
+    The traceback lives in the history only (not in the run's state), so this reads the run's history
+    partition, and only when the state shows a failed attempt: ``runs show`` of a run that never failed
+    costs no extra read. None when nothing failed, or only timeouts did (they raise nothing to trace).
+    """
+    if not any(a.error_type for s in state.steps for a in attempts_of(s)[1]):
+        return None
+    history = audit.history_events(app, run_id=state.run_id, on_unreadable=report.collector())
+    found = tracebacks.failures(history)
+    if not found:
+        return None
+    f = found[-1]
+    return {
+        "seq": f.seq,
+        "position": f.position,
+        "step": state.steps[f.position].name if 0 <= f.position < len(state.steps) else "",
+        "attempt": f.attempt,
+        "error_type": f.error_type,
+        "error_message": f.message,
+        "retryable": f.retryable,
+        "worker": f.worker,
+        **_json.times("finished", f.finished_ms),
+        "traceback": f.traceback,
+    }
 
 
 @runs_app.command("cancel")

@@ -65,6 +65,15 @@ def command_error(record: Any) -> str:
     return ""
 
 
+def last_traceback(record: Any, tracebacks: dict[tuple[int, int, int], str]) -> str:
+    """The traceback of the command's last failed attempt (``tracebacks``: `tracebacks.by_attempt` of the
+    run's history), or empty: the one behind the error the steps table shows for it."""
+    for a in reversed(attempts_of(record)[1]):
+        if a.error_type:
+            return tracebacks.get((record.position, a.attempt, a.started_ms), "")
+    return ""
+
+
 def command_io(record: Any) -> tuple[str, str]:
     """(input, output) of a command, as text."""
     if isinstance(record, StepRecord):
@@ -76,7 +85,10 @@ def command_io(record: Any) -> tuple[str, str]:
     return "", payload_text(result_of(record))
 
 
-def state_json(state: RunState) -> dict[str, Any]:
+def state_json(state: RunState, tracebacks: dict[tuple[int, int, int], str] | None = None) -> dict[str, Any]:
+    """The run for the JSON API; each failed attempt with its ``traceback`` when ``tracebacks`` (from the
+    run's history, `tracebacks.by_attempt`) has it, else ``""``."""
+    tracebacks = tracebacks or {}
     steps = []
     for s in state.steps:
         attempt, attempts = attempts_of(s)
@@ -95,6 +107,7 @@ def state_json(state: RunState) -> dict[str, Any]:
                         "error_type": a.error_type,
                         "message": a.message,
                         "worker": a.worker,
+                        "traceback": tracebacks.get((s.position, a.attempt, a.started_ms), ""),
                     }
                     for a in attempts
                 ],
@@ -174,6 +187,7 @@ def install(env: jinja2.Environment) -> None:
         ago=ago,
         command_error=command_error,
         command_io=command_io,
+        last_traceback=last_traceback,
         attempts_of=attempts_of,
         ChildRecord=ChildRecord,
         StepRecord=StepRecord,

@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 
 from orchestrator._engine import audit
 from orchestrator._engine.queries.model import RunFilter, RunQuery
+from orchestrator._engine.tracebacks import by_attempt
 from orchestrator._engine.unreadable import Unreadable
 from orchestrator.app import App
 from orchestrator.ui import render
@@ -220,6 +221,7 @@ class UI:
             at=at or "",
             timeline=timeline,
             events=[audit.event_json(e) for e in events],
+            tracebacks=by_attempt(events),
             skipped=skipped,
         )
 
@@ -231,7 +233,7 @@ class UI:
             return JSONResponse({"error": f"no run {run_id!r}"}, 404)
         return JSONResponse(
             {
-                "run": render.state_json(state) if state is not None else None,
+                "run": render.state_json(state, by_attempt(events)) if state is not None else None,
                 "history": [audit.event_json(e) for e in events],
                 "unreadable": [b.as_json() for b in skipped],
             }

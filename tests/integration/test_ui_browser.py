@@ -268,6 +268,18 @@ def test_a_run_shows_its_timeline_history_and_past_states(
     page.goto(stack.base + "/runs/trip-1")
     expect(page.locator("#timeline .grow.k-compensation")).to_contain_text("undo #0")
     expect(page.locator("#run-error")).to_contain_text("payment declined")
+    # The failed attempt's traceback, from the run's history, under the step's error: opened, it names
+    # the user's function and the line that raised.
+    raised = next(
+        n
+        for n, line in enumerate((REPO / "tests/integration/apps/ui_app.py").read_text().splitlines(), 1)
+        if 'raise TerminalError("payment declined")' in line
+    )
+    traceback = page.locator("#steps tr[data-position='1'] td.step-error details.traceback")
+    traceback.locator("summary").click()
+    expect(traceback.locator("pre")).to_be_visible()
+    expect(traceback.locator("pre")).to_contain_text(f"line {raised}, in pay")
+    expect(traceback.locator("pre")).to_contain_text("TerminalError: payment declined")
 
 
 def test_cancel_a_waiting_run_and_signal_another(stack: Stack, signed_in: SignIn) -> None:

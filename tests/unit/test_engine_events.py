@@ -58,6 +58,7 @@ BODIES = [
     StepCompleted(position=0, attempt=1, result=b"", started_ms=0, finished_ms=0),
     StepFailed(3, 1, "ValueError", "boom é", True, 10, 20, "w-2"),
     StepFailed(3, 3, "TerminalError", "", False, 10, 20),
+    StepFailed(3, 2, "KeyError", "'k'", True, 10, 20, "w-2", "Traceback (most recent call last):\n"),
     RetryScheduled(position=3, attempt=2, due_ms=2**45),
     RunCompleted(result=b"42"),
     RunFailed(error_type="StepFailedError", message="step 'x' failed"),
