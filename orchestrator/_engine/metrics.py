@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -49,6 +49,11 @@ from orchestrator._engine.faults import FaultLog
 
 REFRESH_S = 1.0
 """Most often the sampled gauges (lag, timers, store sizes) are refreshed by the loops that own them."""
+
+QUIET_S = 15.0
+"""A consume fault with an assignment and no new error for this long is over. Only a record arriving
+closes it otherwise, and an idle app gets none: its OrchestratorKafkaFault alert would stand after a broker
+restart."""
 
 TIMERS_DUE_CAP = 10_000
 """Due timers are counted up to this many per partition: the count scans the store's timer index."""
@@ -401,12 +406,13 @@ class ConsumerLag:
         self.component = component
         self._seen: set[tuple[str, ...]] = set()
 
-    def refresh(self, consumer: Consumer) -> None:
+    def refresh(self, consumer: Consumer) -> bool:
+        """Sample the lag; whether ``consumer`` has partitions assigned (for `recovered_if_quiet`)."""
         try:
             assignment = consumer.assignment()
             positions = consumer.position(assignment) if assignment else []
         except (RuntimeError, confluent_kafka.KafkaException):  # closed or being replaced: next time
-            return
+            return False
         seen: set[tuple[str, ...]] = set()
         for tp in positions:
             labels = (self.component, tp.topic, str(tp.partition))
@@ -423,6 +429,7 @@ class ConsumerLag:
         for gone in self._seen - seen:
             _remove(CONSUMER_LAG, gone)
         self._seen = seen
+        return bool(assignment)
 
     def forget(self) -> None:
         for gone in self._seen:
@@ -441,12 +448,17 @@ class CountedFaultLog(FaultLog):
     """The processor's `FaultLog`, also counting each episode when it starts and showing it while it lasts
     (as a gauge set from the calling thread, so it is current even while the loop waits out an outage)."""
 
-    def __init__(self, logger: Any, component: str) -> None:
+    def __init__(
+        self, logger: Any, component: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__(logger)
         self.component = component
         self._going_on: set[str] = set()  # `recovered` runs after every successful call: keep it cheap
+        self._clock = clock
+        self._last_fault: dict[str, float] = {}
 
     def fault(self, what: str, detail: object) -> None:
+        self._last_fault[what] = self._clock()
         if what not in self._going_on:
             self._going_on.add(what)
             FAULT_EPISODES.labels(self.component, what).inc()
@@ -459,15 +471,32 @@ class CountedFaultLog(FaultLog):
             FAULTS_ACTIVE.labels(self.component, what).set(0)
         super().recovered(what)
 
+    def recovered_if_quiet(self, what: str) -> None:
+        """Close ``what`` if no occurrence was recorded for `QUIET_S`: for faults that only a record arriving
+        would close otherwise (consume errors on an idle processor). Call it only while partitions are
+        assigned, so a consumer that lost its group does not count as quiet."""
+        if what in self._going_on and self._clock() - self._last_fault.get(what, 0.0) >= QUIET_S:
+            self.recovered(what)
+
 
 class CountedEpisode(Episode):
     """A worker's `Episode` that is also counted (`FAULT_EPISODES`) and shown (`FAULTS_ACTIVE`)."""
 
-    def __init__(self, logger: Any, what: str, component: str, fault: str) -> None:
+    def __init__(
+        self,
+        logger: Any,
+        what: str,
+        component: str,
+        fault: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(logger, what)
         self._labels = (component, fault)
+        self._clock = clock
+        self._last_failure = 0.0
 
     def failed(self, detail: object) -> None:
+        self._last_failure = self._clock()
         if not self.active:
             FAULT_EPISODES.labels(*self._labels).inc()
             FAULTS_ACTIVE.labels(*self._labels).set(1)
@@ -477,3 +506,8 @@ class CountedEpisode(Episode):
         if self.active:
             FAULTS_ACTIVE.labels(*self._labels).set(0)
         super().recovered()
+
+    def recovered_if_quiet(self) -> None:
+        """Close the episode if it saw no failure for `QUIET_S` (see `CountedFaultLog.recovered_if_quiet`)."""
+        if self.active and self._clock() - self._last_failure >= QUIET_S:
+            self.recovered()

@@ -101,6 +101,51 @@ def test_a_worker_episode_is_counted_once_and_shown_while_it_lasts() -> None:
     assert sample("orchestrator_faults_active", **labels) == 0
 
 
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_consume_fault_on_an_idle_processor_closes_after_a_quiet_spell() -> None:
+    # No record arrives on a quiet app after a broker restart, so nothing else would ever close it.
+    clock = _Clock()
+    faults = metrics.CountedFaultLog(log, "unit-idle-processor", clock=clock)
+    labels = {"component": "unit-idle-processor", "fault": "consume"}
+    faults.fault("consume", "broker down")
+    clock.now += metrics.QUIET_S - 1
+    faults.fault("consume", "still down")
+    clock.now += metrics.QUIET_S - 1
+    faults.recovered_if_quiet("consume")  # the last error is too recent
+    assert sample("orchestrator_faults_active", **labels) == 1
+    clock.now += 1
+    faults.recovered_if_quiet("consume")
+    assert sample("orchestrator_faults_active", **labels) == 0
+    assert faults.active() == []
+    faults.recovered_if_quiet("consume")  # nothing open: nothing happens
+    assert sample("orchestrator_fault_episodes_total", **labels) == 1
+
+
+def test_a_consume_episode_on_an_idle_worker_closes_after_a_quiet_spell() -> None:
+    clock = _Clock()
+    episode = metrics.CountedEpisode(
+        log, "task topics unreachable", "unit-idle-worker", "consume", clock=clock
+    )
+    labels = {"component": "unit-idle-worker", "fault": "consume"}
+    episode.failed("broker down")
+    clock.now += metrics.QUIET_S - 0.5
+    episode.recovered_if_quiet()
+    assert sample("orchestrator_faults_active", **labels) == 1
+    clock.now += 0.5
+    episode.recovered_if_quiet()
+    assert sample("orchestrator_faults_active", **labels) == 0
+    assert not episode.active
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[PartitionStore]:
     s = PartitionStore(tmp_path / "p7", 7)
