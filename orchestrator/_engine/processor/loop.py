@@ -250,6 +250,10 @@ class Processor:
                 self.transactions.fenced_if_fatal(exc)
                 self.faults.fault("registering schedules", exc)
                 self.transactions.abort()
+                doing = f"registering schedules on {self.topics.keyed}"
+                refused = access.denied(self.app.settings, exc, "processor", doing)
+                if refused is not None:  # a missing ACL: retrying cannot help (ADR 0021)
+                    raise refused from exc
 
     def _shutdown(self) -> None:
         try:
