@@ -74,10 +74,9 @@ class Output:
         for queue, cmd in fx.commands:
             if isinstance(cmd, EncodedCommand):
                 out.append((self.tasks_topic(queue), cmd.value, cmd.run_id.encode(), -1))
-            elif traced and not cmd.cancel:
-                headers = tracing.command_headers(cmd)
+            elif traced and not cmd.cancel and (headers := tracing.command_headers(cmd)):
                 out.append((self.tasks_topic(queue), encode_command(cmd), cmd.run_id.encode(), -1, headers))
-            else:
+            else:  # no SDK, a cancel, or tracing failed (`tracing.command_headers` gives [] and logs it)
                 out.append((self.tasks_topic(queue), encode_command(cmd), cmd.run_id.encode(), -1))
         for outcome in fx.outcomes:
             rp = partition_for(outcome.run_id, n) if p is None else p
