@@ -58,6 +58,10 @@ restart."""
 TIMERS_DUE_CAP = 10_000
 """Due timers are counted up to this many per partition: the count scans the store's timer index."""
 
+TIMERS_DUE_REFRESH_S = 15.0
+"""How often due timers are counted: each count scans and parses up to `TIMERS_DUE_CAP` keys per store,
+too much to do every `REFRESH_S` (the processor's loop pays it); a gauge 15 s old is recent enough."""
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 # -- runs (processor, counted once the transaction that records them commits) ------------------------------
@@ -334,11 +338,13 @@ class BatchCounts:
 class ProcessorMetrics:
     """The processor's hooks: transaction results, restores, and the sampled gauges."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.batch = BatchCounts()
         self._commits = TRANSACTIONS.labels("commit")
         self._aborts = TRANSACTIONS.labels("abort")
         self._next_refresh = 0.0
+        self._clock = clock
+        self._next_timer_count = 0.0
         self._labelled: dict[Gauge, set[tuple[str, ...]]] = {}
 
     def committed(self, records: int, seconds: float) -> None:
@@ -371,10 +377,14 @@ class ProcessorMetrics:
         """Timers and sizes of each (stage, partition, `PartitionStore`); stores no longer owned vanish."""
         seen: set[tuple[str, ...]] = set()
         nexts: set[tuple[str, ...]] = set()
+        count_timers = self._clock() >= self._next_timer_count
+        if count_timers:
+            self._next_timer_count = self._clock() + TIMERS_DUE_REFRESH_S
         for stage, p, store in stores:
             labels = (stage, str(p))
             seen.add(labels)
-            TIMERS_DUE.labels(*labels).set(len(store.due_timers(now_ms, TIMERS_DUE_CAP)))
+            if count_timers:
+                TIMERS_DUE.labels(*labels).set(len(store.due_timers(now_ms, TIMERS_DUE_CAP)))
             nxt = store.next_timer_due()
             if nxt is not None:
                 TIMER_NEXT_DUE.labels(*labels).set(nxt / 1000)
@@ -382,8 +392,10 @@ class ProcessorMetrics:
             keys, size = store.size_estimate()
             STORE_KEYS.labels(*labels).set(keys)
             STORE_BYTES.labels(*labels).set(size)
-        for gauge in (TIMERS_DUE, STORE_KEYS, STORE_BYTES):
+        for gauge in (STORE_KEYS, STORE_BYTES):
             self._keep(gauge, seen)
+        # Between counts, a revoked partition's count goes; a new one's waits for the next count.
+        self._keep(TIMERS_DUE, seen if count_timers else seen & self._labelled.get(TIMERS_DUE, set()))
         self._keep(TIMER_NEXT_DUE, nexts)
 
     def _keep(self, gauge: Gauge, labelsets: set[tuple[str, ...]]) -> None:

@@ -172,6 +172,44 @@ def test_store_gauges_follow_timers_and_vanish_with_the_partition(store: Partiti
     assert REGISTRY.get_sample_value("orchestrator_timer_next_due_timestamp_seconds", labels) is None
 
 
+class _CountingStore:
+    """A store that counts its due-timer scans (each parses up to `TIMERS_DUE_CAP` keys)."""
+
+    def __init__(self, store: PartitionStore) -> None:
+        self.store = store
+        self.scans = 0
+
+    def due_timers(self, now_ms: int, limit: int) -> list[tuple[bytes, int, str, str]]:
+        self.scans += 1
+        return self.store.due_timers(now_ms, limit)
+
+    def next_timer_due(self) -> int | None:
+        return self.store.next_timer_due()
+
+    def size_estimate(self) -> tuple[int, int]:
+        return self.store.size_estimate()
+
+
+def test_due_timers_are_counted_every_timers_interval_not_every_refresh(store: PartitionStore) -> None:
+    now_ms = 1_800_000_000_000
+    store.put(timer_key(now_ms - 1000, "r1", "t"), b"")
+    store.commit(None, None)
+    clock = _Clock()
+    pm = metrics.ProcessorMetrics(clock=clock)
+    counting = _CountingStore(store)
+    labels = {"stage": "unit-count", "partition": "7"}
+    for _ in range(5):  # one refresh a second
+        pm.refresh_stores([("unit-count", 7, counting)], now_ms)
+        clock.now += metrics.REFRESH_S
+    assert counting.scans == 1
+    assert sample("orchestrator_timers_due", **labels) == 1  # the last count stands in between
+    clock.now += metrics.TIMERS_DUE_REFRESH_S
+    pm.refresh_stores([("unit-count", 7, counting)], now_ms)
+    assert counting.scans == 2
+    pm.refresh_stores([], now_ms)  # revoked between counts: its gauge goes at once
+    assert REGISTRY.get_sample_value("orchestrator_timers_due", labels) is None
+
+
 def test_exported_names_carry_the_sample_suffixes() -> None:
     names = metrics.exported_names()
     assert "orchestrator_runs_completed_total" in names
