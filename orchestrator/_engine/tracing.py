@@ -124,8 +124,26 @@ def enabled() -> bool:
     return not isinstance(provider, _NO_SDK)
 
 
+_tracer: tuple[object, trace.Tracer] | None = None  # (the global provider it came from, its tracer)
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """The engine's tracer from the current global provider, made once per provider.
+
+    Why cached: the SDK's ``get_tracer`` rewrites the warning filters and takes locks on every call, which
+    this would otherwise pay per span and per step attempt. Keyed on the provider's identity, so a provider
+    installed later (tests, a process that configures tracing after import) gets a tracer of its own.
+    """
+    global _tracer
+    provider = getattr(trace, "_TRACER_PROVIDER", None)  # read directly, as `enabled` does
+    if provider is None:
+        provider = trace.get_tracer_provider()
+    cached = _tracer
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    made = trace.get_tracer(TRACER_NAME, tracer_provider=provider)  # type: ignore[arg-type]
+    _tracer = (provider, made)
+    return made
 
 
 # -- tracing never changes an outcome -----------------------------------------------------------------------

@@ -406,6 +406,34 @@ def test_a_span_that_fails_to_end_does_not_fail_the_attempt(
         tracing.end_worker_span(span, body, cmd.scheduled_ms)
 
 
+class _CountingProvider(TracerProvider):
+    """Counts `get_tracer` calls: the SDK's rewrites warning filters and takes locks, too much per span."""
+
+    def __init__(self) -> None:
+        super().__init__(id_generator=RunIds())
+        self.tracers = 0
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        self.tracers += 1
+        return super().get_tracer(*args, **kwargs)
+
+
+def test_the_tracer_is_made_once_per_global_provider() -> None:
+    first, second = _CountingProvider(), _CountingProvider()
+    try:
+        _install(first)
+        made = tracing.tracer()
+        assert tracing.tracer() is made and tracing.tracer() is made
+        assert first.tracers == 1
+        _install(second)  # a new global provider (tests, a re-configured process): its own tracer
+        assert tracing.tracer() is not made and tracing.tracer() is tracing.tracer()
+        assert second.tracers == 1
+    finally:
+        first.shutdown()
+        second.shutdown()
+        _install(None)
+
+
 def test_enabled_follows_the_global_provider() -> None:
     assert not tracing.enabled()  # no provider: the worker and processor compute nothing
     provider = TracerProvider(id_generator=RunIds())
