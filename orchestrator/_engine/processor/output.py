@@ -95,9 +95,7 @@ class Output:
 
     def too_large(self, records: list[Record]) -> str:
         """Why one of ``records`` is over the record limit, or "" when all fit."""
-        if any(len(r) > 4 for r in records):  # headers (trace context, < 200 bytes) are not counted
-            return first_oversize([(r[0], r[1], r[2], r[3]) for r in records], self.record_limit)
-        return first_oversize(records, self.record_limit)  # type: ignore[arg-type]
+        return first_oversize(records, self.record_limit)  # headers (trace context) are not counted
 
     def produce_records(self, records: list[Record], history: Sequence[Event] = ()) -> None:
         """Produce ``records``; ``history``, the events among them, are counted (runs started, ended)."""
