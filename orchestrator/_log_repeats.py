@@ -52,6 +52,12 @@ class _Repeats:
     last: float  # monotonic time of the latest record of this kind
     count: int  # records suppressed since ``since``
     latest: logging.LogRecord
+    owed: bool = False  # a "still repeating" summary went out: its "then stopped" line is still due
+
+    @property
+    def pending(self) -> bool:
+        """Whether a summary is still to be logged for this kind (repeats counted, or an end owed)."""
+        return self.count > 0 or self.owed
 
 
 class RepeatCollapser(logging.Filter):
@@ -94,7 +100,7 @@ class RepeatCollapser(logging.Filter):
         with self._lock:
             seen = self._kinds.get(key)
             if seen is None or now - seen.last >= self.quiet:
-                if seen is not None and seen.count:
+                if seen is not None and seen.pending:
                     summaries.append(_summary(seen, _STOPPED))
                 if len(self._kinds) >= _MAX_KINDS:  # kinds seen once long ago: forget them
                     summaries.extend(self._take_due(now, everything=False))
@@ -106,7 +112,7 @@ class RepeatCollapser(logging.Filter):
                 seen.latest = record
                 if now - seen.since >= self.every:
                     summaries.append(_summary(seen, "still repeating"))
-                    seen.since, seen.count = now, 0
+                    seen.since, seen.count, seen.owed = now, 0, True
                 passes = False
                 self._start_flusher()
         _log(summaries)
@@ -125,7 +131,7 @@ class RepeatCollapser(logging.Filter):
         for key, seen in list(self._kinds.items()):
             quiet = now - seen.last >= self.quiet
             if everything or quiet:
-                if seen.count:
+                if seen.count or (quiet and seen.owed):
                     due.append(_summary(seen, _STOPPED if quiet else "until now"))
                 del self._kinds[key]
         return due
@@ -143,7 +149,7 @@ class RepeatCollapser(logging.Filter):
         while True:
             with self._lock:
                 due = self._take_due(self._clock(), everything=False)
-                pending = [seen.last for seen in self._kinds.values() if seen.count]
+                pending = [seen.last for seen in self._kinds.values() if seen.pending]
                 if not pending and not due:
                     self._flusher = None
                     return
@@ -158,13 +164,23 @@ _STOPPED = "then stopped"
 def _summary(seen: _Repeats, how: str) -> logging.LogRecord:
     latest = seen.latest
     span = seen.last - seen.since
+    if seen.count:
+        msg = "%s (repeated %s in %.1f s, %s)"
+        args: tuple[object, ...] = (
+            latest.getMessage(),
+            "once" if seen.count == 1 else f"{seen.count} times",
+            span,
+            how,
+        )
+    else:  # the repeats ended right after a "still repeating" summary: say that they ended
+        msg, args = "%s (no repeat since the last summary, %s)", (latest.getMessage(), how)
     record = logging.getLogger(latest.name).makeRecord(
         latest.name,
         latest.levelno,
         latest.pathname,
         latest.lineno,
-        "%s (repeated %s in %.1f s, %s)",
-        (latest.getMessage(), "once" if seen.count == 1 else f"{seen.count} times", span, how),
+        msg,
+        args,
         None,
         extra={
             "kafka_facility": getattr(latest, "kafka_facility", ""),

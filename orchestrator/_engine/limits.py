@@ -74,13 +74,19 @@ class RecordLimit:
         return RecordLimit(self.max_bytes * 7 // 8, f"{self.source}, lowered after Kafka refused a record")
 
 
-def first_oversize(records: Iterable[tuple[str, bytes | None, bytes | None, int]], limit: RecordLimit) -> str:
-    """A description of the first (topic, value, key, partition) over ``limit``, or "" when all fit.
+SizedRecord = tuple[str, bytes | None, bytes | None, int] | tuple[str, bytes | None, bytes | None, int, Any]
+"""(topic, value, key, partition[, headers]): what `first_oversize` checks; headers are not counted."""
+
+
+def first_oversize(records: Iterable[SizedRecord], limit: RecordLimit) -> str:
+    """A description of the first (topic, value, key, partition[, headers]) over ``limit``; "" if all fit.
 
     Every record an input makes is checked before any of it is produced: one produced record over a limit
-    fails the whole transaction, and the input would be consumed and fail again, forever.
+    fails the whole transaction, and the input would be consumed and fail again, forever. Headers (trace
+    context, < 200 bytes) are not counted; records with and without them are taken as they are, so the
+    processor checks each input's records without copying them.
     """
-    for topic, value, key, _ in records:
+    for topic, value, key, *_ in records:
         key_bytes, value_bytes = len(key or b""), len(value or b"")
         if not limit.fits(key_bytes, value_bytes):
             size = key_bytes + value_bytes

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -50,8 +50,17 @@ from orchestrator._engine.faults import FaultLog
 REFRESH_S = 1.0
 """Most often the sampled gauges (lag, timers, store sizes) are refreshed by the loops that own them."""
 
+QUIET_S = 15.0
+"""A consume fault with an assignment and no new error for this long is over. Only a record arriving
+closes it otherwise, and an idle app gets none: its OrchestratorKafkaFault alert would stand after a broker
+restart."""
+
 TIMERS_DUE_CAP = 10_000
 """Due timers are counted up to this many per partition: the count scans the store's timer index."""
+
+TIMERS_DUE_REFRESH_S = 15.0
+"""How often due timers are counted: each count scans and parses up to `TIMERS_DUE_CAP` keys per store,
+too much to do every `REFRESH_S` (the processor's loop pays it); a gauge 15 s old is recent enough."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -329,11 +338,13 @@ class BatchCounts:
 class ProcessorMetrics:
     """The processor's hooks: transaction results, restores, and the sampled gauges."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.batch = BatchCounts()
         self._commits = TRANSACTIONS.labels("commit")
         self._aborts = TRANSACTIONS.labels("abort")
         self._next_refresh = 0.0
+        self._clock = clock
+        self._next_timer_count = 0.0
         self._labelled: dict[Gauge, set[tuple[str, ...]]] = {}
 
     def committed(self, records: int, seconds: float) -> None:
@@ -366,10 +377,14 @@ class ProcessorMetrics:
         """Timers and sizes of each (stage, partition, `PartitionStore`); stores no longer owned vanish."""
         seen: set[tuple[str, ...]] = set()
         nexts: set[tuple[str, ...]] = set()
+        count_timers = self._clock() >= self._next_timer_count
+        if count_timers:
+            self._next_timer_count = self._clock() + TIMERS_DUE_REFRESH_S
         for stage, p, store in stores:
             labels = (stage, str(p))
             seen.add(labels)
-            TIMERS_DUE.labels(*labels).set(len(store.due_timers(now_ms, TIMERS_DUE_CAP)))
+            if count_timers:
+                TIMERS_DUE.labels(*labels).set(len(store.due_timers(now_ms, TIMERS_DUE_CAP)))
             nxt = store.next_timer_due()
             if nxt is not None:
                 TIMER_NEXT_DUE.labels(*labels).set(nxt / 1000)
@@ -377,8 +392,10 @@ class ProcessorMetrics:
             keys, size = store.size_estimate()
             STORE_KEYS.labels(*labels).set(keys)
             STORE_BYTES.labels(*labels).set(size)
-        for gauge in (TIMERS_DUE, STORE_KEYS, STORE_BYTES):
+        for gauge in (STORE_KEYS, STORE_BYTES):
             self._keep(gauge, seen)
+        # Between counts, a revoked partition's count goes; a new one's waits for the next count.
+        self._keep(TIMERS_DUE, seen if count_timers else seen & self._labelled.get(TIMERS_DUE, set()))
         self._keep(TIMER_NEXT_DUE, nexts)
 
     def _keep(self, gauge: Gauge, labelsets: set[tuple[str, ...]]) -> None:
@@ -401,12 +418,13 @@ class ConsumerLag:
         self.component = component
         self._seen: set[tuple[str, ...]] = set()
 
-    def refresh(self, consumer: Consumer) -> None:
+    def refresh(self, consumer: Consumer) -> bool:
+        """Sample the lag; whether ``consumer`` has partitions assigned (for `recovered_if_quiet`)."""
         try:
             assignment = consumer.assignment()
             positions = consumer.position(assignment) if assignment else []
         except (RuntimeError, confluent_kafka.KafkaException):  # closed or being replaced: next time
-            return
+            return False
         seen: set[tuple[str, ...]] = set()
         for tp in positions:
             labels = (self.component, tp.topic, str(tp.partition))
@@ -423,6 +441,7 @@ class ConsumerLag:
         for gone in self._seen - seen:
             _remove(CONSUMER_LAG, gone)
         self._seen = seen
+        return bool(assignment)
 
     def forget(self) -> None:
         for gone in self._seen:
@@ -441,12 +460,17 @@ class CountedFaultLog(FaultLog):
     """The processor's `FaultLog`, also counting each episode when it starts and showing it while it lasts
     (as a gauge set from the calling thread, so it is current even while the loop waits out an outage)."""
 
-    def __init__(self, logger: Any, component: str) -> None:
+    def __init__(
+        self, logger: Any, component: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__(logger)
         self.component = component
         self._going_on: set[str] = set()  # `recovered` runs after every successful call: keep it cheap
+        self._clock = clock
+        self._last_fault: dict[str, float] = {}
 
     def fault(self, what: str, detail: object) -> None:
+        self._last_fault[what] = self._clock()
         if what not in self._going_on:
             self._going_on.add(what)
             FAULT_EPISODES.labels(self.component, what).inc()
@@ -459,15 +483,32 @@ class CountedFaultLog(FaultLog):
             FAULTS_ACTIVE.labels(self.component, what).set(0)
         super().recovered(what)
 
+    def recovered_if_quiet(self, what: str) -> None:
+        """Close ``what`` if no occurrence was recorded for `QUIET_S`: for faults that only a record arriving
+        would close otherwise (consume errors on an idle processor). Call it only while partitions are
+        assigned, so a consumer that lost its group does not count as quiet."""
+        if what in self._going_on and self._clock() - self._last_fault.get(what, 0.0) >= QUIET_S:
+            self.recovered(what)
+
 
 class CountedEpisode(Episode):
     """A worker's `Episode` that is also counted (`FAULT_EPISODES`) and shown (`FAULTS_ACTIVE`)."""
 
-    def __init__(self, logger: Any, what: str, component: str, fault: str) -> None:
+    def __init__(
+        self,
+        logger: Any,
+        what: str,
+        component: str,
+        fault: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(logger, what)
         self._labels = (component, fault)
+        self._clock = clock
+        self._last_failure = 0.0
 
     def failed(self, detail: object) -> None:
+        self._last_failure = self._clock()
         if not self.active:
             FAULT_EPISODES.labels(*self._labels).inc()
             FAULTS_ACTIVE.labels(*self._labels).set(1)
@@ -477,3 +518,8 @@ class CountedEpisode(Episode):
         if self.active:
             FAULTS_ACTIVE.labels(*self._labels).set(0)
         super().recovered()
+
+    def recovered_if_quiet(self) -> None:
+        """Close the episode if it saw no failure for `QUIET_S` (see `CountedFaultLog.recovered_if_quiet`)."""
+        if self.active and self._clock() - self._last_failure >= QUIET_S:
+            self.recovered()

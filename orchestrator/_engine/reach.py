@@ -27,6 +27,9 @@ from orchestrator.settings import Settings
 FIRST_CONTACT_S = 10.0
 """How long a first contact may go without any answer or error before the cluster counts as unreachable."""
 
+_FIRST_TRY_S = 0.25
+"""The first metadata try's timeout; each next try's is doubled, up to what is left of the deadline."""
+
 _QUIET = logging.getLogger("orchestrator.kafka.reach")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False  # the probe's lines would repeat what the error says
@@ -60,9 +63,14 @@ def first_contact(
     probe = kafka.new_admin(ClientConfig({**conf, **quiet}))
     bootstrap = settings.bootstrap_servers
     deadline = time.monotonic() + timeout
+    tries = 0
     while True:
+        # Each try waits twice as long as the last: short tries hear of a down broker at once, and a try
+        # must outlast the round trip, or a reachable cluster far away (RTT >= 0.25 s) never answers in time.
+        wait = max(min(deadline - time.monotonic(), _FIRST_TRY_S * 2**tries), 0.01)
+        tries += 1
         try:
-            probe.list_topics(topic, timeout=0.25)
+            probe.list_topics(topic, timeout=wait)
             return
         except KafkaException:
             pass

@@ -124,8 +124,42 @@ def enabled() -> bool:
     return not isinstance(provider, _NO_SDK)
 
 
+_tracer: tuple[object, trace.Tracer] | None = None  # (the global provider it came from, its tracer)
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """The engine's tracer from the current global provider, made once per provider.
+
+    Why cached: the SDK's ``get_tracer`` rewrites the warning filters and takes locks on every call, which
+    this would otherwise pay per span and per step attempt. Keyed on the provider's identity, so a provider
+    installed later (tests, a process that configures tracing after import) gets a tracer of its own.
+    """
+    global _tracer
+    provider = getattr(trace, "_TRACER_PROVIDER", None)  # read directly, as `enabled` does
+    if provider is None:
+        provider = trace.get_tracer_provider()
+    cached = _tracer
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    made = trace.get_tracer(TRACER_NAME, tracer_provider=provider)  # type: ignore[arg-type]
+    _tracer = (provider, made)
+    return made
+
+
+# -- tracing never changes an outcome -----------------------------------------------------------------------
+_failures_logged = False
+
+
+def _failed(what: str) -> None:
+    """(In an ``except``.) Tracing's own trouble (a broken propagator, SDK or exporter) must never park a
+    run, dead-letter a record, stop the processor or fail a step attempt: the caller goes on without headers
+    or span. Logged as a warning once per process (it would repeat per record), at debug after that."""
+    global _failures_logged
+    if _failures_logged:
+        log.debug("tracing: %s failed", what, exc_info=True)
+        return
+    _failures_logged = True
+    log.warning("tracing: %s failed; going on without it (logged once)", what, exc_info=True)
 
 
 # -- headers ------------------------------------------------------------------------------------------------
@@ -155,9 +189,13 @@ _GETTER = _HeaderGetter()
 
 def inject(span_context: SpanContext | None = None) -> Headers:
     """W3C headers for ``span_context``, or for the current span when None; [] when there is none."""
-    ctx = None if span_context is None else trace.set_span_in_context(NonRecordingSpan(span_context))
     headers: Headers = []
-    _PROPAGATOR.inject(headers, context=ctx, setter=_SETTER)
+    try:
+        ctx = None if span_context is None else trace.set_span_in_context(NonRecordingSpan(span_context))
+        _PROPAGATOR.inject(headers, context=ctx, setter=_SETTER)
+    except Exception:  # noqa: BLE001 - logged by _failed: tracing never changes an outcome
+        _failed("writing trace headers")
+        return []
     return headers
 
 
@@ -165,12 +203,21 @@ def extract(headers: Sequence[tuple[str, Any]] | None) -> SpanContext | None:
     """The span context ``headers`` carry, or None."""
     if not headers:
         return None
-    span_context = trace.get_current_span(_PROPAGATOR.extract(headers, getter=_GETTER)).get_span_context()
+    try:
+        span_context = trace.get_current_span(_PROPAGATOR.extract(headers, getter=_GETTER)).get_span_context()
+    except Exception:  # noqa: BLE001 - logged by _failed: tracing never changes an outcome
+        _failed("reading trace headers")
+        return None
     return span_context if span_context.is_valid else None
 
 
 def command_headers(cmd: StepCommand) -> Headers:
-    return inject(step_context(cmd))
+    try:
+        span_context = step_context(cmd)
+    except Exception:  # noqa: BLE001 - logged by _failed: tracing never changes an outcome
+        _failed("deriving a step command's span")
+        return []
+    return inject(span_context)
 
 
 def scheduled_ms_of(span_context: SpanContext | None) -> int | None:
@@ -197,7 +244,11 @@ def inbox_context(event: Event) -> SpanContext | None:
 
 
 def inbox_headers(event: Event) -> Headers | None:
-    span_context = inbox_context(event)
+    try:
+        span_context = inbox_context(event)
+    except Exception:  # noqa: BLE001 - logged by _failed: tracing never changes an outcome
+        _failed("deriving an inbox record's span")
+        return None
     return inject(span_context) if span_context is not None else None
 
 
@@ -455,25 +506,51 @@ def _scheduled_of(history: Sequence[Event], msg: Any) -> tuple[int, int, int] | 
 def worker_span(cmd: StepCommand, msg: Any) -> Iterator[trace.Span]:
     """The current span while a worker runs ``cmd`` (so the step's own spans nest in it): a child of the
     attempt's span, from the headers of ``msg`` (the command's record) or derived from the command when it
-    has none. Callers enter it only when `enabled`."""
-    parent = extract(msg.headers()) or step_context(cmd)
-    ctx = trace.set_span_in_context(NonRecordingSpan(parent))
-    attrs: dict[str, str | int | bool] = {
-        "orchestrator.run_id": cmd.run_id,
-        "orchestrator.workflow": cmd.workflow,
-        "orchestrator.step": cmd.step,
-        "orchestrator.position": cmd.position,
-        "orchestrator.attempt": cmd.attempt,
-        "orchestrator.queue_ms": 0,
-    }
-    with tracer().start_as_current_span(
-        f"execute {cmd.step}", context=ctx, kind=SpanKind.CONSUMER, attributes=attrs, record_exception=False
-    ) as span:
+    has none. Callers enter it only when `enabled`. If tracing fails, the attempt runs in no span."""
+    try:
+        parent = extract(msg.headers()) or step_context(cmd)
+        ctx = trace.set_span_in_context(NonRecordingSpan(parent))
+        attrs: dict[str, str | int | bool] = {
+            "orchestrator.run_id": cmd.run_id,
+            "orchestrator.workflow": cmd.workflow,
+            "orchestrator.step": cmd.step,
+            "orchestrator.position": cmd.position,
+            "orchestrator.attempt": cmd.attempt,
+            "orchestrator.queue_ms": 0,
+        }
+        span = tracer().start_span(
+            f"execute {cmd.step}", context=ctx, kind=SpanKind.CONSUMER, attributes=attrs
+        )
+    except Exception:  # noqa: BLE001 - logged by _failed: tracing never changes an outcome
+        _failed("starting a worker span")
+        span = trace.INVALID_SPAN
+    with _current(span, record_exception=False):
         yield span
+
+
+@contextmanager
+def _current(span: trace.Span, record_exception: bool = True) -> Iterator[None]:
+    """``span`` as the current span while the body runs, then ended; the body's exceptions pass through
+    (marking the span an error), the span's own (ending, exporting) are `_failed`."""
+    try:
+        with trace.use_span(span, record_exception=record_exception):
+            yield
+    finally:
+        try:
+            span.end()
+        except Exception:  # noqa: BLE001 - logged by _failed: tracing never changes an outcome
+            _failed("ending a span")
 
 
 def end_worker_span(span: trace.Span, body: ev.StepCompleted | ev.StepFailed, scheduled_ms: int) -> None:
     """What the attempt came to, on the worker's span."""
+    try:
+        _end_worker_span(span, body, scheduled_ms)
+    except Exception:  # noqa: BLE001 - logged by _failed: tracing never changes an outcome
+        _failed("recording an attempt's outcome on its span")
+
+
+def _end_worker_span(span: trace.Span, body: ev.StepCompleted | ev.StepFailed, scheduled_ms: int) -> None:
     if not span.is_recording():
         return
     span.set_attribute("orchestrator.worker", body.worker)
@@ -491,16 +568,21 @@ def end_worker_span(span: trace.Span, body: ev.StepCompleted | ev.StepFailed, sc
 @contextmanager
 def client_start_span(run_id: str, workflow: str, topic: str) -> Iterator[None]:
     """The client's ``start``: a span in the run's trace (under its root), linked to the caller's span."""
-    caller = trace.get_current_span().get_span_context()
-    links = [Link(caller)] if caller.is_valid else []
-    ctx = trace.set_span_in_context(NonRecordingSpan(run_context(run_id)))
-    attrs: dict[str, str | int | bool] = {
-        "orchestrator.run_id": run_id,
-        "orchestrator.workflow": workflow,
-        "messaging.system": "kafka",
-        "messaging.destination.name": topic,
-    }
-    with tracer().start_as_current_span(
-        f"start {workflow}", context=ctx, kind=SpanKind.PRODUCER, attributes=attrs, links=links
-    ):
+    try:
+        caller = trace.get_current_span().get_span_context()
+        links = [Link(caller)] if caller.is_valid else []
+        ctx = trace.set_span_in_context(NonRecordingSpan(run_context(run_id)))
+        attrs: dict[str, str | int | bool] = {
+            "orchestrator.run_id": run_id,
+            "orchestrator.workflow": workflow,
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+        }
+        span = tracer().start_span(
+            f"start {workflow}", context=ctx, kind=SpanKind.PRODUCER, attributes=attrs, links=links
+        )
+    except Exception:  # noqa: BLE001 - logged by _failed: tracing never changes an outcome
+        _failed("starting the client's start span")
+        span = trace.INVALID_SPAN
+    with _current(span):
         yield

@@ -42,7 +42,6 @@ from orchestrator import topology
 from orchestrator._core import formats
 from orchestrator._engine import access, attempts, kafka, metrics, tracing
 from orchestrator._engine.committer import Committer
-from orchestrator._engine.episodes import Episode
 from orchestrator._engine.events import Event, StepCompleted, StepFailed, StepStarted, encode_event
 from orchestrator._engine.offsets import OffsetTracker
 from orchestrator._engine.outbox import Outbox, Outgoing
@@ -121,7 +120,7 @@ class Worker:
         self._tracker = OffsetTracker()
         self._ledger = StepLedger()
         self._committer = Committer(self._tracker)
-        self._consumer_trouble: Episode = metrics.CountedEpisode(
+        self._consumer_trouble = metrics.CountedEpisode(
             log, "task topics unreachable", "worker", "consume"
         )
         self._outbox: Outbox | None = None  # made by run(); tests may install one with a fake producer
@@ -231,7 +230,8 @@ class Worker:
                 if self._consumer_failed is not None:
                     consumer = await loop.run_in_executor(consumer_thread, self._replace_consumer, consumer)
                 if time.monotonic() >= next_refresh:
-                    await loop.run_in_executor(consumer_thread, self._lag.refresh, consumer)
+                    if await loop.run_in_executor(consumer_thread, self._lag.refresh, consumer):
+                        self._consumer_trouble.recovered_if_quiet()  # an idle worker gets no record
                     next_refresh = time.monotonic() + metrics.REFRESH_S
                 if time.monotonic() - last_commit >= self.config.commit_interval_ms / 1000:
                     await loop.run_in_executor(consumer_thread, self._committer.commit, consumer)

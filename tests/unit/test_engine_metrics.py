@@ -101,6 +101,51 @@ def test_a_worker_episode_is_counted_once_and_shown_while_it_lasts() -> None:
     assert sample("orchestrator_faults_active", **labels) == 0
 
 
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_consume_fault_on_an_idle_processor_closes_after_a_quiet_spell() -> None:
+    # No record arrives on a quiet app after a broker restart, so nothing else would ever close it.
+    clock = _Clock()
+    faults = metrics.CountedFaultLog(log, "unit-idle-processor", clock=clock)
+    labels = {"component": "unit-idle-processor", "fault": "consume"}
+    faults.fault("consume", "broker down")
+    clock.now += metrics.QUIET_S - 1
+    faults.fault("consume", "still down")
+    clock.now += metrics.QUIET_S - 1
+    faults.recovered_if_quiet("consume")  # the last error is too recent
+    assert sample("orchestrator_faults_active", **labels) == 1
+    clock.now += 1
+    faults.recovered_if_quiet("consume")
+    assert sample("orchestrator_faults_active", **labels) == 0
+    assert faults.active() == []
+    faults.recovered_if_quiet("consume")  # nothing open: nothing happens
+    assert sample("orchestrator_fault_episodes_total", **labels) == 1
+
+
+def test_a_consume_episode_on_an_idle_worker_closes_after_a_quiet_spell() -> None:
+    clock = _Clock()
+    episode = metrics.CountedEpisode(
+        log, "task topics unreachable", "unit-idle-worker", "consume", clock=clock
+    )
+    labels = {"component": "unit-idle-worker", "fault": "consume"}
+    episode.failed("broker down")
+    clock.now += metrics.QUIET_S - 0.5
+    episode.recovered_if_quiet()
+    assert sample("orchestrator_faults_active", **labels) == 1
+    clock.now += 0.5
+    episode.recovered_if_quiet()
+    assert sample("orchestrator_faults_active", **labels) == 0
+    assert not episode.active
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[PartitionStore]:
     s = PartitionStore(tmp_path / "p7", 7)
@@ -125,6 +170,44 @@ def test_store_gauges_follow_timers_and_vanish_with_the_partition(store: Partiti
     assert REGISTRY.get_sample_value("orchestrator_timers_due", labels) is None
     assert REGISTRY.get_sample_value("orchestrator_store_keys", labels) is None
     assert REGISTRY.get_sample_value("orchestrator_timer_next_due_timestamp_seconds", labels) is None
+
+
+class _CountingStore:
+    """A store that counts its due-timer scans (each parses up to `TIMERS_DUE_CAP` keys)."""
+
+    def __init__(self, store: PartitionStore) -> None:
+        self.store = store
+        self.scans = 0
+
+    def due_timers(self, now_ms: int, limit: int) -> list[tuple[bytes, int, str, str]]:
+        self.scans += 1
+        return self.store.due_timers(now_ms, limit)
+
+    def next_timer_due(self) -> int | None:
+        return self.store.next_timer_due()
+
+    def size_estimate(self) -> tuple[int, int]:
+        return self.store.size_estimate()
+
+
+def test_due_timers_are_counted_every_timers_interval_not_every_refresh(store: PartitionStore) -> None:
+    now_ms = 1_800_000_000_000
+    store.put(timer_key(now_ms - 1000, "r1", "t"), b"")
+    store.commit(None, None)
+    clock = _Clock()
+    pm = metrics.ProcessorMetrics(clock=clock)
+    counting = _CountingStore(store)
+    labels = {"stage": "unit-count", "partition": "7"}
+    for _ in range(5):  # one refresh a second
+        pm.refresh_stores([("unit-count", 7, counting)], now_ms)
+        clock.now += metrics.REFRESH_S
+    assert counting.scans == 1
+    assert sample("orchestrator_timers_due", **labels) == 1  # the last count stands in between
+    clock.now += metrics.TIMERS_DUE_REFRESH_S
+    pm.refresh_stores([("unit-count", 7, counting)], now_ms)
+    assert counting.scans == 2
+    pm.refresh_stores([], now_ms)  # revoked between counts: its gauge goes at once
+    assert REGISTRY.get_sample_value("orchestrator_timers_due", labels) is None
 
 
 def test_exported_names_carry_the_sample_suffixes() -> None:

@@ -450,3 +450,23 @@ def test_a_fence_of_a_transaction_older_than_its_timeout_renews_the_producer(
     processor._transaction([], [(processor.topics.inbox, 0, b"t/none", "gone", "retry:0")], 1_000)
 
     assert processor.transactions.producer is new and new.calls == ["init"]
+
+
+def test_a_denied_schedule_registration_stops_with_an_access_error(processor: Processor) -> None:
+    # Retrying cannot grant an ACL: without the check, start-up retries writing the keyed topic forever.
+    from confluent_kafka import KafkaError
+
+    from orchestrator import App
+    from orchestrator._engine.access import KafkaAccessError
+
+    async def tick(ctx: WorkflowContext) -> None: ...
+
+    processor.app.workflow(tick, schedule="* * * * *")
+    assert isinstance(processor.app, App) and processor.app.schedules
+    denied = _kafka_error(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    producer = ScriptedProducer(commits=[denied])
+    _ready(processor, producer)
+
+    with pytest.raises(KafkaAccessError, match="denied"):
+        processor._register_schedules()
+    assert producer.calls == ["commit", "abort"]

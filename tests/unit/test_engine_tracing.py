@@ -331,6 +331,109 @@ def test_the_worker_span_is_a_child_of_the_attempt_span_with_or_without_headers(
     assert reported["traceparent"].decode().split("-")[2] == f"{with_headers.context.span_id:016x}"
 
 
+class _BrokenPropagator:
+    """A propagator that fails: tracing's trouble, which must never change what a record comes to."""
+
+    def inject(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("propagator broke")
+
+    def extract(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("propagator broke")
+
+
+def test_header_building_that_fails_gives_records_without_headers(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Inside the run task's encode try, an exception here would have parked the run (or, unguarded in the
+    # keyed stage, stopped the processor): the records must come out the same, only without headers.
+    from orchestrator._core.effects import Effects
+    from orchestrator._engine.processor.config import ProcessorTopics
+    from orchestrator._engine.processor.output import Output
+
+    monkeypatch.setattr(tracing, "_PROPAGATOR", _BrokenPropagator())
+    monkeypatch.setattr(tracing, "_failures_logged", False)
+    child = ev.Event(
+        "c-1/start", "c-1", "sub", 1, ev.StartRun(input=b"", parent_run_id="p-1", parent_position=4)
+    )
+    app = App("unit-trace", settings=Settings(bootstrap_servers="127.0.0.1:1", partitions=1))
+    output = Output(app.name, ProcessorTopics.of(app), 1, None, None, None, "processor")  # type: ignore[arg-type]
+    fx = Effects(commands=[("default", _cmd())], inbox=[child])
+    with caplog.at_level(logging.DEBUG, logger="orchestrator.tracing"):
+        records = output.records(fx, 0)
+        assert tracing.command_headers(_cmd()) == []
+        assert tracing.inject() == []
+    assert [len(r) for r in records] == [4, 4]  # both produced, neither with headers
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "propagator broke" in (warnings[0].exc_text or "")  # logged once
+
+
+def test_a_worker_span_that_cannot_start_leaves_the_attempt_to_run_as_it_would(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_tracer() -> trace.Tracer:
+        raise RuntimeError("tracer broke")
+
+    monkeypatch.setattr(tracing, "tracer", broken_tracer)
+    monkeypatch.setattr(tracing, "_failures_logged", False)
+    cmd = _cmd()
+    ran = []
+    with tracing.worker_span(cmd, _Msg(None)) as span:
+        ran.append(True)
+        body = ev.StepCompleted(2, 3, b"", 1_700_000_000_200, 1_700_000_000_300, "w-9")
+        tracing.end_worker_span(span, body, cmd.scheduled_ms)
+    assert ran and not span.is_recording()
+    with pytest.raises(ValueError, match="the step's own"), tracing.worker_span(cmd, _Msg(None)):
+        raise ValueError("the step's own error")  # the body's exceptions pass through untouched
+    assert spans.get_finished_spans() == ()
+
+
+def test_a_span_that_fails_to_end_does_not_fail_the_attempt(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace import Span
+
+    def broken_end(self: Span, end_time: int | None = None) -> None:
+        raise RuntimeError("end broke")
+
+    def broken_set(self: Span, key: str, value: Any) -> None:
+        raise RuntimeError("set_attribute broke")
+
+    monkeypatch.setattr(Span, "end", broken_end)
+    monkeypatch.setattr(Span, "set_attribute", broken_set)
+    cmd = _cmd()
+    with tracing.worker_span(cmd, _Msg(None)) as span:
+        body = ev.StepCompleted(2, 3, b"", 1_700_000_000_200, 1_700_000_000_300, "w-9")
+        tracing.end_worker_span(span, body, cmd.scheduled_ms)
+
+
+class _CountingProvider(TracerProvider):
+    """Counts `get_tracer` calls: the SDK's rewrites warning filters and takes locks, too much per span."""
+
+    def __init__(self) -> None:
+        super().__init__(id_generator=RunIds())
+        self.tracers = 0
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        self.tracers += 1
+        return super().get_tracer(*args, **kwargs)
+
+
+def test_the_tracer_is_made_once_per_global_provider() -> None:
+    first, second = _CountingProvider(), _CountingProvider()
+    try:
+        _install(first)
+        made = tracing.tracer()
+        assert tracing.tracer() is made and tracing.tracer() is made
+        assert first.tracers == 1
+        _install(second)  # a new global provider (tests, a re-configured process): its own tracer
+        assert tracing.tracer() is not made and tracing.tracer() is tracing.tracer()
+        assert second.tracers == 1
+    finally:
+        first.shutdown()
+        second.shutdown()
+        _install(None)
+
+
 def test_enabled_follows_the_global_provider() -> None:
     assert not tracing.enabled()  # no provider: the worker and processor compute nothing
     provider = TracerProvider(id_generator=RunIds())

@@ -83,6 +83,15 @@ def test_first_oversize_names_the_record_and_the_limit() -> None:
     assert "max.message.bytes of topic a.history" in reason
 
 
+def test_first_oversize_takes_records_with_headers_as_they_are() -> None:
+    # The processor's records carry trace headers as a fifth field: checked in place, with no copy per input.
+    limit = limits.RecordLimit(100 + limits.RECORD_OVERHEAD_BYTES, "x")
+    traced = ("a.tasks.default", b"v" * 90, b"k" * 10, -1, [("traceparent", b"00-" + b"0" * 52)])
+    assert limits.first_oversize([traced, ("a.history", b"v", b"k", 0)], limit) == ""
+    over = ("a.tasks.default", b"v" * 91, b"k" * 10, -1, [("traceparent", b"00")])
+    assert limits.first_oversize([over], limit).startswith("a a.tasks.default record of 101 bytes")
+
+
 def test_a_limit_kafka_contradicted_is_lowered_by_an_eighth() -> None:
     lowered = limits.RecordLimit(8_000, "message.max.bytes of the processor's producer").lowered()
     assert lowered.max_bytes == 7_000 and "message.max.bytes of the processor's producer" in lowered.source

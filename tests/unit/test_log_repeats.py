@@ -112,6 +112,43 @@ def test_a_long_repetition_is_summarised_every_interval(
     assert sum(r.repeated for r in out.records[1:]) == 1499  # every repeat counted once  # type: ignore[attr-defined]
 
 
+def test_repeats_that_stop_right_after_a_summary_still_end_with_then_stopped(
+    setup: tuple[LibrdkafkaLogger, RepeatCollapser, Records], clock: Clock
+) -> None:
+    # The outage ends just after a "still repeating" summary: an operator must still learn that it ended.
+    kafka, collapser, out = setup
+    for _ in range(61):  # one a second for 60 s: the last one triggers a summary and resets the count
+        _fail(kafka, REFUSED.format(0))
+        clock.now += 1
+    assert len(out.records) == 2 and "still repeating" in out.messages[1]
+    clock.now += 15
+    assert collapser.flush(everything=False) == 1
+    assert out.messages[2].endswith("then stopped)")
+    assert out.records[2].repeated == 0  # type: ignore[attr-defined]
+    assert collapser.flush() == 0  # owed once, logged once
+
+
+def test_the_quiet_thread_logs_the_then_stopped_line_owed_after_a_summary() -> None:
+    logger = logging.getLogger(f"tests.repeats.{uuid.uuid4().hex}")
+    logger.propagate = False
+    out = Records()
+    logger.addHandler(out)
+    collapser = RepeatCollapser(quiet=1.0, every=0.1)  # quiet: ample room for a slow sleep
+    logger.addFilter(collapser)
+    kafka = LibrdkafkaLogger(logger=logger)
+    try:
+        _fail(kafka, REFUSED.format(0))
+        time.sleep(0.15)
+        _fail(kafka, REFUSED.format(0))  # past `every`: a summary, and nothing more to count
+        assert len(out.records) == 2
+        deadline = time.monotonic() + 5
+        while len(out.records) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert out.messages[2].endswith("then stopped)")
+    finally:
+        logger.removeFilter(collapser)
+
+
 def test_different_clients_lines_and_levels_are_kept_apart(
     setup: tuple[LibrdkafkaLogger, RepeatCollapser, Records], clock: Clock
 ) -> None:

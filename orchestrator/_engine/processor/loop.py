@@ -24,7 +24,7 @@ from orchestrator._engine import access, kafka, limits, metrics
 from orchestrator._engine.bounded_call import CallStuckError
 from orchestrator._engine.decider import Decider
 from orchestrator._engine.events import Event, ScheduleRegister
-from orchestrator._engine.faults import FaultLog, Retrier, Stopping, error_of, is_transient
+from orchestrator._engine.faults import Retrier, Stopping, error_of, is_transient
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.processor.config import ProcessorConfig, ProcessorStats, ProcessorTopics
 from orchestrator._engine.processor.handling_time import HandlingTime
@@ -57,7 +57,7 @@ class Processor:
         self.bootstrap = s.bootstrap_servers
         self.topics = ProcessorTopics.of(app)
         self.stats = ProcessorStats()
-        self.faults: FaultLog = metrics.CountedFaultLog(log, "processor")
+        self.faults = metrics.CountedFaultLog(log, "processor")
         self.metrics = metrics.ProcessorMetrics()
         self._lag = metrics.ConsumerLag("processor")
         self._running = False
@@ -252,6 +252,10 @@ class Processor:
                 self.transactions.fenced_if_fatal(exc)
                 self.faults.fault("registering schedules", exc)
                 self.transactions.abort()
+                doing = f"registering schedules on {self.topics.keyed}"
+                refused = access.denied(self.app.settings, exc, "processor", doing)
+                if refused is not None:  # a missing ACL: retrying cannot help (ADR 0021)
+                    raise refused from exc
 
     def _shutdown(self) -> None:
         try:
@@ -416,7 +420,8 @@ class Processor:
         """Sample lag, timers and store sizes (`metrics.REFRESH_S` apart), between transactions: this
         thread owns the consumer and the stores, which the scrape thread must not touch."""
         assert self._consumer is not None
-        self._lag.refresh(self._consumer)
+        if self._lag.refresh(self._consumer):
+            self.faults.recovered_if_quiet("consume")  # an idle app gets no record to close it
         stores = [("run", p, s) for p, s in self.stores.run_stores.items()]
         stores += [("keyed", p, s) for p, s in self.stores.keyed_stores.items()]
         self.metrics.refresh_stores(stores, now_ms)

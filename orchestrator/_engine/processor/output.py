@@ -74,10 +74,9 @@ class Output:
         for queue, cmd in fx.commands:
             if isinstance(cmd, EncodedCommand):
                 out.append((self.tasks_topic(queue), cmd.value, cmd.run_id.encode(), -1))
-            elif traced and not cmd.cancel:
-                headers = tracing.command_headers(cmd)
+            elif traced and not cmd.cancel and (headers := tracing.command_headers(cmd)):
                 out.append((self.tasks_topic(queue), encode_command(cmd), cmd.run_id.encode(), -1, headers))
-            else:
+            else:  # no SDK, a cancel, or tracing failed (`tracing.command_headers` gives [] and logs it)
                 out.append((self.tasks_topic(queue), encode_command(cmd), cmd.run_id.encode(), -1))
         for outcome in fx.outcomes:
             rp = partition_for(outcome.run_id, n) if p is None else p
@@ -96,9 +95,7 @@ class Output:
 
     def too_large(self, records: list[Record]) -> str:
         """Why one of ``records`` is over the record limit, or "" when all fit."""
-        if any(len(r) > 4 for r in records):  # headers (trace context, < 200 bytes) are not counted
-            return first_oversize([(r[0], r[1], r[2], r[3]) for r in records], self.record_limit)
-        return first_oversize(records, self.record_limit)  # type: ignore[arg-type]
+        return first_oversize(records, self.record_limit)  # headers (trace context) are not counted
 
     def produce_records(self, records: list[Record], history: Sequence[Event] = ()) -> None:
         """Produce ``records``; ``history``, the events among them, are counted (runs started, ended)."""
