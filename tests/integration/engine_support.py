@@ -178,6 +178,34 @@ class EngineProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+def spawn_stderr_to_file(
+    role: str, env: dict[str, str], tmp: Path, *args: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``orchestrator ROLE APP_SPEC ARGS`` with its stderr (the logs) alone in ``tmp/ROLE.stderr``, for tests
+    that check every log line (``EngineProcess`` mixes stdout in)."""
+    err = tmp / f"{role}.stderr"
+    with err.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", role, APP_SPEC, *args],
+            env={**os.environ, **env},
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+        )
+    return proc, err
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
 def free_ports(count: int) -> list[int]:
     """Ports free right now, all distinct: held open together, then released for the broker to bind."""
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]

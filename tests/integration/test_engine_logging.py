@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from engine_support import APP_SPEC, REPO, PrivateBroker, child_env, settings
+from engine_support import (
+    PrivateBroker,
+    child_env,
+    settings,
+    spawn_stderr_to_file,
+    stop_process,
+)
 
 from orchestrator import App, Settings
 from orchestrator._engine import kafka
@@ -30,41 +33,18 @@ from orchestrator.topology import history_topic
 RAW_LINE = re.compile(r"^%\d\|")
 
 
-def _spawn(role: str, env: dict[str, str], tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
-    err = tmp / f"{role}.stderr"
-    with err.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", role, APP_SPEC, *args],
-            env={**os.environ, **env},
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=fh,
-        )
-    return proc, err
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-
-
 async def _run_engine(bootstrap: str, name: str, tmp: Path, *log_args: str) -> tuple[str, str]:
     """Processor and worker as real processes, one run of ``five`` through them; their stderr texts."""
     env = {**child_env(name, bootstrap, tmp), "ORCHESTRATOR_KAFKA__DEBUG": "broker"}
-    proc, proc_err = _spawn("processor", env, tmp, "--state-dir", str(tmp / "state"), *log_args)
-    work, work_err = _spawn("worker", env, tmp, *log_args)
+    proc, proc_err = spawn_stderr_to_file("processor", env, tmp, "--state-dir", str(tmp / "state"), *log_args)
+    work, work_err = spawn_stderr_to_file("worker", env, tmp, *log_args)
     try:
         app = App(name, settings=settings(bootstrap))
         async with app.client() as client:
             assert await (await client.start("five", 1, run_id="log-1")).result(timeout=120) == 11112
     finally:
-        _stop(proc)
-        _stop(work)
+        stop_process(proc)
+        stop_process(work)
     return proc_err.read_text(), work_err.read_text()
 
 
@@ -191,10 +171,10 @@ async def test_a_broker_outage_is_logged_as_json_records_while_it_lasts(
     """An idle processor's producer is polled each loop turn, so its connection errors arrive during the
     outage, as records, not after the next transaction (nor as raw lines)."""
     env = child_env(unique_name, private_broker.bootstrap, tmp_path)
-    proc, proc_err = _spawn(
+    proc, proc_err = spawn_stderr_to_file(
         "processor", env, tmp_path, "--state-dir", str(tmp_path / "state"), "--log-format", "json"
     )
-    work, work_err = _spawn("worker", env, tmp_path, "--log-format", "json")
+    work, work_err = spawn_stderr_to_file("worker", env, tmp_path, "--log-format", "json")
     app = App(unique_name, settings=settings(private_broker.bootstrap))
     try:
         async with app.client() as client:
@@ -213,8 +193,8 @@ async def test_a_broker_outage_is_logged_as_json_records_while_it_lasts(
             await asyncio.sleep(0.5)
         assert proc.poll() is None and work.poll() is None  # both ride the outage out
     finally:
-        _stop(proc)
-        _stop(work)
+        stop_process(proc)
+        stop_process(work)
     for err in (proc_err, work_err):
         lines = err.read_text().splitlines()
         assert len(lines) > before[err]

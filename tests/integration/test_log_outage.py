@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from engine_support import APP_SPEC, REPO, PrivateBroker, child_env, settings
+from engine_support import (
+    PrivateBroker,
+    child_env,
+    settings,
+    spawn_stderr_to_file,
+    stop_process,
+)
 
 from orchestrator import App
 from orchestrator._log_repeats import QUIET_S
@@ -29,29 +32,6 @@ OUTAGE_S = 20.0
 MOST_RECORDS = 60
 """Bound on the librdkafka records of one process from the kill to the end of the test. The raw rate was ~19
 a second from the processor's consumer alone: a 20 s outage (plus the broker's restart) gave 400-1,600."""
-
-
-def _spawn(role: str, env: dict[str, str], tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
-    err = tmp / f"{role}.stderr"
-    with err.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", role, APP_SPEC, "--log-format", "json", *args],
-            env={**os.environ, **env},
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=fh,
-        )
-    return proc, err
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
 
 
 def _kafka_records(err: Path, since_ms: int) -> list[dict[str, Any]]:
@@ -77,8 +57,10 @@ async def test_an_outage_is_a_first_line_and_a_summary_in_processor_and_worker(
     private_broker: PrivateBroker, unique_name: str, tmp_path: Path
 ) -> None:
     env = child_env(unique_name, private_broker.bootstrap, tmp_path)
-    proc, proc_err = _spawn("processor", env, tmp_path, "--state-dir", str(tmp_path / "state"))
-    work, work_err = _spawn("worker", env, tmp_path)
+    json_logs = ("--log-format", "json")
+    state = str(tmp_path / "state")
+    proc, proc_err = spawn_stderr_to_file("processor", env, tmp_path, *json_logs, "--state-dir", state)
+    work, work_err = spawn_stderr_to_file("worker", env, tmp_path, *json_logs)
     app = App(unique_name, settings=settings(private_broker.bootstrap))
     try:
         async with app.client() as client:
@@ -99,8 +81,8 @@ async def test_an_outage_is_a_first_line_and_a_summary_in_processor_and_worker(
             await asyncio.sleep(1)
         assert proc.poll() is None and work.poll() is None
     finally:
-        _stop(proc)
-        _stop(work)
+        stop_process(proc)
+        stop_process(work)
     for err in (proc_err, work_err):
         records = _kafka_records(err, killed_ms)
         assert len(records) <= MOST_RECORDS, [r["message"] for r in records]
