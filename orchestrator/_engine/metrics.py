@@ -123,6 +123,12 @@ RESTORE_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
 )
 RESTORED_RECORDS = Counter("orchestrator_restored_records", "Changelog records applied by restores.")
+STANDBY_LAG = Gauge(
+    "orchestrator_standby_lag_records",
+    "Changelog records a standby replica has not applied yet (--standby-replicas): what a takeover of "
+    "this partition by this instance would restore.",
+    ["stage", "partition"],
+)
 
 # -- consumers (processor and worker, sampled) ----------------------------------------------------------
 CONSUMER_LAG = Gauge(
@@ -195,6 +201,7 @@ FAMILIES: tuple[MetricWrapperBase, ...] = (
     STORE_BYTES,
     RESTORE_SECONDS,
     RESTORED_RECORDS,
+    STANDBY_LAG,
     CONSUMER_LAG,
     STEP_ATTEMPTS,
     STEP_FAILURES,

@@ -130,6 +130,15 @@ def processor(
             help="Host query clients connect to (default: this host's address on the network of the brokers)."
         ),
     ] = None,
+    standby_replicas: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            envvar="ORCHESTRATOR_STANDBY_REPLICAS",
+            help="Keep this many warm copies of each partition's stores on other processors, so a "
+            "takeover restores only the changelog's tail (costs disk, a consumer, broker reads; ADR 0024).",
+        ),
+    ] = 0,
     verbose: bool = False,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
@@ -144,6 +153,7 @@ def processor(
     _tune_gc()
     cfg: dict[str, Any] = {"max_batch": max_batch, "batch_linger_ms": batch_linger_ms}
     cfg.update(http_port=http_port, http_host=http_host, advertised_host=advertised_host)
+    cfg["standby_replicas"] = standby_replicas
     if instance_id:
         cfg["instance_id"] = instance_id
     if state_dir:

@@ -32,6 +32,10 @@ class ProcessorConfig:
         http_host: the address the server binds.
         advertised_host: the host query clients should connect to; None: the address of the interface
             this host reaches the first bootstrap server through (set it behind NAT or proxies).
+        standby_replicas: warm copies this instance helps keep of each partition it does not own (Kafka
+            Streams' ``num.standby.replicas``): each partition gets this many standbys among the other
+            instances, so the one that takes it over restores only the changelog's tail (ADR 0024).
+            Costs disk, a consumer tailing the changelogs, and broker reads. 0: none.
     """
 
     instance_id: str = field(default_factory=socket.gethostname)
@@ -44,6 +48,7 @@ class ProcessorConfig:
     http_port: int | None = None
     http_host: str = "0.0.0.0"  # a server in a pod must listen on the pod's address
     advertised_host: str | None = None
+    standby_replicas: int = 0
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
 

@@ -34,6 +34,7 @@ from orchestrator._engine.processor.output import Output
 from orchestrator._engine.processor.run_states import RunStates
 from orchestrator._engine.processor.run_task import RunTask
 from orchestrator._engine.processor.source_task import SourceTask
+from orchestrator._engine.processor.standby import Standbys
 from orchestrator._engine.processor.state_manager import DueTimer, StateManager
 from orchestrator._engine.processor.transactions import Transactions, not_fatal
 from orchestrator._engine.queries import registry
@@ -72,6 +73,15 @@ class Processor:
         self.output.counts = self.metrics.batch
         state_dir = (self.config.state_dir or s.state_dir) / app.name / self.config.instance_id
         self.stores = StateManager(state_dir, self.topics, self.app.settings, self._retry)
+        if self.config.standby_replicas > 0:
+            self.stores.standbys = Standbys(
+                s,
+                self.topics,
+                state_dir,
+                self.config.instance_id,
+                self.config.standby_replicas,
+                f"{app.name}.processors",
+            )
         self.runs = RunStates(self.config.cache_size)
         self.decider = Decider(app, self.runs.instances)
         self.router = Router(app)
@@ -111,6 +121,8 @@ class Processor:
         self._register_schedules()
         self._start_http()
         self._subscribe()
+        if self.stores.standbys is not None:
+            self.stores.standbys.start()
         log.info("processor %s started (transactional id %s)", self.config.instance_id, tx_id)
         try:
             while self._running:
@@ -224,7 +236,7 @@ class Processor:
             self._consumer.close()
         except KafkaException:
             log.debug("closing the dead consumer failed", exc_info=True)
-        self.stores.close()
+        self.stores.close(keep_warm=True)
         self.runs.clear()
         metrics.CLIENT_REPLACEMENTS.labels("processor", "consumer").inc()
         self._lag.forget()
@@ -267,6 +279,8 @@ class Processor:
         if self.http is not None:
             self.http.stop()
             self.http = None
+        if self.stores.standbys is not None:
+            self.stores.standbys.close()
         self.stores.close()
         self.runs.clear()
         self.local_steps.close()
@@ -278,9 +292,21 @@ class Processor:
         self._ready = False  # until the restore below is done and the loop runs again
         t0 = time.monotonic()
         restored = self.stores.assign(partitions)
+        elapsed = time.monotonic() - t0
         self.stats.restored_records += restored
-        self.metrics.restored(restored, time.monotonic() - t0)
-        log.info("assigned partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
+        self.metrics.restored(restored, elapsed)
+        done = self.stores.last_restore
+        log.info(
+            "assigned partitions %s: restored %d changelog records into %d stores in %.2fs "
+            "(%d of them were warm standbys)",
+            sorted((tp.topic, tp.partition) for tp in partitions),
+            restored,
+            done.stores,
+            elapsed,
+            done.from_standbys,
+        )
+        if self.stores.standbys is not None:
+            self.stores.standbys.request_refresh()  # the owners changed: choose the standbys again
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Called from consume(): no transaction is open, every finished batch is committed.

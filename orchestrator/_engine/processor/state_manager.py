@@ -10,6 +10,7 @@ from their changelogs before the first record is handled.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from confluent_kafka import Message, TopicPartition
 from orchestrator._engine.faults import Retrier
 from orchestrator._engine.processor.config import ProcessorTopics
 from orchestrator._engine.processor.output import Output
+from orchestrator._engine.processor.standby import KEYED, RUN, Standbys
 from orchestrator._engine.processor.transactions import not_fatal
 from orchestrator._engine.queries.index import RunIndexer
 from orchestrator._engine.restore import restore
@@ -30,6 +32,15 @@ DueTimer = tuple[str, int, bytes, str, str]
 """(input topic, partition, timer key, run id or keyed ident, tag) of a timer that is due."""
 
 
+@dataclass(frozen=True)
+class Restored:
+    """What the last ``assign`` did: records restored, stores opened, and how many were warm standbys."""
+
+    records: int
+    stores: int
+    from_standbys: int
+
+
 class StateManager:
     def __init__(self, state_dir: Path, topics: ProcessorTopics, settings: Settings, retry: Retrier) -> None:
         self.state_dir = state_dir
@@ -39,6 +50,8 @@ class StateManager:
         self.keyed_stores: dict[int, PartitionStore] = {}  # by keyed partition
         self._retry = retry
         self._changelog_offsets: dict[tuple[str, int], int] = {}
+        self.standbys: Standbys | None = None  # set by the processor with --standby-replicas (ADR 0024)
+        self.last_restore = Restored(0, 0, 0)
 
     def _sets(self) -> list[tuple[str, str, dict[int, PartitionStore]]]:
         """(input topic, changelog topic, stores) of each kind of partition this instance keeps state for."""
@@ -65,6 +78,11 @@ class StateManager:
         being restored is incomplete."""
         targets: list[tuple[PartitionStore, str]] = []
         opened: list[tuple[dict[int, PartitionStore], int, PartitionStore]] = []
+        warm = 0
+        if self.standbys is not None:
+            # A standby's store closes before the active one opens its directory (one RocksDB opener).
+            released = self.standbys.release(self._keys(partitions))
+            warm = sum(1 for offset in released.values() if offset is not None)
         for tp in partitions:
             if tp.topic == self.topics.inbox:
                 store = PartitionStore(self.state_dir / f"p{tp.partition}", tp.partition, RunIndexer())
@@ -79,21 +97,35 @@ class StateManager:
         finally:
             for stores, p, store in opened:
                 stores[p] = store
+        self.last_restore = Restored(restored, len(opened), warm)
         return restored
 
+    def _keys(self, partitions: list[TopicPartition]) -> list[tuple[str, int]]:
+        """The standby keys (stage, partition) of the stateful ones among ``partitions``."""
+        stages = {self.topics.inbox: RUN, self.topics.keyed: KEYED}
+        return [(stages[tp.topic], tp.partition) for tp in partitions if tp.topic in stages]
+
     def revoke(self, partitions: list[TopicPartition]) -> None:
-        """Close the stores of revoked partitions (no transaction is open: every finished batch committed)."""
+        """Close the stores of revoked partitions (no transaction is open: every finished batch committed);
+        with standby replicas, their warm stores are kept up to date as standbys from now on."""
         for tp in partitions:
             stores = {self.topics.inbox: self.run_stores, self.topics.keyed: self.keyed_stores}.get(tp.topic)
             store = stores.pop(tp.partition, None) if stores is not None else None
             if store is not None:
                 store.close()
+        if self.standbys is not None:
+            self.standbys.adopt(self._keys(partitions))
 
-    def close(self) -> None:
-        for _, _, stores in self._sets():
-            for store in stores.values():
+    def close(self, keep_warm: bool = False) -> None:
+        """Close every active store; ``keep_warm``: as standbys (a consumer replaced, not a shutdown)."""
+        closed: list[tuple[str, int]] = []
+        for stage, (_, _, stores) in zip((RUN, KEYED), self._sets(), strict=True):
+            for p, store in stores.items():
                 store.close()
+                closed.append((stage, p))
             stores.clear()
+        if keep_warm and self.standbys is not None:
+            self.standbys.adopt(closed)
 
     # -- timers ---------------------------------------------------------------------------------------------
     def due_timers(self, now_ms: int, batch: int) -> list[DueTimer]:
