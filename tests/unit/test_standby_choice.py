@@ -137,7 +137,7 @@ def test_release_closes_the_standby_before_the_active_store_opens_its_directory(
     monkeypatch.setattr("orchestrator._engine.processor.state_manager.restore", fake_restore)
     assert manager.assign([TopicPartition("in", 0), TopicPartition("keyed", 1)]) == 3
     assert starts == [42, None]  # the active store opened the standby's directory, warm
-    assert manager.last_restore.from_standbys == 1 and manager.last_restore.stores == 2
+    assert manager.last_restore.warm == 1 and manager.last_restore.stores == 2
     assert standbys.positions() == {}
     assert manager.run_stores[0].get(b"r/x") == b"state"
     # an owned partition is never opened as a standby, even if a stale refresh asks for it

@@ -298,12 +298,12 @@ class Processor:
         done = self.stores.last_restore
         log.info(
             "assigned partitions %s: restored %d changelog records into %d stores in %.2fs "
-            "(%d of them were warm standbys)",
+            "(%d of them warm)",
             sorted((tp.topic, tp.partition) for tp in partitions),
             restored,
             done.stores,
             elapsed,
-            done.from_standbys,
+            done.warm,
         )
         if self.stores.standbys is not None:
             self.stores.standbys.request_refresh()  # the owners changed: choose the standbys again

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from orchestrator._engine import access, kafka, metrics
 from orchestrator._engine.faults import FaultLog, is_transient
@@ -161,21 +161,18 @@ class Standbys:
         self._thread = threading.Thread(target=self._run, name="orchestrator-standby", daemon=True)
         self._thread.start()
 
-    def release(self, keys: Iterable[Key]) -> dict[Key, int | None]:
+    def release(self, keys: Iterable[Key]) -> None:
         """These partitions were assigned to this instance: close their standbys now (synchronously, so the
-        active store can open the directory); their changelog offsets (None: no standby was kept)."""
-        out: dict[Key, int | None] = {}
+        active store can open the directory, where the standby left its data and changelog offset)."""
         with self._lock:
             for key in keys:
                 self._active.add(key)
                 replica = self._replicas.pop(key, None)
                 if replica is None:
-                    out[key] = None
                     continue
-                out[key] = replica.store.meta_offset(META_CHANGELOG_OFFSET)
                 replica.store.close()
-                self._unassign.add(key)
-        return out
+                if replica.position is not None:
+                    self._unassign.add(key)
 
     def adopt(self, keys: Iterable[Key]) -> None:
         """These partitions were revoked from this instance: keep their (closed, warm) stores as standbys
@@ -218,9 +215,12 @@ class Standbys:
         while not self._stop.is_set():
             try:
                 if self._consumer is None:
-                    conf = kafka.reader_config(
-                        self.settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": 500}
-                    )
+                    extra = {
+                        "enable.partition.eof": False,
+                        "fetch.wait.max.ms": 500,
+                        "auto.offset.reset": "error",
+                    }
+                    conf = kafka.reader_config(self.settings, **extra)
                     self._consumer = kafka.new_consumer(conf)
                 now = time.monotonic()
                 if now >= next_refresh or self._refresh_now.is_set():
@@ -262,7 +262,13 @@ class Standbys:
         partitions = {**{k: None for k in self._all_keys()}, **view.owners}
         wanted = choose(self.instance_id, partitions, view.members, self.replicas)
         with self._lock:
-            self._wanted = wanted
+            changed, self._wanted = wanted != self._wanted, wanted
+        if changed:
+            log.info(
+                "standby: members %s; this instance keeps %s warm",
+                ", ".join(view.members),
+                ", ".join(f"{stage}[{p}]" for stage, p in sorted(wanted)) or "nothing",
+            )
         self._faults.recovered("standby replicas")
 
     def _all_keys(self) -> list[Key]:
@@ -279,81 +285,91 @@ class Standbys:
         return PartitionStore(self._path(key), key[1], RunIndexer() if key[0] == RUN else None)
 
     def _reconcile(self) -> None:
-        """Open the standbys now wanted, close the ones no longer wanted, and assign the consumer."""
+        """Open the standbys now wanted, close the ones no longer wanted, and assign the consumer.
+
+        No offset lookups here: the consumer sits in a long-poll fetch on the same broker connections,
+        and Kafka answers one request per connection at a time (each lookup waited ~0.5 s behind it).
+        A store behind the changelog's low watermark is found by the fetch itself
+        (``auto.offset.reset=error``, handled in ``_apply``)."""
+        assign: list[TopicPartition] = []
         with self._lock:
             gone = [k for k in self._replicas if k not in self._wanted or k in self._active]
             for key in gone:
-                self._replicas.pop(key).store.close()
-                self._unassign.add(key)
-            unassign = [TopicPartition(self._topic(k), k[1]) for k in self._unassign]
+                replica = self._replicas.pop(key)
+                replica.store.close()
+                if replica.position is not None:
+                    self._unassign.add(key)
+            unassign = [TopicPartition(self._topic(k), k[1]) for k in sorted(self._unassign)]
             self._unassign.clear()
-            new = [k for k in self._wanted if k not in self._replicas and k not in self._active]
+            for key in sorted(k for k in self._wanted if k not in self._replicas and k not in self._active):
+                replica = _Replica(self._open(key))
+                start = replica.store.meta_offset(META_CHANGELOG_OFFSET)
+                replica.position = start or 0
+                self._replicas[key] = replica
+                assign.append(TopicPartition(self._topic(key), key[1], start if start else OFFSET_BEGINNING))
         if unassign:
             self._consumer.incremental_unassign(unassign)
-            log.info("standby: stopped keeping %s warm", sorted((tp.topic, tp.partition) for tp in unassign))
-        for key in sorted(new):
-            self._start_replica(key)
+            log.info("standby: stopped keeping %s warm", _names(unassign))
+        if assign:
+            self._consumer.incremental_assign(assign)
+            log.info(
+                "standby: keeping %s warm",
+                ", ".join(f"{tp.topic}[{tp.partition}] from {max(tp.offset, 0)}" for tp in assign),
+            )
 
-    def _start_replica(self, key: Key) -> None:
-        """Open one standby store and assign its changelog partition from where the store stands."""
-        with self._lock:
-            if key in self._active or key in self._replicas or key not in self._wanted:
-                return
-            replica = _Replica(self._open(key))
-            self._replicas[key] = replica
+    def _rebuild(self, key: Key) -> None:
+        """The changelog no longer holds what came after the store's offset (records deleted, a topic
+        recreated): tombstones in between may be gone, so the standby starts again from empty."""
         tp = TopicPartition(self._topic(key), key[1])
-        low, high = kafka.watermarks(self._consumer, tp, timeout=10)
         with self._lock:
-            if self._replicas.get(key) is not replica:
-                return  # released meanwhile
-            start = replica.store.meta_offset(META_CHANGELOG_OFFSET)
-            if start is not None and start < low:
-                # The changelog no longer holds what came after the store's offset (deleted records, a
-                # recreated topic): tombstones in between may be gone, so start again from empty.
-                log.warning(
-                    "standby %s[%d]: store at offset %d is below the changelog's low watermark %d; "
-                    "rebuilding it from the changelog",
-                    tp.topic,
-                    key[1],
-                    start,
-                    low,
-                )
-                replica.store.close()
-                PartitionStore.destroy(self._path(key))
-                replica.store = self._open(key)
-                start = None
-            position = low if start is None else start
-            replica.position = position
-            replica.lag = max(0, high - position)
-            self._consumer.incremental_assign([TopicPartition(tp.topic, key[1], position)])
-        log.info("standby: keeping %s[%d] warm from offset %d (end %d)", tp.topic, key[1], position, high)
+            replica = self._replicas.get(key)
+            if replica is None:
+                return
+            log.warning(
+                "standby %s[%d]: the store's offset %s is out of the changelog's range; rebuilding it",
+                tp.topic,
+                key[1],
+                replica.store.meta_offset(META_CHANGELOG_OFFSET),
+            )
+            replica.store.close()
+            PartitionStore.destroy(self._path(key))
+            replica.store = self._open(key)
+            replica.position = 0
+        self._consumer.incremental_unassign([tp])
+        self._consumer.incremental_assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)])
 
     def _apply(self, msgs: Sequence[Message]) -> None:
+        """Apply fetched changelog records to their standby stores, each store in one write batch.
+
+        A record older than its store's position is skipped: after a partition is released and taken up
+        again, records fetched for the earlier assignment may still arrive, and applying one would put
+        back a value the store has already replaced."""
         stages = {self.topics.changelog: RUN, self.topics.keyed_changelog: KEYED}
-        pending: dict[Key, list[tuple[bytes, bytes | None]]] = {}
-        last: dict[Key, int] = {}
+        fetched: dict[Key, list[tuple[int, bytes | None, bytes | None]]] = {}
         for msg in msgs:
             err = msg.error()
+            key = (stages.get(msg.topic() or "", ""), msg.partition() or 0)
             if err is not None:
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    self._rebuild(key)
+                    continue
                 if err.code() == KafkaError._PARTITION_EOF or is_transient(err):
                     continue  # a broker that is away: librdkafka reconnects and fetches again
                 raise KafkaException(err)
-            key = (stages.get(msg.topic() or "", ""), msg.partition() or 0)
-            offset = msg.offset() or 0
-            pending.setdefault(key, [])
-            k = msg.key()
-            if k is not None:
-                pending[key].append((k, msg.value()))
-            last[key] = offset + 1
+            fetched.setdefault(key, []).append((msg.offset() or 0, msg.key(), msg.value()))
         with self._lock:
-            for key, records in pending.items():
+            for key, rows in fetched.items():
                 replica = self._replicas.get(key)
-                if replica is None or replica.position is None or last[key] <= replica.position:
-                    continue  # released meanwhile, or records from before a re-assignment
-                if records:
-                    replica.store.restore_batch(records, last[key])
-                    self.applied += len(records)
-                replica.position = last[key]
+                if replica is None or replica.position is None:
+                    continue  # released meanwhile
+                fresh = [(k, v) for offset, k, v in rows if offset >= replica.position and k is not None]
+                end = rows[-1][0] + 1
+                if end <= replica.position:
+                    continue
+                if fresh:
+                    replica.store.restore_batch(fresh, end)
+                    self.applied += len(fresh)
+                replica.position = end
         if msgs:
             self._faults.recovered("standby replicas")
 
@@ -381,3 +397,7 @@ class Standbys:
         """Each standby's lag in records, as last measured (tests)."""
         with self._lock:
             return {key: r.lag for key, r in self._replicas.items()}
+
+
+def _names(tps: Iterable[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps)

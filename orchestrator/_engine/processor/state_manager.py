@@ -23,7 +23,7 @@ from orchestrator._engine.processor.standby import KEYED, RUN, Standbys
 from orchestrator._engine.processor.transactions import not_fatal
 from orchestrator._engine.queries.index import RunIndexer
 from orchestrator._engine.restore import restore
-from orchestrator._engine.store import PartitionStore
+from orchestrator._engine.store import META_CHANGELOG_OFFSET, PartitionStore
 from orchestrator.settings import Settings
 
 log = logging.getLogger("orchestrator.processor")
@@ -34,11 +34,12 @@ DueTimer = tuple[str, int, bytes, str, str]
 
 @dataclass(frozen=True)
 class Restored:
-    """What the last ``assign`` did: records restored, stores opened, and how many were warm standbys."""
+    """What the last ``assign`` did: records restored, stores opened, and how many of those were warm
+    (held data up to some changelog offset: kept by a standby, or by this instance before)."""
 
     records: int
     stores: int
-    from_standbys: int
+    warm: int
 
 
 class StateManager:
@@ -78,11 +79,9 @@ class StateManager:
         being restored is incomplete."""
         targets: list[tuple[PartitionStore, str]] = []
         opened: list[tuple[dict[int, PartitionStore], int, PartitionStore]] = []
-        warm = 0
         if self.standbys is not None:
             # A standby's store closes before the active one opens its directory (one RocksDB opener).
-            released = self.standbys.release(self._keys(partitions))
-            warm = sum(1 for offset in released.values() if offset is not None)
+            self.standbys.release(self._keys(partitions))
         for tp in partitions:
             if tp.topic == self.topics.inbox:
                 store = PartitionStore(self.state_dir / f"p{tp.partition}", tp.partition, RunIndexer())
@@ -92,6 +91,7 @@ class StateManager:
                 store = PartitionStore(self.state_dir / f"k{tp.partition}", tp.partition)
                 opened.append((self.keyed_stores, tp.partition, store))
                 targets.append((store, self.topics.keyed_changelog))
+        warm = sum(1 for store, _ in targets if store.meta_offset(META_CHANGELOG_OFFSET) is not None)
         try:
             restored: int = self._retry.call("restore", lambda: restore(self.settings, targets), not_fatal)
         finally:
