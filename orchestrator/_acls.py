@@ -16,7 +16,8 @@ exactly these ACLs, so an entry the plan forgot fails that test):
 - The processor consumes the inbox, the keyed topic and the users' source topics in its group, restores its
   stores from both changelogs, writes every engine topic in transactions (transactional id
   ``{app}.processor.{instance}``, hence a prefixed ACL), and describes its output topics' configs for the
-  record limit.
+  record limit. With ``--standby-replicas`` it also describes its own group (``Read`` on a group implies
+  ``Describe``) and tails both changelogs as an assign-only reader: no ACL beyond the above (ADR 0024).
 - The worker consumes its tasks topics in its group and writes step results to the inbox, dead letters to
   the dlq.
 - The client writes to the inbox and the keyed topic (signals, idempotent starts), tails the outcomes topic

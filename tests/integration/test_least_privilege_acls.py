@@ -204,7 +204,8 @@ async def test_the_whole_engine_runs_with_exactly_the_planned_acls(cluster: Clus
     assert cluster.enforced(Component.PROCESSOR, planned) == _tuples(binds)  # what the CLI created
 
     apps = {c: make_app(cluster.name, cluster.source, settings[c]) for c in Component}
-    proc = ProcessorThread(apps[Component.PROCESSOR], tmp_path)
+    # With standby replicas: describing its own group (Read implies Describe) takes no ACL beyond the plan.
+    proc = ProcessorThread(apps[Component.PROCESSOR], tmp_path, standby_replicas=1)
     worker = WorkerThread(apps[Component.WORKER])
     try:
         async with apps[Component.CLIENT].client() as client:
@@ -217,6 +218,8 @@ async def test_the_whole_engine_runs_with_exactly_the_planned_acls(cluster: Clus
             assert [await h.result(timeout=180) for h in handles] == [1, 103, 205]
             described = await client.describe("run-1")
             assert described is not None and described.status == "completed"
+        standbys = proc.processor.stores.standbys
+        assert standbys is not None and standbys.described > 0 and standbys.faults() == []
         proc.stop()
         # A new instance with empty stores restores both changelogs: reading them takes the plan's ACLs too.
         # It also answers run queries (ADR 0016): publishing where it does takes the plan's ACLs too.

@@ -154,7 +154,8 @@ class Standbys:
         self._admin: Any = None
         self._faults = FaultLog(log)
         self._labelled: set[tuple[str, str]] = set()
-        self.applied = 0  # changelog records applied by standbys (tests, the restore log line)
+        self.applied = 0  # changelog records applied by standbys (tests)
+        self.described = 0  # group descriptions received (tests: the ACLs allow it)
 
     # -- the loop thread's side ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -202,6 +203,10 @@ class Standbys:
         for key in list(self._labelled):
             metrics.STANDBY_LAG.remove(*key)
         self._labelled.clear()
+
+    def faults(self) -> list[str]:
+        """The standby faults going on now (tests)."""
+        return self._faults.active()
 
     def positions(self) -> dict[Key, int | None]:
         """Each standby's next changelog offset (tests, the bench)."""
@@ -257,6 +262,7 @@ class Standbys:
     def _refresh(self) -> None:
         """Describe the group, choose this instance's standbys; kept as they are while it rebalances."""
         view = group_view(self._describe(), self.topics)
+        self.described += 1
         if view is None or self.instance_id not in view.members:
             return
         partitions = {**{k: None for k in self._all_keys()}, **view.owners}
