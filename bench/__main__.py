@@ -77,7 +77,29 @@ def main() -> None:
     q.add_argument("--repeats", type=int, default=50)
     q.add_argument("--transitions", type=int, default=50_000)
     q.add_argument("--keep", action="store_true", help="keep the temp dir (stores, logs)")
+    t = sub.add_parser("takeover", help="takeover time with many runs in the stores, with/without standbys")
+    t.add_argument("--runs", type=int, default=1_000_000)
+    t.add_argument("--partitions", type=int, default=8)
+    t.add_argument("--standby-replicas", type=int, nargs="+", default=[0, 1])
+    t.add_argument("--signals", nargs="+", default=["kill", "term"], choices=["kill", "term"])
+    t.add_argument("--repeats", type=int, default=1)
+    t.add_argument("--rate", type=float, default=50.0, help="runs started per second during a takeover")
+    t.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
     args = ap.parse_args()
+    if args.cmd == "takeover":
+        from bench import takeover
+
+        out = takeover.main(
+            args.runs,
+            args.partitions,
+            args.standby_replicas,
+            args.signals,
+            args.repeats,
+            args.rate,
+            args.keep,
+        )
+        print(json.dumps(out, indent=1))
+        return
     if args.cmd == "run-queries":
         from bench import run_queries
 
