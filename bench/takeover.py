@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import re
 import shutil
@@ -45,7 +46,8 @@ from orchestrator import App, Settings, topology
 from orchestrator._engine import kafka
 from orchestrator._engine import state as st
 from orchestrator._engine.partitioning import partition_for
-from orchestrator._engine.store import run_key
+from orchestrator._engine.queries.index import RunIndexer, summary_of
+from orchestrator._engine.store import PartitionStore, run_key
 
 APP_NAME = run_queries.APP_NAME
 LINE = re.compile(
@@ -55,30 +57,54 @@ LINE = re.compile(
 )
 
 
-def produce_changelog(settings: Settings, runs: int) -> float:
-    """``runs`` completed run states into the changelog, as the engine's stores write them; seconds."""
+def load(settings: Settings, runs: int, state_dir: Path, instances: list[str]) -> dict[str, float]:
+    """``runs`` completed run states produced to the changelog as the engine writes them, and written into
+    ``instances[0]``'s stores through the engine's write path (``put`` with the summary, ``commit``: the
+    indexes in the same batches) at the changelog's end offsets, then copied to the other instances: both
+    processors start warm, and a cold takeover is made by deleting the survivor's copy (``trial``)."""
     rng = random.Random(13)
     now = int(time.time() * 1000)
     template = run_queries._template()
     topic = topology.changelog_topic(APP_NAME)
     conf = kafka.producer_config(settings, **{"linger.ms": 50, "batch.size": 1_000_000})
     producer = Producer(dict(conf))
+    first = state_dir / APP_NAME / instances[0]
+    stores = [PartitionStore(first / f"p{p}", p, RunIndexer()) for p in range(settings.partitions)]
     t0 = time.monotonic()
     for i in range(runs):
         state = run_queries._run(rng, i, now, template)
         p = partition_for(state.run_id, settings.partitions)
+        key, value = run_key(state.run_id), st.encode_state(state)
         while True:
             try:
-                producer.produce(topic, st.encode_state(state), run_key(state.run_id), partition=p)
+                producer.produce(topic, value, key, partition=p)
                 break
             except BufferError:
                 producer.poll(0.1)
-        if i % 100_000 == 99_999:
+        stores[p].put(key, value, summary_of(state))
+        if i % 5000 == 4999:
             producer.poll(0)
-            log(f"produced {i + 1} run states ({(i + 1) / (time.monotonic() - t0):.0f}/s)")
-    if producer.flush(120) != 0:
+            for store in stores:
+                store.commit(None, None)
+        if i % 100_000 == 99_999:
+            log(f"loaded {i + 1} run states ({(i + 1) / (time.monotonic() - t0):.0f}/s)")
+    if producer.flush(300) != 0:
         raise BenchError("the changelog records were not all delivered")
-    return time.monotonic() - t0
+    out = {"load_s": round(time.monotonic() - t0, 1)}
+    consumer = Consumer(dict(kafka.reader_config(settings)))
+    try:
+        for p, store in enumerate(stores):
+            _, end = kafka.watermarks(consumer, TopicPartition(topic, p))
+            store.commit(None, end)
+            store.close()
+    finally:
+        consumer.close()
+    for other in instances[1:]:
+        shutil.copytree(first, state_dir / APP_NAME / other)
+    out["store_mb_per_instance"] = round(
+        sum(f.stat().st_size for f in first.rglob("*") if f.is_file()) / 2**20
+    )
+    return out
 
 
 def _metric_lags(port: int) -> list[float]:
@@ -149,36 +175,34 @@ async def _traffic(app: App, rate: float, stop: asyncio.Event) -> int:
     return started
 
 
+INSTANCES = ["pa", "pb"]
+"""The two processors, the same in every trial (their state dirs carry over: each trial starts warm)."""
+
+
 def trial(
     work: Path, env: dict[str, str], settings: Settings, standby: int, sig: str, n: int, rate: float
 ) -> dict[str, Any]:
-    """One takeover; the figures."""
+    """One takeover: ``pa`` gets ``sig``, ``pb`` takes its partitions over; the figures."""
     cli = str(Path(sys.executable).with_name("orchestrator"))
-    names = [f"t{n}a", f"t{n}b"]
-    ports = {name: (free_port(), free_port()) for name in names}
+    state = work / "state"
+    ports = {name: (free_port(), free_port()) for name in INSTANCES}
+    logs = {name: work / f"{name}-{n}.log" for name in INSTANCES}
     procs: dict[str, Child] = {}
-    for name in names:
+    for name in INSTANCES:
         http, metrics_port = ports[name]
-        args = [cli, "processor", "bench.apps:app", "--instance-id", name, "--state-dir", str(work / "state")]
-        args += [
-            "--standby-replicas",
-            str(standby),
-            "--http-port",
-            str(http),
-            "--advertised-host",
-            "127.0.0.1",
-        ]
-        args += ["--metrics-port", str(metrics_port)]
-        procs[name] = Child(name, args, work, env)
-    worker = Child(f"w{n}", [cli, "worker", "bench.apps:app", "--concurrency", "64"], work, env)
+        args = [cli, "processor", "bench.apps:app", "--instance-id", name, "--state-dir", str(state)]
+        args += ["--standby-replicas", str(standby), "--http-port", str(http)]
+        args += ["--advertised-host", "127.0.0.1", "--metrics-port", str(metrics_port)]
+        procs[name] = Child(f"{name}-{n}", args, work, env)
+    worker = Child(f"worker-{n}", [cli, "worker", "bench.apps:app", "--concurrency", "64"], work, env)
     t0 = time.monotonic()
     try:
         while True:
             if not all(p.alive for p in procs.values()):
                 raise BenchError(f"a processor exited; see {work}")
-            owned = [_assignments(work / f"{name}.log") for name in names]
-            ready = all(a and a[-1][1] for a in owned) and all(_ready(ports[x][0]) for x in names)
-            lags = [_metric_lags(ports[x][1]) for x in names]
+            owned = [_assignments(logs[name]) for name in INSTANCES]
+            ready = all(a and a[-1][1] for a in owned) and all(_ready(ports[x][0]) for x in INSTANCES)
+            lags = [_metric_lags(ports[x][1]) for x in INSTANCES]
             warm = standby == 0 or all(len(lag) >= settings.partitions and not any(lag) for lag in lags)
             if ready and warm:
                 break
@@ -186,11 +210,17 @@ def trial(
                 raise BenchError("the processors did not restore and warm up in 30 min")
             time.sleep(2)
         warm_s = time.monotonic() - t0
+        victim, survivor = INSTANCES
+        victim_parts = _assignments(logs[victim])[-1][1]
+        if standby == 0:
+            # A cold takeover: the survivor has never held the victim's partitions (without this, its copy
+            # from an earlier trial would make the restore a tail). Not open: it keeps no standbys.
+            for p in victim_parts:
+                for prefix in ("p", "k"):
+                    shutil.rmtree(state / APP_NAME / survivor / f"{prefix}{p}", ignore_errors=True)
         log(f"trial {n} (standbys {standby}, {sig}): both ready and warm after {warm_s:.0f} s")
-        victim, survivor = names
-        victim_parts = _assignments(work / f"{victim}.log")[-1][1]
         app = App(APP_NAME, settings=settings)
-        before = len(_assignments(work / f"{survivor}.log"))
+        before = len(_assignments(logs[survivor]))
 
         async def drive() -> tuple[float, int]:
             stop = asyncio.Event()
@@ -198,19 +228,20 @@ def trial(
             await asyncio.sleep(5)
             signalled = time.time()
             procs[victim].popen.send_signal(signal.SIGKILL if sig == "kill" else signal.SIGTERM)
-            deadline = time.monotonic() + 300
-            while len(_assignments(work / f"{survivor}.log")) == before or not (
-                _assignments(work / f"{survivor}.log")[-1][1] >= victim_parts
-            ):
+            deadline = time.monotonic() + 1800
+            while True:
+                found = _assignments(logs[survivor])
+                if len(found) > before and found[-1][1] >= victim_parts:
+                    break
                 if time.monotonic() > deadline:
-                    raise BenchError("the survivor took nothing over in 300 s")
+                    raise BenchError("the survivor took nothing over in 30 min")
                 await asyncio.sleep(0.2)
             await asyncio.sleep(10)  # traffic on the taken-over partitions
             stop.set()
             return signalled, await traffic
 
         signalled, started = asyncio.run(drive())
-        at, _, restored, restore_s = _assignments(work / f"{survivor}.log")[-1]
+        at, _, restored, restore_s = _assignments(logs[survivor])[-1]
         assigned = at - restore_s
         first = _first_history_after(settings, victim_parts, assigned, 60)
         out = {
@@ -223,6 +254,7 @@ def trial(
             "signal_to_assign_s": round(assigned - signalled, 2),
             "signal_to_first_transition_s": round(first - signalled, 2),
             "runs_started_meanwhile": started,
+            "load_average": round(os.getloadavg()[0], 1),
         }
         log(f"trial {n}: {out}")
         return out
@@ -254,8 +286,9 @@ def main(
         started = True
         settings = Settings(bootstrap_servers=f"127.0.0.1:{port}", partitions=partitions)
         kafka.ensure_topics(App(APP_NAME, settings=settings), component="processor")
-        log(f"producing {runs} run states to the changelog")
-        out["produce_s"] = round(produce_changelog(settings, runs), 1)
+        log(f"loading {runs} run states into the changelog and the stores")
+        out.update(load(settings, runs, work / "state", INSTANCES))
+        log(f"loaded: {out}")
         env = {
             "ORCHESTRATOR_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "ORCHESTRATOR_PARTITIONS": str(partitions),
@@ -266,7 +299,6 @@ def main(
                 for sig in signals:
                     out["trials"].append(trial(work, env, settings, standby, sig, n, rate))
                     n += 1
-                    shutil.rmtree(work / "state", ignore_errors=True)
                     time.sleep(12)  # the survivor, a static member, leaves the group only at session timeout
         log(f"results: {json.dumps(out)}")
     finally:
