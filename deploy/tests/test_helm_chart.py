@@ -149,6 +149,19 @@ def test_processor_instance_id_is_the_pod_name_and_its_state_is_on_its_own_volum
     }
 
 
+def test_processor_standby_replicas_reach_the_processor_command() -> None:
+    """Off by default; production values keep one warm copy of each partition (ADR 0024)."""
+
+    def standbys(*values: str, **sets: str) -> int:
+        args = container(one(render(*values, **sets), "StatefulSet", "processor"), "processor")["args"]
+        return int(args[args.index("--standby-replicas") + 1])
+
+    assert standbys() == 0
+    assert standbys("production-values.yaml") == 1
+    assert standbys(processor__standbyReplicas="2") == 2
+    assert "minimum" in render_error(processor__standbyReplicas="-1")
+
+
 def test_processor_is_ready_only_through_its_ready_endpoint_on_the_http_port() -> None:
     docs = render(processor__httpPort="8181")
     ctr = container(one(docs, "StatefulSet", "processor"), "processor")
