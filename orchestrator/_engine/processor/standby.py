@@ -242,9 +242,10 @@ class Standbys:
                     self._publish_lag()
             except Exception as exc:  # never stop the processor: a takeover without a standby still works
                 refused = access.denied(self.settings, exc, "processor", f"standby replicas of {self.group}")
+                first = "standby replicas" not in self._faults.active()
                 self._faults.fault("standby replicas", refused or exc)
-                if not isinstance(exc, KafkaException | OSError):
-                    log.exception("standby replicas: unexpected error")
+                if first and not isinstance(exc, KafkaException | OSError):
+                    log.exception("standby replicas: unexpected error (logged once per episode)")
                 self._stop.wait(1.0)
         if self._consumer is not None:
             try:
