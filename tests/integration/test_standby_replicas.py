@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 import urllib.request
@@ -84,11 +85,12 @@ async def test_standbys_mirror_the_active_stores_and_a_takeover_restores_only_th
     env = child_env(unique_name, kafka_bootstrap, tmp_path)
     state = tmp_path / "state"
     ports = free_ports(2)
+    http_ports = free_ports(2)
     logs = {"sa": tmp_path / "sa.log", "sb": tmp_path / "sb.log"}
     procs = {}
-    for name, port in zip(logs, ports, strict=True):
+    for name, port, http in zip(logs, ports, http_ports, strict=True):
         args = ["--instance-id", name, "--state-dir", str(state), "--standby-replicas", "1"]
-        args += ["--metrics-port", str(port)]
+        args += ["--metrics-port", str(port), "--http-port", str(http), "--advertised-host", "127.0.0.1"]
         procs[name] = EngineProcess("processor", APP_SPEC, env, *args, log=logs[name])
     work = EngineProcess("worker", APP_SPEC, env, log=tmp_path / "w.log")
     app = App(unique_name, settings=settings(kafka_bootstrap))
@@ -122,6 +124,12 @@ async def test_standbys_mirror_the_active_stores_and_a_takeover_restores_only_th
             await _wait_for(mirrored, 20, "standby stores equal to the active ones")
             for active, _ in pairs:
                 assert sum(1 for k in _content(active) if k.startswith(b"r/")) > 5
+            # Run queries are answered from active stores only: asked for every partition, each processor
+            # answers for its own, never for those it keeps warm.
+            for (name, owned), http in zip(owners.items(), http_ports, strict=True):
+                url = f"http://127.0.0.1:{http}/runs?partitions=0,1,2,3&limit=1"
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    assert set(json.loads(response.read())["partitions"]) == owned, name
             # ... and say so: lag 0 on each processor's 4 standbys (2 inbox, 2 keyed partitions).
             lags: list[dict[tuple[str, int], float]] = []
 
