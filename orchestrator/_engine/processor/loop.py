@@ -297,8 +297,7 @@ class Processor:
         self.metrics.restored(restored, elapsed)
         done = self.stores.last_restore
         log.info(
-            "assigned partitions %s: restored %d changelog records into %d stores in %.2fs "
-            "(%d of them warm)",
+            "assigned partitions %s: restored %d changelog records into %d stores in %.2fs (%d of them warm)",
             sorted((tp.topic, tp.partition) for tp in partitions),
             restored,
             done.stores,
