@@ -39,6 +39,17 @@ def restore(settings: Settings, targets: list[tuple[PartitionStore, str]], batch
             if high <= max(start or 0, low):
                 continue  # nothing newer than what the store holds
             by_tp[(topic, store.partition)] = store
+            if start is not None and start < low:
+                # Tombstones between the store's offset and the changelog's start may be gone (ADR 0024).
+                log.warning(
+                    "%s[%d]: the store's changelog offset %d is below the changelog's start %d; "
+                    "restoring it from empty",
+                    topic,
+                    store.partition,
+                    start,
+                    low,
+                )
+                store.clear()
             offset = OFFSET_BEGINNING if start is None or start < low else start
             assignment.append(TopicPartition(topic, store.partition, offset))
         if not assignment:

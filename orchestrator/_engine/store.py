@@ -269,6 +269,27 @@ class PartitionStore:
         batch.put(META_CHANGELOG_OFFSET, _DUE.pack(next_changelog_offset))
         self._db.write(batch)
 
+    def clear(self) -> None:
+        """Delete every key (state, timers, indexes, offsets) in one write batch.
+
+        Why: a store whose changelog offset fell below the changelog's start (records deleted, a topic
+        recreated) cannot be caught up by replaying what is left, since a tombstone between its offset and
+        the new start may be gone: the run it deleted would come back. It must start again from empty."""
+        batch = WriteBatch(raw_mode=True)
+        it = self._db.iter()
+        try:
+            it.seek_to_first()
+            while it.valid():
+                batch.delete(it.key())
+                it.next()
+        finally:
+            del it
+        self._db.write(batch)
+        self._overlay = {}
+        self._hints = {}
+        if self._indexer is not None:
+            self._check_index_version(self._indexer)
+
     # -- index maintenance ----------------------------------------------------------------------------------
     def _check_index_version(self, indexer: Indexer) -> None:
         """Rebuild the indexes of a store written by code with another (or no) index layout."""
