@@ -130,6 +130,13 @@ def processor(
             help="Host query clients connect to (default: this host's address on the network of the brokers)."
         ),
     ] = None,
+    early_dispatch: Annotated[
+        bool,
+        typer.Option(
+            help="Send step commands to workers while their transaction commits (each acknowledged before "
+            "it commits; ADR 0025). --no-early-dispatch: write them inside the transaction."
+        ),
+    ] = True,
     verbose: bool = False,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
@@ -143,6 +150,7 @@ def processor(
     _tracing("orchestrator-processor")
     _tune_gc()
     cfg: dict[str, Any] = {"max_batch": max_batch, "batch_linger_ms": batch_linger_ms}
+    cfg["early_dispatch"] = early_dispatch
     cfg.update(http_port=http_port, http_host=http_host, advertised_host=advertised_host)
     if instance_id:
         cfg["instance_id"] = instance_id

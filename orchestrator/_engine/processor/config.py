@@ -32,6 +32,10 @@ class ProcessorConfig:
         http_host: the address the server binds.
         advertised_host: the host query clients should connect to; None: the address of the interface
             this host reaches the first bootstrap server through (set it behind NAT or proxies).
+        early_dispatch: send step commands to the workers while the batch is handled, through an
+            idempotent producer outside the transaction, each acknowledged before the transaction that
+            records it commits (ADR 0025): a worker starts a step while the transaction commits instead of
+            after. False: commands are written inside the transaction, as before.
     """
 
     instance_id: str = field(default_factory=socket.gethostname)
@@ -44,6 +48,7 @@ class ProcessorConfig:
     http_port: int | None = None
     http_host: str = "0.0.0.0"  # a server in a pod must listen on the pod's address
     advertised_host: str | None = None
+    early_dispatch: bool = True
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
 
