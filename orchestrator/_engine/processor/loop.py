@@ -115,6 +115,7 @@ class Processor:
             raise access.denied(self.app.settings, exc, "processor") or exc from None
         if self.config.early_dispatch:
             overrides = {k: v for k, v in self.config.producer_overrides.items() if "transaction" not in k}
+            overrides.setdefault("batch.size", producer_config["batch.size"])  # same reason as above
             self.output.dispatch = EarlyDispatch(self.app.settings, overrides)
         self._register_schedules()
         self._start_http()
