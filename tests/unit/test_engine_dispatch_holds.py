@@ -6,6 +6,7 @@ tests/integration/test_early_dispatch.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,25 @@ def test_timers_of_a_held_partition_wait_until_its_consumer_has_passed_the_hold(
     inbox = processor.topics.inbox
     due: list[DueTimer] = [(inbox, p, f"k{p}".encode(), f"r{p}", "timeout") for p in range(4)]
     processor._timers_held = {(inbox, 0): 7, (inbox, 1): 9, (inbox, 2): 3}
+    processor._holds_until = time.monotonic() + 60
     # p0 not there yet, p1 exactly there, p2 has no position yet (just rewound or assigned): p0, p2 held.
     processor._consumer = Positions({(inbox, 0): 5, (inbox, 1): 9})  # type: ignore[assignment]
     assert processor._timers_not_held(due) == [due[1], due[3]]
     assert processor._timers_held == {(inbox, 0): 7, (inbox, 2): 3}
     processor._consumer = Positions({(inbox, 0): 8, (inbox, 2): 3})  # type: ignore[assignment]
+    assert processor._timers_not_held(due) == due
+    assert processor._timers_held == {}
+
+
+def test_holds_are_lifted_past_their_deadline_even_without_a_position(processor: Processor) -> None:
+    """A partition whose consumer never reports a position (its records all expired) must not keep its
+    timers from firing for ever."""
+    inbox = processor.topics.inbox
+    due: list[DueTimer] = [(inbox, 0, b"k0", "r0", "sleep")]
+    processor._timers_held = {(inbox, 0): 7}
+    processor._consumer = Positions({})  # type: ignore[assignment]
+    processor._holds_until = time.monotonic() + 60
+    assert processor._timers_not_held(due) == []
+    processor._holds_until = time.monotonic() - 1
     assert processor._timers_not_held(due) == due
     assert processor._timers_held == {}

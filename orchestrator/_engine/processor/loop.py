@@ -45,6 +45,10 @@ from orchestrator.app import App
 
 log = logging.getLogger("orchestrator.processor")
 
+TIMER_HOLD_MAX_S = 60.0
+"""Longest a partition's timers are held for early dispatch (ADR 0025) when its consumer never reports the
+position to pass (a partition whose records all expired reports none): liveness over the corner case."""
+
 REWIND_TIMEOUT_S = 30.0
 """Longest wait for the committed offsets when rewinding after an abort; past it the consumer is replaced."""
 
@@ -89,6 +93,7 @@ class Processor:
         # again: what an aborted batch or a dead predecessor may have handled with commands sent early
         # (ADR 0025). Handling those inputs again before any timer decides the same attempts again.
         self._timers_held: dict[tuple[str, int], int] = {}
+        self._holds_until = 0.0  # monotonic: past it, every hold is lifted (TIMER_HOLD_MAX_S)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> None:
@@ -466,6 +471,7 @@ class Processor:
         if self.output.dispatch is not None:  # its commands may be out: its inputs come before any timer
             for tp, offset in positions.items():
                 self._timers_held[tp] = max(offset, self._timers_held.get(tp, 0))
+                self._holds_until = time.monotonic() + TIMER_HOLD_MAX_S
         if isinstance(exc, CallStuckError):
             self.transactions.replace_stuck(exc)
             replaced = True
@@ -517,10 +523,19 @@ class Processor:
             _, high = self._retry.call("reading end offsets", query, not_fatal)
             if high > 0:
                 self._timers_held[(tp.topic, tp.partition)] = high
+                self._holds_until = time.monotonic() + TIMER_HOLD_MAX_S
 
     def _timers_not_held(self, due: list[DueTimer]) -> list[DueTimer]:
         """``due`` without the timers of partitions still held; holds whose offset is passed are lifted."""
         assert self._consumer is not None
+        if time.monotonic() > self._holds_until:
+            log.warning(
+                "timers held for early dispatch released after %.0f s: %s",
+                TIMER_HOLD_MAX_S,
+                self._timers_held,
+            )
+            self._timers_held.clear()
+            return due
         held = [TopicPartition(t, p) for (t, p) in self._timers_held]
         try:
             positions = self._consumer.position(held)
