@@ -50,19 +50,38 @@ class EarlyDispatch:
         self._config = kafka.producer_config(settings, **{"linger.ms": 0} | overrides)
         self._producer: Producer = kafka.new_producer(self._config)
         self._failed: KafkaError | None = None
+        self._pending: list[tuple[str, bytes | None, bytes | None, Headers | None]] = []
         self.sent = 0
 
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None = None
     ) -> None:
-        """Queue one command; its delivery is checked by the next `confirm`."""
-        while True:
-            try:
-                self._producer.produce(topic, value, key, on_delivery=self._delivered, headers=headers)
-                break
-            except BufferError:  # the local queue is full: serve delivery reports to make room
-                self._producer.poll(0.1)
-        self.sent += 1
+        """Keep one command of the batch being handled; `release` sends the batch's commands together."""
+        self._pending.append((topic, value, key, headers))
+
+    def release(self) -> None:
+        """Send the commands of the batch handled so far, in one burst, ahead of its commit.
+
+        Why not each as it is decided: measured (BENCHMARKS.md, issue 15), commands sent one by one with
+        ``linger.ms`` 0 went out one record per request and reached the worker one fetch each: +44 % broker
+        CPU and +43 % worker CPU per 5-step run, and 256 callers completed nothing in the window. Sent
+        together after the batch is handled, they share requests and fetches, as they did inside the
+        transaction; at low load a batch is one record, so nothing waits.
+        """
+        for topic, value, key, headers in self._pending:
+            while True:
+                try:
+                    self._producer.produce(topic, value, key, on_delivery=self._delivered, headers=headers)
+                    break
+                except BufferError:  # the local queue is full: serve delivery reports to make room
+                    self._producer.poll(0.1)
+        self.sent += len(self._pending)
+        self._pending.clear()
+        self._producer.poll(0)  # serve the delivery reports that are in
+
+    def discard(self) -> None:
+        """The batch is handled again (its transaction failed before its commands were released)."""
+        self._pending.clear()
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None and self._failed is None:
@@ -74,6 +93,7 @@ class EarlyDispatch:
         Called right before the transaction that records these commands commits: the caller aborts it on an
         exception, and the batch is handled (and its commands sent) again.
         """
+        self.release()
         left = self._producer.flush(timeout_s)
         failed, self._failed = self._failed, None
         if failed is None and left:

@@ -412,6 +412,8 @@ class Processor:
                     self.run_task.fire_timer(p, key, ident, tag, now_ms)
                 elif topic == topics.keyed:
                     self.keyed_task.fire_timer(p, key, ident, tag, now_ms)
+            if self.output.dispatch is not None:  # the batch's commands, ahead of everything below
+                self.output.dispatch.release()
             self.stores.produce_changelog(self.output)
             if positions:
                 offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
@@ -469,6 +471,7 @@ class Processor:
     ) -> None:
         """Anything short of fatal: abort, forget the batch's writes, rewind and process it again."""
         if self.output.dispatch is not None:  # its commands may be out: its inputs come before any timer
+            self.output.dispatch.discard()
             for tp, offset in positions.items():
                 self._timers_held[tp] = max(offset, self._timers_held.get(tp, 0))
                 self._holds_until = time.monotonic() + TIMER_HOLD_MAX_S
