@@ -52,7 +52,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="ARG",
-        help="experiment: extra `orchestrator processor` argument, e.g. --processor-arg=--no-early-dispatch",
+        help="experiment: extra `orchestrator processor` argument, e.g. --processor-arg=--early-dispatch",
     )
     r.add_argument(
         "--batch-linger-ms", type=int, default=0, help="processor: wait for more records before a transaction"

@@ -21,7 +21,7 @@ from typing import Any
 from bench.infra import Child, free_port, log
 from bench.ours import Ours, clean
 
-MODES = {"on": [], "off": ["--no-early-dispatch"]}
+MODES = {"on": ["--early-dispatch"], "off": []}
 
 
 def main() -> None:

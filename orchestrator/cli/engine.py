@@ -133,10 +133,10 @@ def processor(
     early_dispatch: Annotated[
         bool,
         typer.Option(
-            help="Send step commands to workers while their transaction commits (each acknowledged before "
-            "it commits; ADR 0025). --no-early-dispatch: write them inside the transaction."
+            help="Experimental: send step commands to workers while their transaction commits (each "
+            "acknowledged before it commits; ADR 0025). Default: inside the transaction."
         ),
-    ] = True,
+    ] = False,
     verbose: bool = False,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,

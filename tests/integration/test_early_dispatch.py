@@ -62,7 +62,9 @@ async def test_processor_killed_before_the_commit_of_a_dispatched_step(
     env = _env(unique_name, kafka_bootstrap, tmp_path)
     log = tmp_path / "engine.log"
     state = str(tmp_path / "state")
-    proc = EngineProcess("processor", SPEC, env, "--instance-id", "ed-p0", "--state-dir", state, log=log)
+    proc = EngineProcess(
+        "processor", SPEC, env, "--instance-id", "ed-p0", "--state-dir", state, "--early-dispatch", log=log
+    )
     work = EngineProcess("worker", SPEC, env, "--instance-id", "ed-w0", log=log)
     app = App(unique_name, settings=settings(kafka_bootstrap))
     freeze_file = tmp_path / "freeze.pid"
@@ -129,7 +131,7 @@ async def test_aborted_transaction_whose_dispatched_step_completed(
         x = await ctx.step(charge, x)
         return await ctx.step(ship, x)
 
-    with engine(app, tmp_path) as (proc,):
+    with engine(app, tmp_path, processor_config={"early_dispatch": True}) as (proc,):
         dispatch = proc.output
         real_commit = proc.transactions.commit
         injected: list[str] = []
@@ -165,7 +167,9 @@ async def test_worker_killed_mid_step_runs_it_again_once(
     env = _env(unique_name, kafka_bootstrap, tmp_path)
     log = tmp_path / "engine.log"
     state = str(tmp_path / "state")
-    proc = EngineProcess("processor", SPEC, env, "--instance-id", "ed-p1", "--state-dir", state, log=log)
+    proc = EngineProcess(
+        "processor", SPEC, env, "--instance-id", "ed-p1", "--state-dir", state, "--early-dispatch", log=log
+    )
     work = EngineProcess("worker", SPEC, env, "--instance-id", "ed-w1", log=log)
     app = App(unique_name, settings=settings(kafka_bootstrap))
     proc.start()

@@ -68,7 +68,7 @@ def test_commands_go_to_the_dispatcher_and_everything_else_into_the_transaction(
     assert dispatcher.topics == [tasks, tasks]
     assert processor.transactions.producer.topics == [history]  # type: ignore[union-attr]
 
-    out.dispatch = None  # --no-early-dispatch: commands are records of the transaction again
+    out.dispatch = None  # the default (no --early-dispatch): commands are records of the transaction
     out.produce_records([(tasks, b"c", b"r", -1)])
     assert processor.transactions.producer.topics == [history, tasks]  # type: ignore[union-attr]
 

@@ -32,10 +32,11 @@ class ProcessorConfig:
         http_host: the address the server binds.
         advertised_host: the host query clients should connect to; None: the address of the interface
             this host reaches the first bootstrap server through (set it behind NAT or proxies).
-        early_dispatch: send step commands to the workers while the batch is handled, through an
+        early_dispatch: send step commands to the workers once the batch is handled, through an
             idempotent producer outside the transaction, each acknowledged before the transaction that
             records it commits (ADR 0025): a worker starts a step while the transaction commits instead of
-            after. False: commands are written inside the transaction, as before.
+            after. Off by default: on the shared 2-core bench machine it did not lower latency at 1 or 32
+            callers and cost CPU per run at 256 (BENCHMARKS.md, issue 15).
     """
 
     instance_id: str = field(default_factory=socket.gethostname)
@@ -48,7 +49,7 @@ class ProcessorConfig:
     http_port: int | None = None
     http_host: str = "0.0.0.0"  # a server in a pod must listen on the pod's address
     advertised_host: str | None = None
-    early_dispatch: bool = True
+    early_dispatch: bool = False
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
 
