@@ -2,8 +2,10 @@
 
 Why: with commands written inside the processor's transaction, a worker (``read_committed``) sees a command
 only after the commit, so every worker step paid a whole transaction (3-8 ms on the development broker)
-before it could start. Here commands go out through a separate idempotent, non-transactional producer while
-the batch is handled, so a worker runs the step while the transaction commits.
+before it could start. Here a batch's commands go out through a separate idempotent, non-transactional
+producer once the batch is handled, so a worker runs the step while the transaction commits. Off by default
+(``ProcessorConfig.early_dispatch``): measured, it did not lower latency on a busy machine and cost CPU per
+run at high load (BENCHMARKS.md, issue 15).
 
 Why it is safe:
 
