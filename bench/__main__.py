@@ -48,6 +48,13 @@ def main() -> None:
     )
     r.add_argument("--max-batch", type=int, default=500)
     r.add_argument(
+        "--processor-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="experiment: extra `orchestrator processor` argument, e.g. --processor-arg=--early-dispatch",
+    )
+    r.add_argument(
         "--batch-linger-ms", type=int, default=0, help="processor: wait for more records before a transaction"
     )
     r.add_argument("--worker-concurrency", type=int, default=64)
@@ -159,6 +166,7 @@ def run(args: argparse.Namespace) -> None:
             "worker_concurrency": args.worker_concurrency,
             "processors": args.processors,
             "processor_set": args.processor_set,
+            "processor_args": args.processor_arg,
         },
         "versions": {"ours": report.our_versions()},
         "results": [],
@@ -176,6 +184,7 @@ def run(args: argparse.Namespace) -> None:
             worker_concurrency=args.worker_concurrency,
             processors=args.processors,
             processor_set=args.processor_set,
+            processor_args=args.processor_arg,
         )
         (work / "ours").mkdir()
         try:
@@ -273,6 +282,8 @@ def _extra(args: argparse.Namespace) -> str:
         parts.append("--workflows " + " ".join(args.workflows))
     for kv in args.processor_set:
         parts.append(f"--processor-set {kv}")
+    for arg in args.processor_arg:
+        parts.append(f"--processor-arg={arg}")
     if args.processors != 1:
         parts.append(f"--processors {args.processors}")
     if args.write_markdown:

@@ -32,8 +32,10 @@ class Ours:
         batch_linger_ms: int = 0,
         processors: int = 1,
         processor_set: list[str] | None = None,
+        processor_args: list[str] | None = None,
     ) -> None:
         self.processor_set = processor_set or []
+        self.extra_processor_args = processor_args or []
         self.processors = processors
         self.extra: list[Child] = []
         self.work = work
@@ -108,7 +110,7 @@ class Ours:
         if self.processor_set:  # an experiment: same Processor, with librdkafka overrides
             sets = [a for kv in self.processor_set for a in ("--set", kv)]
             return [sys.executable, "-m", "bench.processor_main", *common, *sets]
-        return [cli, "processor", "bench.apps:app", *common]
+        return [cli, "processor", "bench.apps:app", *common, *self.extra_processor_args]
 
     def stop(self) -> None:
         for child in (self.worker, *self.extra, self.processor):

@@ -139,6 +139,13 @@ def processor(
             "takeover restores only the changelog's tail (costs disk, a consumer, broker reads; ADR 0024).",
         ),
     ] = 0,
+    early_dispatch: Annotated[
+        bool,
+        typer.Option(
+            help="Experimental: send step commands to workers while their transaction commits (each "
+            "acknowledged before it commits; ADR 0025). Default: inside the transaction."
+        ),
+    ] = False,
     verbose: bool = False,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
@@ -152,6 +159,7 @@ def processor(
     _tracing("orchestrator-processor")
     _tune_gc()
     cfg: dict[str, Any] = {"max_batch": max_batch, "batch_linger_ms": batch_linger_ms}
+    cfg["early_dispatch"] = early_dispatch
     cfg.update(http_port=http_port, http_host=http_host, advertised_host=advertised_host)
     cfg["standby_replicas"] = standby_replicas
     if instance_id:

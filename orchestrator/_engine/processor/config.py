@@ -36,6 +36,11 @@ class ProcessorConfig:
             Streams' ``num.standby.replicas``): each partition gets this many standbys among the other
             instances, so the one that takes it over restores only the changelog's tail (ADR 0024).
             Costs disk, a consumer tailing the changelogs, and broker reads. 0: none.
+        early_dispatch: send step commands to the workers once the batch is handled, through an
+            idempotent producer outside the transaction, each acknowledged before the transaction that
+            records it commits (ADR 0025): a worker starts a step while the transaction commits instead of
+            after. Off by default: on the shared 2-core bench machine it did not lower latency at 1 or 32
+            callers and cost CPU per run at 256 (BENCHMARKS.md, issue 15).
     """
 
     instance_id: str = field(default_factory=socket.gethostname)
@@ -49,6 +54,7 @@ class ProcessorConfig:
     http_host: str = "0.0.0.0"  # a server in a pod must listen on the pod's address
     advertised_host: str | None = None
     standby_replicas: int = 0
+    early_dispatch: bool = False
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
 

@@ -27,6 +27,7 @@ from orchestrator._engine.events import Event, ScheduleRegister
 from orchestrator._engine.faults import Retrier, Stopping, error_of, is_transient
 from orchestrator._engine.local_steps import LocalSteps
 from orchestrator._engine.processor.config import ProcessorConfig, ProcessorStats, ProcessorTopics
+from orchestrator._engine.processor.dispatch import EarlyDispatch
 from orchestrator._engine.processor.handling_time import HandlingTime
 from orchestrator._engine.processor.http_api import QueryServer
 from orchestrator._engine.processor.keyed_task import KeyedTask
@@ -44,6 +45,10 @@ from orchestrator._topic_admin import TopicAdminError
 from orchestrator.app import App
 
 log = logging.getLogger("orchestrator.processor")
+
+TIMER_HOLD_MAX_S = 60.0
+"""Longest a partition's timers are held for early dispatch (ADR 0025) when its consumer never reports the
+position to pass (a partition whose records all expired reports none): liveness over the corner case."""
 
 REWIND_TIMEOUT_S = 30.0
 """Longest wait for the committed offsets when rewinding after an abort; past it the consumer is replaced."""
@@ -94,6 +99,11 @@ class Processor:
         self.source_task = SourceTask(app, self.output)
         self.http: QueryServer | None = None
         self._ready = False  # assigned partitions restored, processing (GET /ready)
+        # (input topic, partition) -> offset this consumer must pass before the partition's timers fire
+        # again: what an aborted batch or a dead predecessor may have handled with commands sent early
+        # (ADR 0025). Handling those inputs again before any timer decides the same attempts again.
+        self._timers_held: dict[tuple[str, int], int] = {}
+        self._holds_until = 0.0  # monotonic: past it, every hold is lifted (TIMER_HOLD_MAX_S)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> None:
@@ -118,6 +128,10 @@ class Processor:
             self.transactions.start(producer_config)
         except KafkaException as exc:  # a denied transactional id is fatal: say which ACL (ADR 0021)
             raise access.denied(self.app.settings, exc, "processor") or exc from None
+        if self.config.early_dispatch:
+            overrides = {k: v for k, v in self.config.producer_overrides.items() if "transaction" not in k}
+            overrides.setdefault("batch.size", producer_config["batch.size"])  # same reason as above
+            self.output.dispatch = EarlyDispatch(self.app.settings, overrides)
         self._register_schedules()
         self._start_http()
         self._subscribe()
@@ -285,6 +299,8 @@ class Processor:
         self.runs.clear()
         self.local_steps.close()
         self.transactions.close()
+        if self.output.dispatch is not None:
+            self.output.dispatch.close()
         log.info("processor %s stopped: %s", self.config.instance_id, self.stats)
 
     # -- rebalance ------------------------------------------------------------------------------------------
@@ -294,6 +310,7 @@ class Processor:
         restored = self.stores.assign(partitions)
         elapsed = time.monotonic() - t0
         self.stats.restored_records += restored
+        self._hold_timers_after_assign(consumer, partitions)
         self.metrics.restored(restored, elapsed)
         done = self.stores.last_restore
         log.info(
@@ -311,6 +328,8 @@ class Processor:
         # Called from consume(): no transaction is open, every finished batch is committed.
         self.stores.revoke(partitions)
         self.runs.clear()
+        for tp in partitions:
+            self._timers_held.pop((tp.topic, tp.partition), None)
         log.info("revoked partitions %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -336,10 +355,14 @@ class Processor:
         if self.metrics.due_for_refresh():
             self._refresh_metrics(now)
         due = self.stores.due_timers(now, self.config.timer_batch)
+        if due and self._timers_held:
+            due = self._timers_not_held(due)
         if not msgs and not due:
             # An idle processor commits nothing, and only poll/flush hand over the producer's queued
             # librdkafka log lines (ADR 0022): a broker lost while idle must not be heard of only later.
             self.transactions.current().poll(0)
+            if self.output.dispatch is not None:
+                self.output.dispatch.poll()
             return
         self._transaction(msgs, due, now)
 
@@ -414,13 +437,17 @@ class Processor:
                     self.run_task.fire_timer(p, key, ident, tag, now_ms)
                 elif topic == topics.keyed:
                     self.keyed_task.fire_timer(p, key, ident, tag, now_ms)
+            if self.output.dispatch is not None:  # the batch's commands, ahead of everything below
+                self.output.dispatch.release()
             self.stores.produce_changelog(self.output)
             if positions:
                 offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
                 txn.send_offsets(offsets, self._consumer.consumer_group_metadata(), give_up_at)
+            if self.output.dispatch is not None:  # every command this batch sent is on the log before
+                self.output.dispatch.confirm(max(1.0, give_up_at - time.monotonic()))  # it commits
             txn.commit()
         except (KafkaException, CallStuckError) as exc:
-            self._on_transaction_error(exc)
+            self._on_transaction_error(exc, positions)
             return
         except SystemError as exc:
             # A fatal producer error raised while librdkafka was calling a delivery callback surfaces as
@@ -433,7 +460,7 @@ class Processor:
                     cause = abort_exc
                 else:
                     raise
-            self._on_transaction_error(cause)
+            self._on_transaction_error(cause, positions)
             return
         self.stores.commit(positions)
         self.metrics.committed(handled, time.monotonic() - began)
@@ -464,8 +491,15 @@ class Processor:
                 log.debug("not seeking %s[%d], no longer assigned", topic, p)
         log.debug("batch handling took its share of the transaction; %d records left for the next", len(rest))
 
-    def _on_transaction_error(self, exc: KafkaException | CallStuckError) -> None:
+    def _on_transaction_error(
+        self, exc: KafkaException | CallStuckError, positions: dict[tuple[str, int], int]
+    ) -> None:
         """Anything short of fatal: abort, forget the batch's writes, rewind and process it again."""
+        if self.output.dispatch is not None:  # its commands may be out: its inputs come before any timer
+            self.output.dispatch.discard()
+            for tp, offset in positions.items():
+                self._timers_held[tp] = max(offset, self._timers_held.get(tp, 0))
+                self._holds_until = time.monotonic() + TIMER_HOLD_MAX_S
         if isinstance(exc, CallStuckError):
             self.transactions.replace_stuck(exc)
             replaced = True
@@ -498,6 +532,49 @@ class Processor:
                 raise refused
         if self._fatal is None:  # a dead consumer is replaced instead; the new one starts at the commits
             self._rewind()
+
+    def _hold_timers_after_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Hold the timers of newly assigned stateful partitions until their end offsets as of now.
+
+        Why: the previous owner (this instance before an abort or a crash, or another one) may have handled
+        records past the committed offsets and sent their commands early (ADR 0025). Those records are
+        handled again before any of the partition's timers, as they were then, so the same attempts are
+        decided. Records after the end offset were never handled by anyone.
+        """
+        if self.output.dispatch is None:
+            return
+        stateful = (self.topics.inbox, self.topics.keyed)
+        for tp in partitions:
+            if tp.topic not in stateful:
+                continue
+            query = partial(consumer.get_watermark_offsets, tp, timeout=10, cached=False)
+            _, high = self._retry.call("reading end offsets", query, not_fatal)
+            if high > 0:
+                self._timers_held[(tp.topic, tp.partition)] = high
+                self._holds_until = time.monotonic() + TIMER_HOLD_MAX_S
+
+    def _timers_not_held(self, due: list[DueTimer]) -> list[DueTimer]:
+        """``due`` without the timers of partitions still held; holds whose offset is passed are lifted."""
+        assert self._consumer is not None
+        if time.monotonic() > self._holds_until:
+            log.warning(
+                "timers held for early dispatch released after %.0f s: %s",
+                TIMER_HOLD_MAX_S,
+                self._timers_held,
+            )
+            self._timers_held.clear()
+            return due
+        held = [TopicPartition(t, p) for (t, p) in self._timers_held]
+        try:
+            positions = self._consumer.position(held)
+        except KafkaException:  # not assigned any more (revoked in this poll): its hold goes with it
+            positions = []
+        for tp in positions:
+            if tp.offset >= 0 and tp.offset >= self._timers_held.get((tp.topic, tp.partition), 0):
+                del self._timers_held[(tp.topic, tp.partition)]
+        if not self._timers_held:
+            return due
+        return [timer for timer in due if (timer[0], timer[1]) not in self._timers_held]
 
     def _rewind(self) -> None:
         """Seek back to the committed positions so the aborted batch is consumed again."""

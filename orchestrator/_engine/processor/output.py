@@ -19,6 +19,7 @@ from orchestrator._engine.faults import Retrier
 from orchestrator._engine.limits import RecordLimit, first_oversize
 from orchestrator._engine.partitioning import partition_for
 from orchestrator._engine.processor.config import ProcessorStats, ProcessorTopics
+from orchestrator._engine.processor.dispatch import EarlyDispatch
 from orchestrator._engine.processor.transactions import Transactions
 from orchestrator._engine.records import (
     DeadLetter,
@@ -58,6 +59,9 @@ class Output:
         self.record_limit = RecordLimit(limits.PRODUCER_DEFAULT_MAX_BYTES, "message.max.bytes (default)")
         self._retry = retry
         self._task_topics: dict[str, str] = {}
+        self._task_topic_names: set[str] = set()
+        # Step commands go out before the commit when set (ADR 0025); None: inside the transaction.
+        self.dispatch: EarlyDispatch | None = None
         self.counts = metrics.BatchCounts()  # the processor's: published only if the transaction commits
 
     # -- effects --------------------------------------------------------------------------------------------
@@ -101,8 +105,11 @@ class Output:
         """Produce ``records``; ``history``, the events among them, are counted (runs started, ended)."""
         if history:
             self.counts.history(history)
+        dispatch, commands = self.dispatch, self._task_topic_names
         for record in records:
-            if len(record) == 4:
+            if dispatch is not None and record[0] in commands:
+                dispatch.send(record[0], record[1], record[2], record[4] if len(record) == 5 else None)
+            elif len(record) == 4:
                 self.produce(record[0], record[1], record[2], partition=record[3])
             else:
                 self.produce(record[0], record[1], record[2], partition=record[3], headers=record[4])
@@ -112,6 +119,7 @@ class Output:
         topic = self._task_topics.get(queue)
         if topic is None:
             topic = self._task_topics[queue] = topology.tasks_topic(self.app_name, queue)
+            self._task_topic_names.add(topic)
         return topic
 
     # -- single records -------------------------------------------------------------------------------------
