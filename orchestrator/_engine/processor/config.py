@@ -36,6 +36,10 @@ class ProcessorConfig:
             Streams' ``num.standby.replicas``): each partition gets this many standbys among the other
             instances, so the one that takes it over restores only the changelog's tail (ADR 0024).
             Costs disk, a consumer tailing the changelogs, and broker reads. 0: none.
+        state_cleanup_delay_s: with standby replicas, a partition's store directory that is neither active
+            nor a standby here for this long is deleted (Kafka Streams' ``state.cleanup.delay.ms``); keep it
+            well below the changelogs' ``delete.retention.ms`` (24 h by default), after which a kept
+            directory could miss deletes (ADR 0024).
     """
 
     instance_id: str = field(default_factory=socket.gethostname)
@@ -49,6 +53,7 @@ class ProcessorConfig:
     http_host: str = "0.0.0.0"  # a server in a pod must listen on the pod's address
     advertised_host: str | None = None
     standby_replicas: int = 0
+    state_cleanup_delay_s: float = 600.0
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
 
