@@ -356,6 +356,7 @@ def test_a_cold_standby_is_cleared_when_it_opens(tmp_path: Path) -> None:
     consumer = FakeConsumer()
     standbys = _standbys(tmp_path, [consumer])
     standbys._retention = lambda topic: -1  # any age is too old
+    standbys._learn_retentions()
     standbys._wanted = {(RUN, 0)}
     standbys._once()
     assert _assigned(consumer) == {("cl", 0): OFFSET_BEGINNING}

@@ -275,6 +275,7 @@ class Standbys:
             self._next_refresh = now + self._refresh_s
             try:
                 self._refresh()
+                self._learn_retentions()
                 self._cleanup()
             except Exception as exc:  # noqa: BLE001  # logged by _fault; the choice stays, applying goes on
                 self._fault(REFRESH_FAULT, exc)
@@ -344,6 +345,14 @@ class Standbys:
     def _delete_retention_ms(self, topic: str) -> int | None:
         return delete_retention_ms(self._admin_client(), topic)
 
+    def _learn_retentions(self) -> None:
+        """Each changelog's ``delete.retention.ms``, asked here (once read) rather than in ``_open``: an
+        open may be waited on by ``release`` in the rebalance callback, which must not wait on the
+        network. Until it is known, ``_open`` assumes Kafka's default."""
+        for topic in (self.topics.changelog, self.topics.keyed_changelog):
+            if self._retentions.get(topic) is None:
+                self._retentions[topic] = self._retention(topic)
+
     def _refresh(self) -> None:
         """Describe the group, choose this instance's standbys; kept as they are while it rebalances."""
         view = group_view(self._describe(), self.topics)
@@ -377,9 +386,7 @@ class Standbys:
         store = PartitionStore(self._path(key), key[1], RunIndexer() if key[0] == RUN else None)
         try:
             topic = self._topic(key)
-            if topic not in self._retentions:
-                self._retentions[topic] = self._retention(topic)
-            clear_if_cold(store, topic, self._retentions[topic])
+            clear_if_cold(store, topic, self._retentions.get(topic))
         except BaseException:
             store.close()
             raise
@@ -562,7 +569,12 @@ class Standbys:
         )
         with self._lock:
             for key in present:
-                if key in self._replicas or key in self._active or key in self._opening:
+                if (
+                    key in self._replicas
+                    or key in self._active
+                    or key in self._opening
+                    or key in self._wanted
+                ):
                     self._unused_since.pop(key, None)
                     continue
                 since = self._unused_since.setdefault(key, now)
