@@ -139,6 +139,16 @@ def processor(
             "takeover restores only the changelog's tail (costs disk, a consumer, broker reads; ADR 0024).",
         ),
     ] = 0,
+    state_cleanup_delay: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="ORCHESTRATOR_STATE_CLEANUP_DELAY",
+            help="With standby replicas: delete a partition's store directory once it has been neither "
+            "active nor a standby here for this many seconds (keep it well below the changelogs' "
+            "delete.retention.ms; ADR 0024).",
+        ),
+    ] = 600.0,
     verbose: bool = False,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
@@ -154,6 +164,7 @@ def processor(
     cfg: dict[str, Any] = {"max_batch": max_batch, "batch_linger_ms": batch_linger_ms}
     cfg.update(http_port=http_port, http_host=http_host, advertised_host=advertised_host)
     cfg["standby_replicas"] = standby_replicas
+    cfg["state_cleanup_delay_s"] = state_cleanup_delay
     if instance_id:
         cfg["instance_id"] = instance_id
     if state_dir:
