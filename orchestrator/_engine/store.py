@@ -41,6 +41,7 @@ import logging
 import shutil
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -56,6 +57,9 @@ META_PREFIX = b"m/"
 META_INBOX_OFFSET = b"m/inbox_offset"
 META_CHANGELOG_OFFSET = b"m/changelog_offset"
 META_INDEX_VERSION = b"m/index_version"
+META_WRITTEN_MS = b"m/written_ms"
+"""Wall-clock ms of the store's last write (commit or restore batch): a store unused for longer than its
+changelog's ``delete.retention.ms`` may have missed tombstones compaction dropped (ADR 0024)."""
 INDEX_PREFIX = b"i/"
 SUMMARY_PREFIX = b"x/"
 
@@ -220,6 +224,7 @@ class PartitionStore:
             batch.put(META_INBOX_OFFSET, _DUE.pack(inbox_offset))
         if changelog_offset is not None:
             batch.put(META_CHANGELOG_OFFSET, _DUE.pack(changelog_offset))
+        batch.put(META_WRITTEN_MS, _DUE.pack(int(time.time() * 1000)))
         self._db.write(batch)
         self._overlay = {}
         self._hints = {}
@@ -267,6 +272,7 @@ class PartitionStore:
             if self._indexer is not None and key.startswith(RUN_PREFIX):
                 self._index(batch, self._indexer, key, value, None)
         batch.put(META_CHANGELOG_OFFSET, _DUE.pack(next_changelog_offset))
+        batch.put(META_WRITTEN_MS, _DUE.pack(int(time.time() * 1000)))
         self._db.write(batch)
 
     def clear(self) -> None:

@@ -146,6 +146,16 @@ def processor(
             "acknowledged before it commits; ADR 0025). Default: inside the transaction."
         ),
     ] = False,
+    state_cleanup_delay: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="ORCHESTRATOR_STATE_CLEANUP_DELAY",
+            help="With standby replicas: delete a partition's store directory once it has been neither "
+            "active nor a standby here for this many seconds (keep it well below the changelogs' "
+            "delete.retention.ms; ADR 0024).",
+        ),
+    ] = 600.0,
     verbose: bool = False,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
@@ -162,6 +172,7 @@ def processor(
     cfg["early_dispatch"] = early_dispatch
     cfg.update(http_port=http_port, http_host=http_host, advertised_host=advertised_host)
     cfg["standby_replicas"] = standby_replicas
+    cfg["state_cleanup_delay_s"] = state_cleanup_delay
     if instance_id:
         cfg["instance_id"] = instance_id
     if state_dir:

@@ -456,3 +456,63 @@ async def test_a_worker_denied_writing_results_fails_clearly(cluster: Cluster, t
     said = str(failed)
     assert f"{cluster.name}-worker" in said and f"{cluster.name}.inbox" in said, said
     assert "acls plan --app APP --component worker" in said
+
+
+def test_a_standby_denied_one_changelog_keeps_the_other_warm_and_consistent(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A processor without Read on the keyed changelog (ADR 0024, review 1b): the denial arrives for that
+    partition alone; the run changelog's standby still applies every record, its offset never ahead of
+    its content, and the fault stays open (one episode) while the denial lasts."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import ConsumerGroupState, TopicPartition
+
+    from orchestrator._engine.processor.config import ProcessorTopics
+    from orchestrator._engine.processor.standby import APPLY_FAULT, KEYED, RUN, Standbys
+    from orchestrator._engine.store import META_CHANGELOG_OFFSET, PartitionStore
+
+    admin_app = make_app(cluster.name, cluster.source)
+    topics = ProcessorTopics.of(admin_app)
+    producer = Producer({**read_client_properties(cluster.properties), "logger": QUIET})
+    for i in range(20):
+        producer.produce(topics.changelog, b"v", f"r/a{i}".encode(), partition=0)
+        producer.produce(topics.keyed_changelog, b"v", f"k/a{i}".encode(), partition=0)
+    assert producer.flush(30) == 0
+    cluster.grant(Component.PROCESSOR, _describe_only(".keyed-changelog"))
+    app = make_app(cluster.name, cluster.source, cluster.user(Component.PROCESSOR))
+    owner = SimpleNamespace(
+        group_instance_id="processor-other",
+        assignment=SimpleNamespace(
+            topic_partitions=[TopicPartition(topics.inbox, 0), TopicPartition(topics.keyed, 0)]
+        ),
+    )
+    me = SimpleNamespace(group_instance_id="processor-me", assignment=None)
+    group = SimpleNamespace(state=ConsumerGroupState.STABLE, members=[owner, me])
+    standbys = Standbys(
+        app.settings.model_copy(update={"partitions": 1}),
+        topics,
+        tmp_path,
+        "me",
+        1,
+        "g",
+        describe=lambda: group,
+        refresh_s=0.5,
+    )
+    standbys.start()
+    try:
+        deadline = time.monotonic() + 60
+        while standbys.positions().get((RUN, 0)) != 20 or APPLY_FAULT not in standbys.faults():
+            assert time.monotonic() < deadline, (standbys.positions(), standbys.faults())
+            time.sleep(0.2)
+        time.sleep(3)  # several rounds of the denial (each rewinds every replica)
+        assert standbys.faults() == [APPLY_FAULT]
+        assert standbys.positions().get((KEYED, 0)) in (None, 0)
+    finally:
+        standbys.close()
+    store = PartitionStore(tmp_path / "p0", 0)
+    try:
+        assert store.meta_offset(META_CHANGELOG_OFFSET) == 20
+        assert sorted(k for k, _ in store.scan(b"r/")) == sorted(f"r/a{i}".encode() for i in range(20))
+    finally:
+        store.close()

@@ -1,5 +1,6 @@
 """A standby replica's faults on the real broker (ADR 0024): a store whose offset fell below the changelog's
-low watermark is rebuilt from what the changelog still holds; a broker restart is ridden out."""
+low watermark, or past its end, is rebuilt from what the changelog still holds; a broker restart is
+ridden out."""
 
 from __future__ import annotations
 
@@ -102,6 +103,27 @@ def test_a_store_below_the_low_watermark_is_rebuilt_from_what_the_changelog_hold
         assert store.meta_offset(META_CHANGELOG_OFFSET) == 10
     finally:
         store.close()
+
+
+def test_a_standby_past_the_changelog_end_is_rebuilt_from_the_first_record(
+    kafka_bootstrap: str, unique_name: str, create_topics: CreateTopics, tmp_path: Path
+) -> None:
+    """A store whose offset is past the changelog's end (the topic was recreated, shorter): the broker
+    answers the fetch with offset-out-of-range too, the store is rebuilt, and none of the new topic's
+    records is skipped as "older than the store's position"."""
+    topics = _topics(unique_name)
+    create_topics(topics.changelog, topics.keyed_changelog)
+    old = PartitionStore(tmp_path / "p0", 0)
+    old.restore_batch([(b"r/old", b"v0")], 50)
+    old.close()
+    _produce(kafka_bootstrap, topics.changelog, [(f"r/n{i}".encode(), b"v1") for i in range(3)])
+    standbys = _standbys(kafka_bootstrap, topics, tmp_path)
+    try:
+        _wait(lambda: standbys.positions().get((RUN, 0)) == 3, 30, "the standby rebuilt up to offset 3")
+        assert standbys.faults() == []
+    finally:
+        standbys.close()
+    assert _content(tmp_path / "p0") == {f"r/n{i}".encode(): b"v1" for i in range(3)}
 
 
 def test_a_standby_rides_out_a_broker_restart(private_broker: PrivateBroker, tmp_path: Path) -> None:

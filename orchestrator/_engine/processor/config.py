@@ -41,6 +41,10 @@ class ProcessorConfig:
             records it commits (ADR 0025): a worker starts a step while the transaction commits instead of
             after. Off by default: on the shared 2-core bench machine it did not lower latency at 1 or 32
             callers and cost CPU per run at 256 (BENCHMARKS.md, issue 15).
+        state_cleanup_delay_s: with standby replicas, a partition's store directory that is neither active
+            nor a standby here for this long is deleted (Kafka Streams' ``state.cleanup.delay.ms``); keep it
+            well below the changelogs' ``delete.retention.ms`` (24 h by default), after which a kept
+            directory could miss deletes (ADR 0024).
     """
 
     instance_id: str = field(default_factory=socket.gethostname)
@@ -55,6 +59,7 @@ class ProcessorConfig:
     advertised_host: str | None = None
     standby_replicas: int = 0
     early_dispatch: bool = False
+    state_cleanup_delay_s: float = 600.0
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
 

@@ -86,6 +86,7 @@ class Processor:
                 self.config.instance_id,
                 self.config.standby_replicas,
                 f"{app.name}.processors",
+                cleanup_delay_s=self.config.state_cleanup_delay_s,
             )
         self.runs = RunStates(self.config.cache_size)
         self.decider = Decider(app, self.runs.instances)
@@ -284,6 +285,10 @@ class Processor:
                     raise refused from exc
 
     def _shutdown(self) -> None:
+        if self.stores.standbys is not None:
+            # First: closing the consumer revokes every partition, and a standby adopting those stores
+            # would open each one only for this close to shut it again (ADR 0024).
+            self.stores.standbys.close()
         try:
             if self._consumer is not None:
                 self._consumer.close()
@@ -293,8 +298,6 @@ class Processor:
         if self.http is not None:
             self.http.stop()
             self.http = None
-        if self.stores.standbys is not None:
-            self.stores.standbys.close()
         self.stores.close()
         self.runs.clear()
         self.local_steps.close()
