@@ -21,6 +21,9 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from engine_support import PrivateBroker, free_ports
+from shared_brokers import release_after_last_user, secured_broker, three_brokers
+
+__all__ = ["secured_broker", "three_brokers"]  # shared fixtures, found by pytest in this namespace
 
 _HERE = Path(__file__).parent
 
@@ -30,6 +33,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield
+    release_after_last_user(item)
 
 
 BOOTSTRAP_ENV = "ORCHESTRATOR_TEST_BOOTSTRAP"
