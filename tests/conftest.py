@@ -1,17 +1,16 @@
-"""How the suite is spread over pytest-xdist workers: whole files (or named groups of files), longest first.
+"""How the suite is spread over pytest-xdist workers: whole files (or groups of files), longest first.
 
-``./dev test`` runs ``pytest -n 2 --dist loadgroup --no-loadscope-reorder`` (ADR 0026). xdist's ``loadgroup``
-sends every test with the same ``xdist_group`` mark to one worker, and every other test on its own; here
-every test without a mark is given its file as its group, so a module's fixtures (a module-scoped broker,
-a mypy run) are set up once, on one worker, as they were before the suite ran in parallel. A few files that
-share an expensive session fixture name one group (``pytest.mark.xdist_group("secured-broker")``), so the
-broker is started once for all of them.
+``./dev test`` runs ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` (ADR 0026). Each file is a unit
+of work that one worker runs from start to end, so a module's fixtures (a module-scoped broker, a mypy run)
+are set up once, as they were before the suite ran in parallel; the files that share an expensive session
+fixture form one unit (``tests/scheduling.py``, ``pytest_xdist_make_scheduler`` below).
 
-xdist hands out groups in collection order, so the items are sorted here with the longest group first
-(longest-processing-time-first: with two workers, the last group to start is a short one and both workers
-finish at about the same time). A group's length is the sum of its files' seconds in ``tests/durations.json``,
-measured on a full run; a file not listed there (a new one) counts ``NEW_FILE_S``, or ``NEW_SLOW_FILE_S`` if
-a test in it is marked ``slow``. Refresh the file after adding slow tests:
+xdist hands the units out in collection order (``--no-loadscope-reorder``: otherwise it sorts them by their
+number of tests), so the items are sorted here, longest unit first (longest-processing-time-first: with two
+workers the last unit to start is a short one, and both finish at about the same time). A unit's length is
+the sum of its files' seconds in ``tests/durations.json``, measured on a full run; a file not listed there (a
+new one) counts ``NEW_FILE_S``, or ``NEW_SLOW_FILE_S`` if a test in it is marked ``slow``. Inside a unit the
+files keep the order ``tests/scheduling.py`` gives them. Refresh the seconds after adding slow tests:
 ``ORCHESTRATOR_TEST_DURATIONS=tests/durations.json ./dev test``.
 """
 
@@ -21,8 +20,10 @@ import json
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
+from scheduling import GROUPS, unit_of
 
 DURATIONS = Path(__file__).with_name("durations.json")
 RECORD_ENV = "ORCHESTRATOR_TEST_DURATIONS"
@@ -42,41 +43,40 @@ def _known_seconds() -> dict[str, float]:
         return {}
 
 
-def _group_of(item: pytest.Item) -> str:
-    mark = item.get_closest_marker("xdist_group")
-    if mark is None:
-        return _file_of(item)
-    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     known = _known_seconds()
     slow_files = {_file_of(item) for item in items if item.get_closest_marker("slow")}
-    file_seconds: dict[str, float] = {}
-    group_seconds: dict[str, float] = defaultdict(float)
-    group_files: dict[str, set[str]] = defaultdict(set)
+    unit_seconds: dict[str, float] = defaultdict(float)
+    seen: set[str] = set()
     for item in items:
-        path, group = _file_of(item), _group_of(item)
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
-        if path not in file_seconds:
-            default = NEW_SLOW_FILE_S if path in slow_files else NEW_FILE_S
-            file_seconds[path] = known.get(path, default)
-        if path not in group_files[group]:
-            group_files[group].add(path)
-            group_seconds[group] += file_seconds[path]
+        path = _file_of(item)
+        if path not in seen:
+            seen.add(path)
+            guess = NEW_SLOW_FILE_S if path in slow_files else NEW_FILE_S
+            unit_seconds[unit_of(path)] += known.get(path, guess)
+    in_group = {path: index for paths in GROUPS.values() for index, path in enumerate(paths)}
     position = {id(item): index for index, item in enumerate(items)}
-    # Longest group first; inside a group, its shortest file first (the shared-cluster group relies on it:
-    # see shared_brokers.py), then the collection order.
-    items.sort(
-        key=lambda item: (
-            -group_seconds[_group_of(item)],
-            _group_of(item),
-            file_seconds[_file_of(item)],
-            position[id(item)],
-        )
-    )
+
+    def key(item: pytest.Item) -> tuple[float, str, int, int]:
+        path = _file_of(item)
+        unit = unit_of(path)
+        return (-unit_seconds[unit], unit, in_group.get(path, 0), position[id(item)])
+
+    items.sort(key=key)
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown to a pytest without xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with the groups of ``tests/scheduling.py`` as units of their own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LoadFileOrGroup(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(super()._split_scope(nodeid))
+
+    return LoadFileOrGroup(config, log)
 
 
 _measured: dict[str, float] = defaultdict(float)

@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from engine_support import PrivateBroker, free_ports
+from scheduling import FIXTURE_GROUPS, GROUP_OF
 from shared_brokers import release_after_last_user, secured_broker, three_brokers
 
 __all__ = ["secured_broker", "three_brokers"]  # shared fixtures, found by pytest in this namespace
@@ -30,9 +31,17 @@ _HERE = Path(__file__).parent
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Conftest hooks see the whole session's items, so only tests below this folder are marked.
+    root = _HERE.parent.parent
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.integration)
+        for fixture, group in FIXTURE_GROUPS.items():
+            path = item.path.resolve().relative_to(root).as_posix()
+            if fixture in getattr(item, "fixturenames", ()) and GROUP_OF.get(path) != group:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses {fixture}: list {path} in group {group!r} of tests/scheduling.py, "
+                    "so that one worker runs every user of that broker"
+                )
 
 
 @pytest.hookimpl(hookwrapper=True)

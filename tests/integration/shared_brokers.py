@@ -1,16 +1,14 @@
 """Brokers that several test files share: the secured broker and the 3-broker cluster (fixtures for conftest).
 
-Each is started once, on first use, and stopped right after the last test of the session that uses it (not at
-session end: a JVM left idle on a 2-core machine costs the tests that follow). Their users must run in one
-process, one after the other: each file that uses one carries its ``xdist_group`` mark (``SECURED_GROUP``,
-``CLUSTER_GROUP``), so that xdist sends the whole group to one worker (``tests/conftest.py`` keeps a group's
-files together, shortest first). Without the mark a second worker would start a second broker: slower, never
-wrong.
+Each is started once, on first use, and stopped right after the last test of the session that uses it (not
+at session end: a JVM left idle on a 2-core machine costs the tests that follow). Their users run in one
+process, one after the other: ``tests/scheduling.py`` lists them, one group per fixture, and the scheduler in
+``tests/conftest.py`` hands each group to one pytest-xdist worker as a whole.
 
-The 3-broker cluster is handed to ``test_devkafka_cluster`` first (the shorter file), on a fresh cluster:
-that test checks that the internal topics it makes while a broker is down get three replicas, and asserts
-that they did not exist before. ``test_cluster_failover`` then runs on the same cluster, whose killed broker
-is back in every ISR by then.
+The 3-broker cluster is handed to ``test_devkafka_cluster`` first (listed first in its group), on a fresh
+cluster: that test checks that the internal topics it makes while a broker is down get three replicas, and
+asserts that they did not exist before. ``test_cluster_failover`` then runs on the same cluster, whose killed
+broker is back in every ISR by then.
 """
 
 from __future__ import annotations
@@ -24,10 +22,9 @@ from engine_support import free_ports
 from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo
 
-SECURED_GROUP = "secured-broker"
-CLUSTER_GROUP = "three-brokers"
 SHARED = ("secured_broker", "three_brokers")
-"""The fixtures stopped after their last user (``release_after_last_user``)."""
+"""The fixtures stopped after their last user (``release_after_last_user``); each has a group in
+``tests/scheduling.py``."""
 
 _stops: dict[str, Callable[[], None]] = {}
 

@@ -41,14 +41,13 @@ from engine_support import (
     partition_leaders,
     pauses,
 )
-from shared_brokers import CLUSTER_GROUP
 
 from orchestrator import App, Settings, _devkafka
 from orchestrator._devkafka import BrokerInfo
 from orchestrator._engine import kafka
 from orchestrator.topology import engine_topics, history_topic, inbox_topic
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.xdist_group(CLUSTER_GROUP)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/integration/conftest.py
 
 APP_SPEC = "tests.integration.apps.failover_app:app"

@@ -1,9 +1,10 @@
 """A local 3-broker cluster loses the leader of a partition and keeps serving, transactions included.
 
 On a cluster of its own (``shared_brokers.three_brokers``: three JVMs of 384 MB in a temp dir on free ports),
-never the session broker. This test is the cluster's first user (the shorter file of its group), so the
-internal topics it makes while a broker is down are made then: it checks they did not exist before. It leaves
-the killed node back in the ISR for ``test_cluster_failover``, which uses the same cluster next.
+never the session broker. This test is the cluster's first user (listed first in its group,
+tests/scheduling.py), so the internal topics it makes while a broker is down are made then: it checks they did
+not exist before. It leaves the killed node back in the ISR for ``test_cluster_failover``, which uses the same
+cluster next.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
-from shared_brokers import CLUSTER_GROUP
 
 from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo
 
-# Three JVMs on a shared 2-core machine; one worker runs the cluster's users.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group(CLUSTER_GROUP)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # three JVMs on a shared 2-core machine
 QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/integration/conftest.py
 
 

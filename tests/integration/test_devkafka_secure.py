@@ -22,13 +22,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from shared_brokers import SECURED_GROUP
 
 from orchestrator._devkafka import BrokerInfo
 from orchestrator._devkafka.security import read_client_properties
 
-# A JVM start on a shared 2-core machine; one worker runs the secured broker's users.
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group(SECURED_GROUP)]
+pytestmark = pytest.mark.timeout(600)  # a JVM start on a shared 2-core machine
 QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/integration/conftest.py
 
 

@@ -44,7 +44,6 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     UserScramCredentialUpsertion,
 )
 from engine_support import REPO, ProcessorThread, WorkerThread
-from shared_brokers import SECURED_GROUP
 
 from orchestrator import App, Settings, _acls, _topic_admin
 from orchestrator._acls import AppShape, Component
@@ -55,9 +54,7 @@ from orchestrator._engine.access import KafkaAccessError
 from orchestrator._engine.processor import Processor, ProcessorConfig
 from orchestrator._engine.worker import Worker
 
-# A JVM start, engine threads and CLI processes on a shared 2-core box; one worker runs the secured
-# broker's users.
-pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group(SECURED_GROUP)]
+pytestmark = pytest.mark.timeout(900)  # a JVM start, engine threads and CLI processes on a shared 2-core box
 APP_SPEC = "tests.integration.apps.acl_app:app"
 QUIET = logging.getLogger("tests.acls.librdkafka")
 QUIET.addHandler(logging.NullHandler())

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from apps.secure_app import make_app
 from engine_support import REPO, engine
-from shared_brokers import SECURED_GROUP
 
 from orchestrator import App, Settings
 from orchestrator._devkafka import BrokerInfo
@@ -30,9 +29,7 @@ from orchestrator._engine.access import KafkaAccessError
 from orchestrator._engine.processor import Processor, ProcessorConfig
 from orchestrator._engine.worker import Worker
 
-# A JVM start and a few CLI processes on a shared 2-core machine; one worker runs the secured broker's
-# users.
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group(SECURED_GROUP)]
+pytestmark = pytest.mark.timeout(600)  # a JVM start and a few CLI processes on a shared 2-core machine
 APP_SPEC = "tests.integration.apps.secure_app:app"
 WRONG = "not-the-password-5f2a"
 
