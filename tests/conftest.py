@@ -93,4 +93,5 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not target or hasattr(session.config, "workerinput") or not _measured:
         return  # recorded once, by the controller (or the only process without xdist)
     merged = {**_known_seconds(), **{k: round(v, 1) for k, v in _measured.items()}}
+    merged = {path: seconds for path, seconds in merged.items() if (_ROOT / path).exists()}
     Path(target).write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
