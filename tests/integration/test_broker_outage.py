@@ -487,8 +487,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Bas
     broker = PrivateBroker(tmp_path_factory.mktemp("outage") / "kafka")
     broker.start()
     try:
-        outage = Outage(broker, list(SCENARIOS), OUTAGE_S)
         names = {key: f"t{uuid.uuid4().hex[:10]}" for key in SCENARIOS}  # apps, topics, groups
+        outage = Outage(broker, list(names.values()), OUTAGE_S)
         dirs = {key: tmp_path_factory.mktemp(key) for key in SCENARIOS}
 
         def bound(key: str) -> Scenario:
