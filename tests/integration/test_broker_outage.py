@@ -419,6 +419,7 @@ async def metrics_of_held_results(outage: Outage, name: str, tmp_path: Path) -> 
         await asyncio.sleep(max(10.0, OUTAGE_S - 1 - outage.seconds_down()))
         assert get(w_port, "orchestrator_worker_outbox_records") == METRIC_RUNS
         await outage.ready_to_restart(name)
+        await outage.passed(RESTART)
         async with app.client() as client:
             handles = [client.get_handle(f"o{i}", "outage") for i in range(METRIC_RUNS)]
             values = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 240)
