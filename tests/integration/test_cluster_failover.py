@@ -1,8 +1,9 @@
 """5,000 runs through a broker failover, a rolling restart and scaling, on a 3-broker cluster (issue 14).
 
-Everything real: a private 3-broker KRaft cluster (RF 3, min.insync 2; three JVMs), three processor and two
-worker processes. While 5,000 runs are in flight (each sleeps and polls a gate until the faults are over,
-``apps/failover_app.py``, so every run crosses every fault):
+Everything real: a private 3-broker KRaft cluster (RF 3, min.insync 2; three JVMs:
+``shared_brokers.three_brokers``, which ``test_devkafka_cluster`` used first and left with every node back in
+every ISR), three processor and two worker processes. While 5,000 runs are in flight (each sleeps and polls a
+gate until the faults are over, ``apps/failover_app.py``, so every run crosses every fault):
 
 1. the broker leading the most engine partitions is SIGKILLed, the engine keeps going on the two others,
    and the broker comes back and rejoins every ISR;
@@ -23,7 +24,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,6 @@ from engine_support import (
     child_env,
     end_offsets,
     executions,
-    free_ports,
     history,
     in_every_isr,
     partition_leaders,
@@ -59,18 +59,6 @@ PAUSE_S = 45.0
 three processors on a shared 2-core machine had no slack left, and every fault left a backlog that the
 longest pause measured instead of the fault."""
 PROGRESS_TIMEOUT_S = 300.0
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[BrokerInfo, Path]]:
-    data_dir = tmp_path / "cluster"
-    ports = free_ports(6)
-    info = _devkafka.start(data_dir, ports[:3], ports[3:], brokers=3, heap_mb=384)
-    print(f"3-broker cluster ready in {info.seconds:.1f} s")
-    try:
-        yield info, data_dir
-    finally:
-        _devkafka.stop(data_dir)
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -120,9 +108,9 @@ def _assigned_inbox(log: Path, offset: int, inbox: str) -> set[int] | None:
 
 
 async def test_5000_runs_through_broker_failover_rolling_restart_and_scaling(
-    cluster: tuple[BrokerInfo, Path], unique_name: str, tmp_path: Path
+    three_brokers: tuple[BrokerInfo, Path], unique_name: str, tmp_path: Path
 ) -> None:
-    info, data_dir = cluster
+    info, data_dir = three_brokers
     bootstrap = info.bootstrap
     state = tmp_path / "state"
     env = {

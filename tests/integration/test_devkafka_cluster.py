@@ -1,7 +1,10 @@
 """A local 3-broker cluster loses the leader of a partition and keeps serving, transactions included.
 
-Starts its own cluster (three JVMs of 384 MB in a temp dir on free ports), so it never touches the session
-broker; the cluster is stopped at the end whatever happens.
+On a cluster of its own (``shared_brokers.three_brokers``: three JVMs of 384 MB in a temp dir on free ports),
+never the session broker. This test is the cluster's first user (listed first in its group,
+tests/scheduling.py), so the internal topics it makes while a broker is down are made then: it checks they did
+not exist before. It leaves the killed node back in the ISR for ``test_cluster_failover``, which uses the same
+cluster next.
 """
 
 from __future__ import annotations
@@ -9,32 +12,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
-from engine_support import free_ports
 
 from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # three JVMs on a shared 2-core machine
 QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/integration/conftest.py
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[BrokerInfo, Path]]:
-    data_dir = tmp_path / "cluster"
-    ports = free_ports(6)
-    info = _devkafka.start(data_dir, ports[:3], ports[3:], brokers=3, heap_mb=384)
-    print(f"3-broker cluster ready in {info.seconds:.1f} s")
-    try:
-        yield info, data_dir
-    finally:
-        _devkafka.stop(data_dir)
 
 
 def _produce(producer: Producer, topic: str, values: range) -> None:
@@ -62,12 +51,17 @@ def _wait_for(check: Any, what: str, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
-def test_killed_leader_fails_over_and_rejoins_the_isr(cluster: tuple[BrokerInfo, Path]) -> None:
-    info, data_dir = cluster
+INTERNAL = ("__consumer_offsets", "__transaction_state")
+
+
+def test_killed_leader_fails_over_and_rejoins_the_isr(three_brokers: tuple[BrokerInfo, Path]) -> None:
+    info, data_dir = three_brokers
     assert len(info.nodes) == 3
     assert info.bootstrap == ",".join(node.bootstrap for node in info.nodes)
     common: dict[str, Any] = {"bootstrap.servers": info.bootstrap, "logger": QUIET_LOGGER}
     admin = AdminClient(common)
+    # The internal topics are to be made below, while a broker is down: the cluster must be fresh.
+    assert not set(INTERNAL) & set(admin.list_topics(timeout=30).topics), "the cluster was used before"
     topic = f"t{uuid.uuid4().hex[:10]}"
     for future in admin.create_topics([NewTopic(topic, 1, 3)], operation_timeout=30).values():
         future.result(30)
@@ -106,7 +100,7 @@ def test_killed_leader_fails_over_and_rejoins_the_isr(cluster: tuple[BrokerInfo,
     consumer.close()
     assert seen == list(range(210))
     topics = admin.list_topics(timeout=10).topics
-    for internal in ("__consumer_offsets", "__transaction_state"):  # made while a broker was down
+    for internal in INTERNAL:  # made while a broker was down
         assert len(topics[internal].partitions[0].replicas) == 3
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     configs = admin.describe_configs([resource])[resource].result(30)

@@ -1,6 +1,7 @@
 """A secured local broker: the generated client properties work, and a client without them is told why not.
 
-Starts its own broker (SASL_SSL, SCRAM-SHA-512, ACLs on) in a temp dir on free ports, stopped at the end.
+On the secured broker shared with the other files of its group (``shared_brokers.secured_broker``: SASL_SSL,
+SCRAM-SHA-512, ACLs on, in a temp dir on free ports), which this file's tests only read from and log in to.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from engine_support import free_ports
 
-from orchestrator import _devkafka
 from orchestrator._devkafka import BrokerInfo
 from orchestrator._devkafka.security import read_client_properties
 
@@ -32,27 +30,15 @@ pytestmark = pytest.mark.timeout(600)  # a JVM start on a shared 2-core machine
 QUIET_LOGGER = logging.getLogger("tests.librdkafka")  # set up silent by tests/integration/conftest.py
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
-    data_dir = tmp_path_factory.mktemp("secure") / "kafka"
-    port, controller_port = free_ports(2)
-    info = _devkafka.start(data_dir, port, controller_port, secure=True, heap_mb=384)
-    print(f"secured broker ready in {info.seconds:.1f} s")
-    try:
-        yield info
-    finally:
-        _devkafka.stop(data_dir)
-
-
 def _client_settings(info: BrokerInfo) -> dict[str, Any]:
     assert info.client_properties is not None
     return {**read_client_properties(info.client_properties), "logger": QUIET_LOGGER}
 
 
-def test_client_properties_work_for_producer_consumer_and_transactions(secured: BrokerInfo) -> None:
-    assert secured.client_properties is not None
-    assert stat.S_IMODE(secured.client_properties.stat().st_mode) == 0o600
-    settings = _client_settings(secured)
+def test_client_properties_work_for_producer_consumer_and_transactions(secured_broker: BrokerInfo) -> None:
+    assert secured_broker.client_properties is not None
+    assert stat.S_IMODE(secured_broker.client_properties.stat().st_mode) == 0o600
+    settings = _client_settings(secured_broker)
     assert settings["security.protocol"] == "SASL_SSL"
     topic = f"t{uuid.uuid4().hex[:10]}"
     admin = AdminClient(settings)
@@ -96,8 +82,8 @@ def _first_error(settings: dict[str, Any]) -> KafkaError:
     return errors[0]
 
 
-def test_client_without_credentials_is_refused_before_connecting(secured: BrokerInfo) -> None:
-    settings = _client_settings(secured)
+def test_client_without_credentials_is_refused_before_connecting(secured_broker: BrokerInfo) -> None:
+    settings = _client_settings(secured_broker)
     del settings["sasl.username"], settings["sasl.password"]
 
     with pytest.raises(KafkaException, match=r"sasl\.username and sasl\.password must be set"):
@@ -105,8 +91,10 @@ def test_client_without_credentials_is_refused_before_connecting(secured: Broker
 
 
 @pytest.mark.parametrize("how", ["unknown user", "wrong password"])
-def test_client_with_wrong_credentials_gets_an_authentication_error(secured: BrokerInfo, how: str) -> None:
-    settings = _client_settings(secured)
+def test_client_with_wrong_credentials_gets_an_authentication_error(
+    secured_broker: BrokerInfo, how: str
+) -> None:
+    settings = _client_settings(secured_broker)
     if how == "unknown user":
         settings["sasl.username"] = "nobody"
     else:
@@ -119,25 +107,25 @@ def test_client_with_wrong_credentials_gets_an_authentication_error(secured: Bro
     assert "invalid credentials" in error.str()
 
 
-def test_plaintext_client_is_not_served(secured: BrokerInfo) -> None:
-    admin = AdminClient({"bootstrap.servers": secured.bootstrap, "logger": QUIET_LOGGER})
+def test_plaintext_client_is_not_served(secured_broker: BrokerInfo) -> None:
+    admin = AdminClient({"bootstrap.servers": secured_broker.bootstrap, "logger": QUIET_LOGGER})
     with pytest.raises(KafkaException):  # the TLS listener drops its bytes; no metadata ever comes
         admin.list_topics(timeout=10)
 
 
-def test_cli_and_broker_log_show_no_password(secured: BrokerInfo) -> None:
-    passwords = json.loads((secured.data_dir / "secrets.json").read_text(encoding="utf-8")).values()
+def test_cli_and_broker_log_show_no_password(secured_broker: BrokerInfo) -> None:
+    passwords = json.loads((secured_broker.data_dir / "secrets.json").read_text(encoding="utf-8")).values()
     passwords = [value for value in passwords if value not in ("orchestrator", "broker")]
-    assert _client_settings(secured)["sasl.password"] in passwords
+    assert _client_settings(secured_broker)["sasl.password"] in passwords
     cli = Path(sys.executable).parent / "orchestrator"
     result = subprocess.run(
-        [str(cli), "kafka", "status", "--dir", str(secured.data_dir)],
+        [str(cli), "kafka", "status", "--dir", str(secured_broker.data_dir)],
         capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "400"},
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
     assert "client.properties" in result.stdout
-    broker_log = (secured.data_dir / "broker.log").read_text(encoding="utf-8", errors="replace")
+    broker_log = (secured_broker.data_dir / "broker.log").read_text(encoding="utf-8", errors="replace")
     for password in passwords:
         assert password not in result.stdout + result.stderr
         assert password not in broker_log
@@ -154,12 +142,12 @@ def _speak_tls_without_a_certificate(port: int, ca: str) -> None:
             raise ConnectionError("closed by the controller")
 
 
-def test_controller_listener_wants_a_broker_certificate(secured: BrokerInfo) -> None:
+def test_controller_listener_wants_a_broker_certificate(secured_broker: BrokerInfo) -> None:
     """Mutual TLS: a caller that trusts the CA but has no certificate of its own is turned away."""
-    assert secured.client_properties is not None
-    ca = read_client_properties(secured.client_properties)["ssl.ca.location"]
+    assert secured_broker.client_properties is not None
+    ca = read_client_properties(secured_broker.client_properties)["ssl.ca.location"]
     # TLS 1.2 refuses in the handshake, TLS 1.3 right after it (the client's handshake ends first).
     with pytest.raises((ssl.SSLError, ConnectionError)) as refused:
-        _speak_tls_without_a_certificate(secured.nodes[0].controller_port, ca)
+        _speak_tls_without_a_certificate(secured_broker.nodes[0].controller_port, ca)
     # Java answers a missing client certificate with a "bad certificate" alert (SSLV3_ALERT_BAD_CERTIFICATE).
     assert isinstance(refused.value, ConnectionError) or "CERTIFICATE" in str(refused.value).upper()

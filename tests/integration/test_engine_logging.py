@@ -182,7 +182,7 @@ async def test_a_broker_outage_is_logged_as_json_records_while_it_lasts(
         before = {err: len(err.read_text().splitlines()) for err in (proc_err, work_err)}
         private_broker.kill()
         deadline = time.monotonic() + 60  # a guard against a hang, not a timing claim
-        # Both log the first failed connection of each client (repeats are collapsed: test_log_outage);
+        # Both log the first failed connection of each client (repeats are collapsed: test_broker_outage);
         # the worker also reports the outage once, from error_cb.
         while not (
             _kafka_errors(proc_err, "rdkafka#producer")

@@ -109,6 +109,7 @@ async def test_rate_limit_debounce_and_priority(
     try:
         async with app.client() as client:
             # Rate: 40 starts at once, at most 10 per second.
+            asked = time.time()
             limited_runs = [await client.start(limited, i) for i in range(40)]
             # Priority: one holds the slot, then lows and highs queue up.
             first = await client.start(prioritised, {"i": 0, "prio": 0})
@@ -137,8 +138,10 @@ async def test_rate_limit_debounce_and_priority(
     assert len(starts) == 40
     for i, t in enumerate(starts):
         assert sum(1 for u in starts[i:] if u - t < 1000) <= 10, str([u - starts[0] for u in starts])
-    # ...and measured by the step itself: 40 executions took at least 3 s (10 per second after the first 10).
-    assert stamps[-1] - stamps[0] >= 2.9, stamps
+    # ...and measured outside the engine: the 40th execution came at least 3 s after the 40 runs were asked
+    # for (10 per second after the first 10). Not from the first execution: on a loaded machine the first
+    # ones may run late, and the span between executions shrink below what the admissions were.
+    assert stamps[-1] - asked >= 2.9, [t - asked for t in stamps]
     assert order[0] == 0 and set(order[1:5]) == {1, 3, 5, 7} and set(order[5:]) == {2, 4, 6, 8}, order
     assert seen == [99]
 

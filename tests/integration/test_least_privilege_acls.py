@@ -1,12 +1,12 @@
 """The engine runs with exactly the planned ACLs, one SCRAM user per component, on a broker with ACLs on.
 
-A secured broker of this module's own (``kafka start --secure``: SASL_SSL, SCRAM-SHA-512, StandardAuthorizer
-with no access for anyone but the super users). The admin creates the app's topics and one user per
-component, and gives each exactly what ``orchestrator acls plan`` lists, nothing more. The processor, the
-worker, the client and the read-only CLI (the ui's principal) then run a workflow that touches every
-engine topic, both task queues and a user's source topic. Should the engine need an ACL the plan forgot,
-some component fails here: this test is what keeps the plan honest. A component missing one of its ACLs
-must fail with a `KafkaAccessError` naming what is missing, not hang.
+The secured broker shared with the other files of its group (``shared_brokers.secured_broker``: ``kafka start
+--secure``: SASL_SSL, SCRAM-SHA-512, StandardAuthorizer with no access for anyone but the super users). The
+admin creates the app's topics and one user per component, and gives each exactly what ``orchestrator acls
+plan`` lists, nothing more. The processor, the worker, the client and the read-only CLI (the ui's principal)
+then run a workflow that touches every engine topic, both task queues and a user's source topic. Should the
+engine need an ACL the plan forgot, some component fails here: this test is what keeps the plan honest. A
+component missing one of its ACLs must fail with a `KafkaAccessError` naming what is missing, not hang.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
-from engine_support import REPO, ProcessorThread, WorkerThread, free_ports
+from engine_support import REPO, ProcessorThread, WorkerThread
 
-from orchestrator import App, Settings, _acls, _devkafka, _topic_admin
+from orchestrator import App, Settings, _acls, _topic_admin
 from orchestrator._acls import AppShape, Component
 from orchestrator._devkafka import BrokerInfo
 from orchestrator._devkafka.security import read_client_properties
@@ -61,26 +61,15 @@ QUIET.addHandler(logging.NullHandler())
 QUIET.propagate = False
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
-    data_dir = tmp_path_factory.mktemp("acls") / "kafka"
-    port, controller_port = free_ports(2)
-    info = _devkafka.start(data_dir, port, controller_port, secure=True, heap_mb=384)
-    try:
-        yield info
-    finally:
-        _devkafka.stop(data_dir)
-
-
 @pytest.fixture
-def properties(secured: BrokerInfo, monkeypatch: pytest.MonkeyPatch) -> Path:
+def properties(secured_broker: BrokerInfo, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The broker's client.properties (the admin's) as the only Kafka setting in the environment."""
-    assert secured.client_properties is not None
+    assert secured_broker.client_properties is not None
     for name in list(os.environ):
         if name.upper().startswith("ORCHESTRATOR_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("ORCHESTRATOR_KAFKA_CONFIG_FILE", str(secured.client_properties))
-    return secured.client_properties
+    monkeypatch.setenv("ORCHESTRATOR_KAFKA_CONFIG_FILE", str(secured_broker.client_properties))
+    return secured_broker.client_properties
 
 
 @pytest.fixture

@@ -272,11 +272,16 @@ def _cli(name: str, bootstrap: str, *args: str) -> subprocess.CompletedProcess[s
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-def _processor(name: str, bootstrap: str, tmp: Path, instance: str) -> EngineProcess:
+def _processor(
+    name: str, bootstrap: str, tmp: Path, instance: str, session_timeout_ms: int | None = None
+) -> EngineProcess:
+    env = _query_env(name, bootstrap)
+    if session_timeout_ms is not None:
+        env["ORCHESTRATOR_KAFKA__SESSION_TIMEOUT_MS"] = str(session_timeout_ms)
     return EngineProcess(
         "processor",
         QUERY_APP,
-        _query_env(name, bootstrap),
+        env,
         "--instance-id",
         instance,
         "--state-dir",
@@ -289,12 +294,20 @@ def _processor(name: str, bootstrap: str, tmp: Path, instance: str) -> EnginePro
     )
 
 
+SESSION_MS = 30_000
+
+
 def test_a_dead_instance_shows_as_missing_partitions(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     app = _app(unique_name, kafka_bootstrap)
     query = FanOutRunQuery(app.settings, app)
-    procs = [_processor(unique_name, kafka_bootstrap, tmp_path, f"q{i}") for i in range(2)]
+    # The killed member keeps its partitions for a session timeout: 30 s (not the engine's 10 s), so that the
+    # three CLI processes below, slow to start on a loaded machine, all ask within it.
+    procs = [
+        _processor(unique_name, kafka_bootstrap, tmp_path, f"q{i}", session_timeout_ms=SESSION_MS)
+        for i in range(2)
+    ]
     worker = WorkerThread(app)
     for p in procs:
         p.start()
@@ -319,6 +332,7 @@ def test_a_dead_instance_shows_as_missing_partitions(
         victim = procs[1]
         owned = next(i.partitions for i in query.instances()[0] if i.instance_id == "q1")
         victim.kill()
+        killed = time.monotonic()
         # The group keeps the killed static member (and its partitions) until its session times out:
         page: RunPage = query.list(RunFilter(), limit=500)
         assert page.missing_partitions == sorted(owned)
@@ -330,6 +344,7 @@ def test_a_dead_instance_shows_as_missing_partitions(
         assert "no processor answered for partition(s)" in " ".join(incomplete.stdout.split())
         incomplete_json = _cli(unique_name, kafka_bootstrap, "--json")
         assert incomplete_json.returncode == 5
+        assert time.monotonic() - killed < SESSION_MS / 1000, "too slow: the session timed out meanwhile"
         assert json.loads(incomplete_json.stdout)["missing_partitions"] == sorted(owned)  # JSON only
         assert "no processor answered for partition(s)" in " ".join(incomplete_json.stderr.split())
         # ... then the survivor takes them over and the answer is whole again.

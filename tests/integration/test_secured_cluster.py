@@ -1,9 +1,9 @@
 """The whole engine on a secured cluster (SASL_SSL, SCRAM-SHA-512, ACLs on), configured by settings alone.
 
-A broker of this module's own (``kafka start --secure``: generated CA, SCRAM users, client.properties) in
-a temp dir on free ports, stopped at the end. The engine is told nothing but
-``ORCHESTRATOR_KAFKA_CONFIG_FILE`` (the bootstrap servers come from that file too): the processor, the
-worker, the client and the CLI must all get the SASL and TLS settings from it, since the broker serves
+The secured broker shared with the other files of its group (``shared_brokers.secured_broker``: ``kafka start
+--secure``, generated CA, SCRAM users, client.properties, in a temp dir on free ports). The engine is told
+nothing but ``ORCHESTRATOR_KAFKA_CONFIG_FILE`` (the bootstrap servers come from that file too): the processor,
+the worker, the client and the CLI must all get the SASL and TLS settings from it, since the broker serves
 nothing else. A client with a wrong password must fail with an error that says so, not hang.
 """
 
@@ -14,15 +14,15 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from apps.secure_app import make_app
-from engine_support import REPO, engine, free_ports
+from engine_support import REPO, engine
 
-from orchestrator import App, Settings, _devkafka
+from orchestrator import App, Settings
 from orchestrator._devkafka import BrokerInfo
 from orchestrator._devkafka.security import read_client_properties
 from orchestrator._engine.access import KafkaAccessError
@@ -34,26 +34,15 @@ APP_SPEC = "tests.integration.apps.secure_app:app"
 WRONG = "not-the-password-5f2a"
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
-    data_dir = tmp_path_factory.mktemp("secured") / "kafka"
-    port, controller_port = free_ports(2)
-    info = _devkafka.start(data_dir, port, controller_port, secure=True, heap_mb=384)
-    try:
-        yield info
-    finally:
-        _devkafka.stop(data_dir)
-
-
 @pytest.fixture
-def properties(secured: BrokerInfo, monkeypatch: pytest.MonkeyPatch) -> Path:
+def properties(secured_broker: BrokerInfo, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The broker's client.properties as the only Kafka setting in the environment."""
-    assert secured.client_properties is not None
+    assert secured_broker.client_properties is not None
     for name in list(os.environ):
         if name.upper().startswith("ORCHESTRATOR_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("ORCHESTRATOR_KAFKA_CONFIG_FILE", str(secured.client_properties))
-    return secured.client_properties
+    monkeypatch.setenv("ORCHESTRATOR_KAFKA_CONFIG_FILE", str(secured_broker.client_properties))
+    return secured_broker.client_properties
 
 
 def _password(path: Path) -> str:
@@ -70,7 +59,7 @@ def _cli(*args: str, app_name: str, **env: str) -> subprocess.CompletedProcess[s
 
 
 async def test_processor_worker_client_and_cli_run_on_a_secured_cluster(
-    secured: BrokerInfo,
+    secured_broker: BrokerInfo,
     properties: Path,
     unique_name: str,
     tmp_path: Path,
@@ -78,7 +67,7 @@ async def test_processor_worker_client_and_cli_run_on_a_secured_cluster(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = make_app(unique_name)
-    assert app.settings.bootstrap_servers == secured.bootstrap  # from the properties file alone
+    assert app.settings.bootstrap_servers == secured_broker.bootstrap  # from the properties file alone
     assert app.settings.kafka["security.protocol"] == "SASL_SSL"
 
     with engine(app, tmp_path):

@@ -110,10 +110,13 @@ async def sleepy(ctx: WorkflowContext, seconds: float) -> dict[str, float]:
 
 
 @app.step(
-    timeout="2s", retry=__import__("orchestrator").RetryPolicy(max_attempts=3, initial_interval="100ms")
+    timeout="2s", retry=__import__("orchestrator").RetryPolicy(max_attempts=8, initial_interval="100ms")
 )
 async def hangs_first(x: int) -> int:
-    """Attempt 1 hangs (until cancelled); later attempts answer at once."""
+    """Attempt 1 hangs (until cancelled); later attempts answer at once.
+
+    Each attempt's 2 s count from its dispatch: attempts dispatched while a restarted worker is still starting
+    time out too. Eight attempts (~30 s with the backoff) leave a loaded machine time to start it."""
     _log_execution()
     if step_info().attempt == 1:
         await asyncio.sleep(3600)
