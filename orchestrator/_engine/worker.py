@@ -137,9 +137,7 @@ class Worker:
         self._tracker = OffsetTracker()
         self._ledger = StepLedger()
         self._committer = Committer(self._tracker)
-        self._consumer_trouble = metrics.CountedEpisode(
-            log, "task topics unreachable", "worker", "consume"
-        )
+        self._consumer_trouble = metrics.CountedEpisode(log, "task topics unreachable", "worker", "consume")
         self._outbox: Outbox | None = None  # made by run(); tests may install one with a fake producer
         # Unique event ids without a uuid4 per result: a random prefix for this process, then a counter.
         self._id_prefix = uuid.uuid4().hex[:8]
@@ -348,6 +346,7 @@ class Worker:
         while free > 0 and queued:
             out.append(queued.popleft())
             free -= 1
+        metrics.WORKER_BUFFERED.set(len(queued))
         return out
 
     def _drop_buffered(self, partitions: list[TopicPartition] | None) -> None:
@@ -355,9 +354,10 @@ class Worker:
         they are fetched again by the partition's next owner from the committed offset."""
         if partitions is None:
             self._buffered.clear()
-            return
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        self._buffered = deque(m for m in self._buffered if (m.topic(), m.partition()) not in gone)
+        else:
+            gone = {(tp.topic, tp.partition) for tp in partitions}
+            self._buffered = deque(m for m in self._buffered if (m.topic(), m.partition()) not in gone)
+        metrics.WORKER_BUFFERED.set(len(self._buffered))
 
     def _on_stats(self, raw: str) -> None:
         """librdkafka statistics: keep the consumer's fetch requests and bytes received (benchmarks)."""
