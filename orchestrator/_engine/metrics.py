@@ -157,6 +157,10 @@ STEP_SCHEDULE_TO_START = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 STEPS_IN_FLIGHT = Gauge("orchestrator_worker_steps_in_flight", "Step attempts running on this worker now.")
+WORKER_BUFFERED = Gauge(
+    "orchestrator_worker_buffered_records",
+    "Step commands taken from Kafka and waiting for a free slot on this worker (at most --buffer).",
+)
 OUTBOX_HELD = Gauge(
     "orchestrator_worker_outbox_records",
     "Results and dead letters a worker holds until Kafka acknowledges them (grows while the broker is away).",

@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import functools
 import itertools
+import json
 import logging
 import os
 import socket
@@ -85,6 +86,14 @@ class WorkerConfig:
         drain_timeout_s: on stop, how long to wait for held results to be delivered. Results still held
             then are lost with the process, and their steps run again on another worker.
         consumer_overrides, producer_overrides: librdkafka settings on top of the engine's.
+        buffer: records taken from the consumer ahead of a free slot (None: as many as ``concurrency``).
+            With every slot busy the worker keeps polling (rebalances, commit results, the poll interval)
+            into this bounded queue and pauses its assignment only when the queue is full, resuming when
+            it is half empty. 0 is the earlier back-pressure: pause at every full house and seek back a
+            record that arrives anyway; librdkafka drops its prefetched records at each pause, so that
+            refetches them (ADR 0025, "Back-pressure").
+        stats_interval_ms: librdkafka ``statistics.interval.ms`` for the consumer; when > 0 the fetch
+            requests and bytes it reports are kept in `WorkerStats` (benchmarks; 0 = off).
     """
 
     queues: tuple[str, ...] | None = None
@@ -97,6 +106,8 @@ class WorkerConfig:
     drain_timeout_s: float = 30.0
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
+    buffer: int | None = None
+    stats_interval_ms: int = 0
 
 
 @dataclass
@@ -105,6 +116,12 @@ class WorkerStats:
     completed: int = 0
     failed: int = 0
     dead_letters: int = 0
+    pauses: int = 0  # calls to the consumer's pause (each drops the records librdkafka had prefetched)
+    resumes: int = 0
+    seeks: int = 0
+    buffered_max: int = 0  # most records waiting for a slot at once
+    fetch_requests: int = 0  # from librdkafka statistics (``stats_interval_ms``), summed over brokers
+    fetched_bytes: int = 0
 
 
 class Worker:
@@ -120,9 +137,7 @@ class Worker:
         self._tracker = OffsetTracker()
         self._ledger = StepLedger()
         self._committer = Committer(self._tracker)
-        self._consumer_trouble = metrics.CountedEpisode(
-            log, "task topics unreachable", "worker", "consume"
-        )
+        self._consumer_trouble = metrics.CountedEpisode(log, "task topics unreachable", "worker", "consume")
         self._outbox: Outbox | None = None  # made by run(); tests may install one with a fake producer
         # Unique event ids without a uuid4 per result: a random prefix for this process, then a counter.
         self._id_prefix = uuid.uuid4().hex[:8]
@@ -133,6 +148,9 @@ class Worker:
         self._consumer_failed: str | None = None  # set by librdkafka's error callback, acted on by run()
         self._consumer_failures: deque[float] = deque()
         self._paused = False  # consumer thread only: the assignment is paused because every slot is busy
+        # Consumer thread only: records taken from the consumer, waiting for a slot (`_poll_buffered`).
+        self._buffered: deque[Message] = deque()
+        self._buffer_limit = self.config.concurrency if self.config.buffer is None else self.config.buffer
 
     def stop(self) -> None:
         self._stop.set()
@@ -158,6 +176,11 @@ class Worker:
                 "on_commit": self._committer.on_commit,
                 "error_cb": self._on_consumer_error,
             }
+            | (
+                {"statistics.interval.ms": self.config.stats_interval_ms, "stats_cb": self._on_stats}
+                if self.config.stats_interval_ms > 0
+                else {}
+            )
             | self.config.consumer_overrides,
         )
         return kafka.new_consumer(conf)
@@ -263,6 +286,8 @@ class Worker:
     # -- consumer thread ----------------------------------------------------------------------------------
     def _poll(self, consumer: Consumer, free: int, timeout: float) -> list[Message]:
         """Up to ``free`` records; with no free slot, poll paused (`_poll_paused`) and return none."""
+        if self._buffer_limit > 0:
+            return self._poll_buffered(consumer, free, timeout)
         if free <= 0:
             self._poll_paused(consumer, min(timeout, 0.005))  # a slot may free up any moment
             return []
@@ -271,7 +296,74 @@ class Worker:
             assignment = consumer.assignment()
             if assignment:
                 consumer.resume(assignment)
+                self.stats.resumes += 1
         return _poll_batch(consumer, free, timeout)
+
+    def _poll_buffered(self, consumer: Consumer, free: int, timeout: float) -> list[Message]:
+        """Up to ``free`` records, first from the local queue; keep polling into it while slots are busy.
+
+        Why: librdkafka drops a partition's prefetched records when it is paused and fetches them again on
+        resume, so pausing whenever every slot is busy (`_poll_paused`) made the worker and broker fetch the
+        same records over and over and stalled the next step on a fetch round trip (ADR 0025). Here the
+        assignment is paused only when the queue holds ``buffer`` records, and resumed when half of them
+        have gone to slots. A queued record counts as in flight in the offset tracker from the moment it
+        is taken, so no commit passes it; on revoke or loss it is dropped and its partition's next owner
+        gets it from the committed offset; a crash loses only this memory, the offsets were never committed.
+        """
+        limit = self._buffer_limit
+        queued = self._buffered
+        if self._paused and len(queued) <= limit // 2:
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.resume(assignment)
+                self.stats.resumes += 1
+            self._paused = False
+        want = free + limit - len(queued)
+        # Wait for records only when there is a slot for them and nothing queued; with every slot busy,
+        # wait briefly (a slot may free up any moment); with records queued for a free slot, not at all.
+        wait = (timeout if not queued else 0.0) if free > 0 else 0.005
+        if want > 0 and not self._paused:
+            taken = _poll_batch(consumer, want, wait)
+        else:
+            if not self._paused:
+                assignment = consumer.assignment()
+                if assignment:
+                    consumer.pause(assignment)
+                    self.stats.pauses += 1
+                self._paused = True
+            # Still poll, so rebalances, commit results and errors are served and the group keeps us.
+            msg = consumer.poll(0.0 if free > 0 else 0.005)
+            taken = [] if msg is None else [msg]
+            if msg is not None and msg.error() is None:  # a partition assigned meanwhile: pause it too
+                consumer.pause([TopicPartition(msg.topic() or "", msg.partition() or 0)])
+                self.stats.pauses += 1
+        for msg in taken:
+            if msg.error() is None:
+                self._tracker.started(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        queued.extend(taken)
+        self.stats.buffered_max = max(self.stats.buffered_max, len(queued))
+        out: list[Message] = []
+        while free > 0 and queued:
+            out.append(queued.popleft())
+            free -= 1
+        metrics.WORKER_BUFFERED.set(len(queued))
+        return out
+
+    def _drop_buffered(self, partitions: list[TopicPartition] | None) -> None:
+        """Forget queued records of partitions this worker no longer owns (None: all); never started,
+        they are fetched again by the partition's next owner from the committed offset."""
+        if partitions is None:
+            self._buffered.clear()
+        else:
+            gone = {(tp.topic, tp.partition) for tp in partitions}
+            self._buffered = deque(m for m in self._buffered if (m.topic(), m.partition()) not in gone)
+        metrics.WORKER_BUFFERED.set(len(self._buffered))
+
+    def _on_stats(self, raw: str) -> None:
+        """librdkafka statistics: keep the consumer's fetch requests and bytes received (benchmarks)."""
+        brokers = json.loads(raw).get("brokers", {}).values()
+        self.stats.fetch_requests = sum(b.get("req", {}).get("Fetch", 0) for b in brokers)
+        self.stats.fetched_bytes = sum(b.get("rxbytes", 0) for b in brokers)
 
     def _poll_paused(self, consumer: Consumer, timeout: float) -> None:
         """Every slot is busy: keep polling with the assignment paused, so that commit results, rebalances
@@ -281,12 +373,14 @@ class Worker:
         assignment = consumer.assignment()
         if assignment:
             consumer.pause(assignment)
+            self.stats.pauses += 1
             self._paused = True
         msg = consumer.poll(timeout)
         if msg is not None and msg.error() is None:
             back = TopicPartition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
             consumer.seek(back)
             consumer.pause([back])
+            self.stats.seeks += 1
             self._paused = True
 
     def _subscribe(self, consumer: Consumer) -> None:
@@ -323,12 +417,14 @@ class Worker:
             log.debug("closing the failed consumer", exc_info=True)
         consumer = self._make_consumer()
         self._paused = False
+        self._drop_buffered(None)
         self._subscribe(consumer)
         return consumer
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions handed over in a rebalance: commit what finished on them first."""
         self._committer.commit_now(consumer, partitions)
+        self._drop_buffered(partitions)
         for tp in partitions:
             self._tracker.forget(tp.topic, tp.partition)
 
@@ -343,6 +439,7 @@ class Worker:
             self.config.worker_id,
             len(partitions),
         )
+        self._drop_buffered(partitions)
         for tp in partitions:
             self._tracker.forget(tp.topic, tp.partition)
 

@@ -247,6 +247,16 @@ def worker(
             "(results are held until delivered, whatever the outage; the step never runs again)."
         ),
     ] = 30_000,
+    buffer: Annotated[
+        int | None,
+        typer.Option(
+            help="Records taken ahead of a free slot (default: --concurrency); 0 pauses and seeks back at "
+            "every full house instead (ADR 0025)."
+        ),
+    ] = None,
+    stats_interval_ms: Annotated[
+        int, typer.Option(help="librdkafka statistics interval; fetch counts are logged at stop (0 = off).")
+    ] = 0,
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = "0.0.0.0",
     verbose: bool = False,
@@ -269,6 +279,8 @@ def worker(
             concurrency=concurrency,
             instance_id=instance_id,
             delivery_timeout_ms=delivery_timeout_ms,
+            buffer=buffer,
+            stats_interval_ms=stats_interval_ms,
         ),
     )
     _serve_metrics(metrics_port, metrics_host)

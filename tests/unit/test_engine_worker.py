@@ -17,7 +17,7 @@ from orchestrator._engine import worker as worker_module
 from orchestrator._engine.events import Event, StepCompleted, decode_event, encode_event
 from orchestrator._engine.outbox import Outbox
 from orchestrator._engine.records import StepCommand, decode_dead_letter, encode_command
-from orchestrator._engine.worker import Worker
+from orchestrator._engine.worker import Worker, WorkerConfig
 
 TASKS = "w.tasks.default"
 
@@ -254,8 +254,9 @@ class PollingConsumer:
 
 def test_a_busy_worker_polls_paused_and_puts_back_what_comes_anyway() -> None:
     """With every slot busy the consumer is still polled (commit results, rebalances and errors are served,
-    the group keeps the worker), but no record is taken: one that arrives is sought back."""
-    worker = Worker(_app([]))
+    the group keeps the worker), but no record is taken: one that arrives is sought back (``buffer=0``, the
+    back-pressure before the local queue; the queue is tested in test_worker_local_queue.py)."""
+    worker = Worker(_app([]), WorkerConfig(buffer=0))
     consumer = PollingConsumer([Msg(_command(), 9)])
     assert worker._poll(consumer, 0, 0.05) == []  # type: ignore[arg-type]
     paused = [(TASKS, 0, -1001), (TASKS, 1, -1001)]
